@@ -1,0 +1,44 @@
+# nst — neural style transfer experiments. `make help` lists the targets.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+NST     := $(VENV)/bin/nst
+STAMP   := $(VENV)/.installed
+CONFIG  ?= lr_sweep.yaml
+ARGS    ?=
+PORT    ?= 5000
+STORE   := $(CURDIR)/mlruns
+MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
+
+.PHONY: help install test lint experiment run ui clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv with nst and everything it needs (torch, lightning, mlflow, ...)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+test: install  ## lint and run the test suite (installs first when .venv is missing)
+	$(VENV)/bin/ruff check nst pipelines tests
+	$(VENV)/bin/pytest -q
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check nst pipelines tests
+
+experiment: install  ## run a sweep: make experiment CONFIG=lr_sweep.yaml [ARGS="--set iterations=50"]
+	$(NST) experiment $(CONFIG) $(ARGS)
+
+run: install  ## one run: make run ARGS="--content a.jpg --style b.jpg --set size=256"
+	$(NST) run $(ARGS)
+
+ui: install  ## MLflow UI on the project's store at http://127.0.0.1:$(PORT)
+	@mkdir -p $(STORE)
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (store $(MLFLOW_TRACKING_URI); Ctrl-C stops it)"
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+clean:  ## remove caches (keeps .venv and mlruns/)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,119 @@
+"""Settings of one style transfer, as frozen dataclasses: the library's side of the config.
+
+Every default lives here, once. The defaults are the seed's classic formulation
+(DESIGN.md): Caffe VGG-19, content relu4_2, style relu1_1 ... relu5_1 at 0.2 each,
+alpha = 10, beta = 40, init 0.6 * uniform(-20, 20) + 0.4 * content in 0-255 units, Adam.
+Each `__post_init__` rejects values that cannot work, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nst.vgg import check_layers
+
+INITS = ("content", "noise", "content+noise")
+OPTIMIZERS = ("adam", "lbfgs", "sgd")
+SCHEDULES = ("constant", "cosine", "exponential")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer over the pixels. L-BFGS does one iteration (no line search) per step."""
+
+    name: str = "adam"
+    lr: float = 0.1
+    momentum: float = 0.9  # sgd only
+    schedule: str = "constant"
+    gamma: float = 0.999  # per-step decay of the exponential schedule
+
+    def __post_init__(self) -> None:
+        _one_of("name", self.name, OPTIMIZERS)
+        _positive("lr", self.lr)
+        _non_negative("momentum", self.momentum)
+        _one_of("schedule", self.schedule, SCHEDULES)
+        _positive("gamma", self.gamma)
+
+
+@dataclass(frozen=True)
+class LayersConfig:
+    """Which VGG layers the losses read; style layers carry their weight w_l."""
+
+    content: tuple[str, ...] = ("relu4_2",)
+    style: dict[str, float] = field(
+        default_factory=lambda: {f"relu{b}_1": 0.2 for b in range(1, 6)}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.content and not self.style:
+            raise ValueError("content and style are both empty; name at least one layer")
+        check_layers([*self.content, *self.style])
+        for name, weight in self.style.items():
+            _non_negative(f"style.{name}", weight)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """VGG-19 weights ("caffe", "torchvision" or a state_dict path) and pooling."""
+
+    weights: str = "caffe"
+    pooling: str = "max"
+    convention: str | None = None  # input convention override: "caffe" | "torchvision"
+
+    def __post_init__(self) -> None:
+        _one_of("pooling", self.pooling, ("max", "avg"))
+        if self.convention is not None:
+            _one_of("convention", self.convention, ("caffe", "torchvision"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferConfig:
+    """Everything `nst.module.StyleTransfer` needs besides the images."""
+
+    iterations: int = 2000
+    seed: int = 0
+    init: str = "content+noise"  # or an image path, loaded by the caller
+    noise_ratio: float = 0.6
+    noise_range: float = 20.0  # half-width of the uniform noise, 0-255 units
+    # Units of the optimized pixels: 255 is the seed's (and Caffe's) scale; with 1 the same
+    # learning rate is a 255x larger step in 0-255 units.
+    pixel_scale: float = 255.0
+    precision: str = "fp32"  # "bf16": the VGG runs under autocast; Gram matrices stay fp32
+    alpha: float = 10.0
+    beta: float = 40.0
+    gamma: float = 0.0  # total-variation weight
+    tv_norm: str = "l2"
+    layers: LayersConfig = field(default_factory=LayersConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+
+    def __post_init__(self) -> None:
+        _positive("iterations", self.iterations)
+        _non_negative("seed", self.seed)
+        if not 0 <= self.noise_ratio <= 1:
+            raise ValueError(f"noise_ratio must be within 0..1, got {self.noise_ratio}")
+        _non_negative("noise_range", self.noise_range)
+        _positive("pixel_scale", self.pixel_scale)
+        _one_of("precision", self.precision, ("fp32", "bf16"))
+        for name in ("alpha", "beta", "gamma"):
+            _non_negative(name, getattr(self, name))
+        _one_of("tv_norm", self.tv_norm, ("l1", "l2"))
+
+    @property
+    def init_from_file(self) -> bool:
+        return self.init not in INITS

@@ -1,0 +1,79 @@
+"""Losses of neural style transfer (Gatys, Ecker, Bethge, "Image Style Transfer Using
+Convolutional Neural Networks", CVPR 2016), as pure functions of feature maps.
+
+Notation: a feature map of one layer has n_C channels and n_H x n_W positions; F is it
+reshaped to n_C x (n_H*n_W). The default normalizations are the seed's (DESIGN.md):
+
+    J_content = sum_l  sum (a_C[l] - a_G[l])^2 / (4 * n_H * n_W * n_C)
+    G         = F F^T                                    (Gram matrix, n_C x n_C)
+    J_style   = sum_l  w_l * sum (G_S[l] - G_G[l])^2 / (4 * n_C^2 * (n_H*n_W)^2)
+    TV        = mean over pixels of |dx|^p + |dy|^p,  p = 2 (l2) or 1 (l1), image in 0-1 units
+    J         = alpha * J_content + beta * J_style + gamma * TV
+
+Gram matrices and losses are computed in fp32 even when the backbone runs in bf16:
+sums of n_H*n_W products lose too many bits in bf16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+Features = Mapping[str, Tensor]
+
+
+def gram(features: Tensor) -> Tensor:
+    """Unnormalized Gram matrix F F^T of a (B, C, H, W) map, in fp32: shape (B, C, C)."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w).float()
+    return flat @ flat.transpose(1, 2)
+
+
+def content_layer_loss(generated: Tensor, target: Tensor) -> Tensor:
+    """sum (a_C - a_G)^2 / (4 n_H n_W n_C) for one layer."""
+    _, c, h, w = generated.shape
+    return (generated.float() - target.float()).pow(2).sum() / (4.0 * h * w * c)
+
+
+def style_layer_loss(generated: Tensor, target_gram: Tensor) -> Tensor:
+    """sum (G_S - G_G)^2 / (4 n_C^2 (n_H n_W)^2) for one layer; target_gram is G_S."""
+    _, c, h, w = generated.shape
+    return (gram(generated) - target_gram).pow(2).sum() / (4.0 * c**2 * (h * w) ** 2)
+
+
+def total_variation(image01: Tensor, kind: str = "l2") -> Tensor:
+    """Mean total variation of a (B, 3, H, W) image in 0-1 units; kind "l2" or "l1"."""
+    dx = image01[..., :, 1:] - image01[..., :, :-1]
+    dy = image01[..., 1:, :] - image01[..., :-1, :]
+    if kind == "l1":
+        return dx.abs().mean() + dy.abs().mean()
+    return dx.pow(2).mean() + dy.pow(2).mean()
+
+
+def style_transfer_losses(
+    features: Features,
+    content_targets: Features,
+    style_grams: Features,
+    style_weights: Mapping[str, float],
+    image01: Tensor,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    tv_kind: str = "l2",
+) -> dict[str, Tensor]:
+    """All losses of one iteration, keyed by their MLflow metric names.
+
+    Returns `loss/total`, `loss/content`, `loss/style`, `loss/tv` and `loss/style/<layer>`
+    (the unweighted per-layer term, before w_l and beta), all fp32 scalars.
+    """
+    zero = image01.new_zeros((), dtype=torch.float32)
+    content = sum((content_layer_loss(features[n], t) for n, t in content_targets.items()), zero)
+    per_layer = {n: style_layer_loss(features[n], g) for n, g in style_grams.items()}
+    style = sum((style_weights[n] * v for n, v in per_layer.items()), zero)
+    tv = total_variation(image01.float(), tv_kind) if gamma else zero
+    total = alpha * content + beta * style + gamma * tv
+    losses = {"loss/total": total, "loss/content": content, "loss/style": style, "loss/tv": tv}
+    losses.update({f"loss/style/{n}": v for n, v in per_layer.items()})
+    return losses

@@ -1,0 +1,1 @@
+"""pipelines: config files, MLflow tracking, sweeps, reports and the `nst` command line."""

@@ -1,0 +1,115 @@
+"""The `nst` command line: thin wrappers over pipelines.run, .experiment and .report.
+
+User mistakes (UserError) become one line on stderr and exit status 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
+
+DEFAULT_EXPERIMENT = "nst"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key (value parsed as YAML), e.g. --set optimizer.lr=0.1; repeatable",
+    )
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (for CI and logs)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nst", description="Neural style transfer experiments, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="one style transfer, tracked as an MLflow run")
+    run.add_argument("--content", help="content photo (any image Pillow reads)")
+    run.add_argument("--style", help="style painting")
+    run.add_argument("--config", type=Path, help="YAML file of run keys (the same keys as --set)")
+    run.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name (default: nst)")
+    _add_common(run)
+
+    exp = sub.add_parser("experiment", help="run a YAML grid of runs under one parent run (resumes)")
+    exp.add_argument("config", help="experiment file: a path, or a name in experiments/ (lr_sweep.yaml)")
+    exp.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
+    _add_common(exp)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.config import merge, parse_set, read_yaml, resolve_paths, run_config
+    from pipelines.run import FINISHED, execute
+    from pipelines.tracking import resolve_tracking_uri
+
+    data: dict[str, Any] = {}
+    if args.config:
+        loaded = read_yaml(args.config)
+        if not isinstance(loaded, dict):
+            raise UserError(f"{args.config}: expected a mapping of run keys, e.g. 'size: 256'")
+        data = resolve_paths(loaded, (args.config.resolve().parent, Path.cwd()))
+    cli = {k: v for k, v in (("content", args.content), ("style", args.style)) if v}
+    cli.update(parse_set(s) for s in args.overrides)
+    data = merge(data, resolve_paths(cli, (Path.cwd(),)))
+    config = run_config(data, source=str(args.config) if args.config else "command line")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    result = execute(config, tracking_uri=uri, experiment=args.experiment, progress=not args.quiet)
+    print(f"run {result.run_id}: {result.status} in {result.seconds:.1f} s")
+    if result.status != FINISHED:
+        print(f"error: {result.error}", file=sys.stderr)
+        return EXIT_FAILED
+    for key in ("loss/total", "loss/content", "loss/style"):
+        if key in result.losses:
+            print(f"  {key} = {result.losses[key]:.4g}")
+    print(f"final image: {result.final_image}")
+    print(f"open the UI: make ui  (then http://127.0.0.1:5000), store {uri}")
+    return EXIT_OK
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from pipelines.config import parse_set
+    from pipelines.experiment import run_experiment, summary
+    from pipelines.grid import find_config, load_experiment
+    from pipelines.tracking import resolve_tracking_uri
+
+    path = find_config(args.config)
+    experiment = load_experiment(path, dict(parse_set(s) for s in args.overrides))
+    if args.dry_run:
+        print(f"{experiment.name}: {len(experiment.points)} runs from {path}")
+        for point in experiment.points:
+            c = point.config
+            print(f"  [{point.index + 1}] {point.name:<30} key {point.key}  {c.size} px, {c.iterations} it")
+        return EXIT_OK
+    uri = resolve_tracking_uri(args.tracking_uri)
+    sweep = run_experiment(experiment, tracking_uri=uri, progress=not args.quiet)
+    print()
+    print(summary(sweep))
+    for point, result in sweep.failed:
+        print(f"FAILED {point.name}: {result.error}", file=sys.stderr)
+    print(f"parent run {sweep.parent_run_id}; open the UI: make ui  (store {uri})")
+    return EXIT_FAILED if sweep.failed else EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"nst: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nst: interrupted; the run is marked KILLED and its metrics are saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

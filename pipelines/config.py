@@ -1,0 +1,248 @@
+"""One run's configuration: the frozen `RunConfig`, built from YAML and `--set` overrides.
+
+Defaults live on the dataclasses (nst.config for the library's settings, RunConfig for the
+run's own); this module only validates, coerces and merges what a user wrote, with errors
+that name the key, what was expected and, for unknown keys, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nst.config import INITS, TransferConfig
+from pipelines.errors import UserError
+
+#: Snapshot steps the seed's slides show, plus later ones; the last iteration is always added.
+DEFAULT_SNAPSHOTS = (0, 500, 1000, 2000, 3000, 5000)
+
+
+class ConfigError(UserError):
+    """A config value or key is wrong; the message names it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(TransferConfig):
+    """Everything one tracked run needs: the library's settings plus files, size and tracking."""
+
+    content: str
+    style: str
+    size: int = 256  # long side of the generated image, px
+    max_size: int = 4096  # guard against typos such as size=25600
+    style_scale: float | None = None  # None: the style image is resized to the content's size
+    snapshots: tuple[int, ...] = DEFAULT_SNAPSHOTS
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.size <= self.max_size:
+            raise ValueError(f"size must be within 1..{self.max_size} (max_size), got {self.size}")
+        if self.style_scale is not None and self.style_scale <= 0:
+            raise ValueError(f"style_scale must be > 0, got {self.style_scale}")
+        if any(s < 0 for s in self.snapshots):
+            raise ValueError(f"snapshots must be >= 0, got {list(self.snapshots)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+
+    @property
+    def snapshot_steps(self) -> list[int]:
+        """Snapshot steps within the run, plus the last one."""
+        return sorted({s for s in self.snapshots if s <= self.iterations} | {self.iterations})
+
+
+# -- building dataclasses from plain data ---------------------------------------------------------
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """`value` as type `tp`, or ConfigError naming `key` and what was expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {_field_names(tp)}, got {_describe(value)}")
+        return build(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 reads 1e-4 (no dot) as a string; accept what is plainly a number.
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+    if tp is str:
+        if isinstance(value, str) and value:
+            return value
+        raise ConfigError(f"{key}: expected a non-empty string, got {_describe(value)}")
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        items = value if isinstance(value, list | tuple) else [value]
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(items))
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if isinstance(value, list | tuple):  # a list of layers: equal weights summing to 1
+            value = {v: 1.0 / len(value) for v in value} if value else {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping (or a list), got {_describe(value)}")
+        return {str(k): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not a user error
+
+
+def _field_names(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """An instance of dataclass `cls` from a mapping, validated; keys are checked by name."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {_field_names(cls)}"
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
+    missing = [
+        n for n, f in fields.items()
+        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing key '{prefix}{missing[0]}'")
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}{exc}") from None
+
+
+# -- files and overrides ----------------------------------------------------------------------------
+def read_yaml(path: Path) -> Any:
+    """Safe-load a YAML file; a syntax error names the file and line."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file; check the path")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}:{where}: YAML syntax error: {problem}; fix the file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; give a YAML file") from None
+
+
+def parse_set(assignment: str) -> tuple[str, Any]:
+    """`key.sub=value` with the value parsed as YAML (`lr=0.1`, `layers.content=[relu4_2]`)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set optimizer.lr=0.1")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """data[a][b][c] = value for key "a.b.c", creating mappings on the way."""
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[last] = value
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with dotted `overrides` applied, as a new nested dict."""
+    out = json.loads(json.dumps(base, default=list))  # deep copy of plain data
+    for key, value in overrides.items():
+        set_dotted(out, key, value)
+    return out
+
+
+def resolve_paths(data: dict[str, Any], roots: tuple[Path, ...]) -> dict[str, Any]:
+    """Make the image paths of a config absolute. A relative path is looked up in each of
+    `roots` in turn (a config file's folder, then the working directory); when it exists in
+    none, it is resolved against the last, and loading it later names the missing file."""
+    out = dict(data)
+    for key in ("content", "style", "init"):
+        value = out.get(key)
+        if not isinstance(value, str) or not value or value in INITS:
+            continue
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            found = [root / path for root in roots if (root / path).exists()]
+            path = found[0] if found else roots[-1] / path
+        out[key] = str(path.resolve())
+    return out
+
+
+def run_config(data: Mapping[str, Any], source: str = "config") -> RunConfig:
+    """A validated RunConfig; errors are prefixed with `source` (a file name or 'command line')."""
+    try:
+        return build(RunConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+# -- views of a RunConfig ---------------------------------------------------------------------------
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optimizer": {"lr": 0.1}} -> {"optimizer.lr": 0.1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run_key(config: RunConfig) -> str:
+    """A stable hash of the resolved config: the same key means the same run."""
+    blob = json.dumps(to_dict(config), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

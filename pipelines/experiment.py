@@ -1,0 +1,150 @@
+"""Run a whole sweep: one parent MLflow run, a child run per grid point, resume and isolation.
+
+Running the same experiment again reuses the parent run whose set of runs matches, skips
+children already FINISHED with the same `nst.run_key` and runs the rest. A failing point
+is marked FAILED with its reason and the sweep goes on; Ctrl-C marks the parent KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+
+from pipelines import tracking
+from pipelines.config import flatten, to_dict
+from pipelines.grid import Experiment, Point
+from pipelines.run import FAILED, FINISHED, KILLED, RunResult, execute
+
+SWEEP_TAG, SWEEP_KEY_TAG, RUN_KEY_TAG, VARIED_TAG = "nst.sweep", "nst.sweep_key", "nst.run_key", "nst.varied"
+
+
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    results: list[tuple[Point, RunResult | None]] = field(default_factory=list)  # None: skipped
+
+    @property
+    def failed(self) -> list[tuple[Point, RunResult]]:
+        return [(p, r) for p, r in self.results if r is not None and r.status != FINISHED]
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def find_parent(client: MlflowClient, exp_id: str, experiment: Experiment) -> str | None:
+    """The newest parent run of this exact sweep, if one exists."""
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{SWEEP_TAG}` = '{experiment.name}' and tags.`{SWEEP_KEY_TAG}` = '{experiment.sweep_key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def finished_children(client: MlflowClient, exp_id: str, parent_id: str) -> dict[str, str]:
+    """run_key -> run_id of the parent's FINISHED children."""
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and attributes.status = 'FINISHED'",
+        max_results=10000,
+    )
+    return {r.data.tags[RUN_KEY_TAG]: r.info.run_id for r in runs if RUN_KEY_TAG in r.data.tags}
+
+
+def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) -> str:
+    tags = {
+        SWEEP_TAG: experiment.name,
+        SWEEP_KEY_TAG: experiment.sweep_key,
+        VARIED_TAG: json.dumps(experiment.varied_keys),
+        MLFLOW_RUN_NOTE: experiment.description or f"sweep {experiment.name}",
+    }
+    run = client.create_run(exp_id, tags=tags, run_name=f"{experiment.name} (sweep)")
+    params = {f"grid.{k}": v for k, v in experiment.grid.items()}
+    params |= {f"zip.{k}": v for k, v in experiment.zip.items()}
+    params |= {"seeds": experiment.seeds, "runs": len(experiment.points)}
+    base = experiment.points[0].config
+    params |= {f"base.{k}": v for k, v in flatten(to_dict(base)).items()}
+    tracking.log_params(client, run.info.run_id, params)
+    client.log_text(run.info.run_id, experiment.text, experiment.path.name)
+    return run.info.run_id
+
+
+def run_experiment(
+    experiment: Experiment,
+    *,
+    tracking_uri: str,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> SweepResult:
+    """Run every point not yet FINISHED under the sweep's parent run; returns what happened."""
+    client = MlflowClient(tracking_uri)
+    exp_id = tracking.experiment_id(client, experiment.name, tracking_uri)
+    parent_id = find_parent(client, exp_id, experiment)
+    done = finished_children(client, exp_id, parent_id) if parent_id else {}
+    if parent_id is None:
+        parent_id = _create_parent(client, exp_id, experiment)
+        say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
+    else:
+        client.update_run(parent_id, status="RUNNING")
+        say(f"sweep {experiment.name}: resuming parent run {parent_id}")
+    sweep = SweepResult(parent_id)
+    todo = [p for p in experiment.points if p.key not in done]
+    for point in experiment.points:
+        if point.key in done:
+            say(f"  skip {point.name}: already FINISHED as run {done[point.key]}")
+            sweep.results.append((point, None))
+    n, start, ran = len(experiment.points), time.perf_counter(), 0
+    try:
+        for point in todo:
+            elapsed = time.perf_counter() - start
+            eta = f"ETA {_clock(elapsed / ran * (len(todo) - ran))}" if ran else "ETA ?"
+            say(f"[{point.index + 1}/{n}] {point.name}: start · elapsed {_clock(elapsed)} · {eta}")
+            result = execute(
+                point.config,
+                tracking_uri=tracking_uri,
+                experiment=experiment.name,
+                run_name=point.name,
+                parent_run_id=parent_id,
+                tags={SWEEP_TAG: experiment.name, VARIED_TAG: json.dumps(list(point.varied))},
+                description=f"{experiment.name}: varies {point.name}",
+                progress=progress,
+            )
+            ran += 1
+            sweep.results.append((point, result))
+            outcome = result.status if result.status == FINISHED else f"{result.status} ({result.error})"
+            elapsed = time.perf_counter() - start
+            eta = _clock(elapsed / ran * (len(todo) - ran))
+            say(f"[{point.index + 1}/{n}] {point.name}: {outcome} in {result.seconds:.1f} s "
+                f"· elapsed {_clock(elapsed)} · ETA {eta}")
+    except KeyboardInterrupt:
+        client.set_terminated(parent_id, KILLED)
+        raise
+    except BaseException:
+        client.set_terminated(parent_id, FAILED)
+        raise
+    client.set_terminated(parent_id, FAILED if sweep.failed else FINISHED)
+    return sweep
+
+
+def summary(sweep: SweepResult) -> str:
+    """A plain table: run, status, final losses, time."""
+    header = f"{'run':<28} {'status':<9} {'J':>11} {'J_content':>11} {'J_style':>11} {'time':>8}"
+    lines = [header, "-" * len(header)]
+    for point, result in sweep.results:
+        if result is None:
+            lines.append(f"{point.name:<28} {'skipped':<9}")
+            continue
+        loss = result.losses
+        keys = ("loss/total", "loss/content", "loss/style")
+        cells = [f"{loss[k]:11.4g}" if k in loss else f"{'-':>11}" for k in keys]
+        lines.append(f"{point.name:<28} {result.status:<9} {' '.join(cells)} {result.seconds:7.1f}s")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""Experiment files (`experiments/*.yaml`): parse, validate and expand a grid into runs.
+
+    name: lr_sweep            # MLflow experiment name
+    description: ...          # shown on the parent run
+    base: {...}               # one run's config: any key `nst run --set` accepts
+    grid: {optimizer.lr: [0.01, 0.1, 1.0]}   # cartesian product over dotted keys
+    zip: {}                   # equal-length lists varied together
+    seeds: [0]                # repeats of every grid point
+    claims: [...]             # optional, read by `nst report`
+
+Every point is validated before anything runs; errors name the file, the key and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import ConfigError, RunConfig, merge, read_yaml, resolve_paths, run_config, run_key
+from pipelines.errors import UserError
+
+TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "claims")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a sweep: its config, the values it varies and its stable key."""
+
+    index: int
+    config: RunConfig
+    varied: dict[str, Any]
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    path: Path
+    text: str
+    grid: dict[str, list[Any]]
+    zip: dict[str, list[Any]]
+    seeds: list[int]
+    claims: list[dict[str, Any]]
+    points: list[Point]
+
+    @property
+    def sweep_key(self) -> str:
+        """Identifies this exact set of runs: the parent run is reused only when it matches."""
+        return hashlib.sha256(",".join(p.key for p in self.points).encode()).hexdigest()[:16]
+
+    @property
+    def varied_keys(self) -> list[str]:
+        return [*self.grid, *self.zip, "seed"]
+
+
+def find_config(name: str | Path, folder: Path = Path("experiments")) -> Path:
+    """CONFIG as given when it exists, else the file of that name in `experiments/`."""
+    path = Path(name)
+    if path.is_file() or path.is_absolute():
+        return path
+    candidate = folder / path
+    if candidate.is_file():
+        return candidate
+    if candidate.with_suffix(".yaml").is_file():
+        return candidate.with_suffix(".yaml")
+    shipped = ", ".join(sorted(p.name for p in folder.glob("*.yaml"))) if folder.is_dir() else "none"
+    raise UserError(f"{name}: no such experiment file (here or in {folder}/: {shipped})")
+
+
+def _fail(path: Path, message: str) -> UserError:
+    return ConfigError(f"{path}: {message}")
+
+
+def _lists(path: Path, section: str, value: Any) -> dict[str, list[Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail(path, f"{section}: expected a mapping of dotted keys to lists, e.g. optimizer.lr: [0.01, 0.1]")
+    out: dict[str, list[Any]] = {}
+    for key, values in value.items():
+        if not isinstance(values, list) or not values:
+            raise _fail(path, f"{section}.{key}: expected a non-empty list of values, got {values!r}")
+        out[str(key)] = values
+    return out
+
+
+def short_name(key: str, keys: Sequence[str]) -> str:
+    """The last part of a dotted key (`optimizer.lr` -> `lr`) unless that is ambiguous."""
+    last = key.rsplit(".", 1)[-1]
+    return last if sum(k.rsplit(".", 1)[-1] == last for k in keys) == 1 else key
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(_format(v) for v in value)
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}:{_format(v)}" for k, v in value.items())
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def point_name(varied: Mapping[str, Any]) -> str:
+    keys = list(varied)
+    return " ".join(f"{short_name(k, keys)}={_format(v)}" for k, v in varied.items())
+
+
+def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> Experiment:
+    """Read, validate and expand an experiment file. `overrides` (from --set) apply to the base."""
+    raw = read_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise _fail(path, "expected a mapping with name, base and grid")
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(TOP_LEVEL_KEYS)}"
+            raise _fail(path, f"unknown key {key!r}{hint}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise _fail(path, "name: expected the experiment's name, e.g. name: lr_sweep")
+    base = raw.get("base") or {}
+    if not isinstance(base, Mapping):
+        raise _fail(path, "base: expected a mapping of run keys (content, style, size, ...)")
+    grid = _lists(path, "grid", raw.get("grid"))
+    zipped = _lists(path, "zip", raw.get("zip"))
+    lengths = {k: len(v) for k, v in zipped.items()}
+    if len(set(lengths.values())) > 1:
+        raise _fail(path, f"zip: lists must have equal lengths, got {lengths}")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise _fail(path, f"seeds: expected a non-empty list of integers >= 0, got {seeds!r}")
+    if not grid and not zipped and len(seeds) == 1:
+        raise _fail(path, "grid: nothing varies; add a key with a list of values, e.g. optimizer.lr: [0.01, 0.1]")
+    claims = raw.get("claims") or []
+    if not isinstance(claims, list):
+        raise _fail(path, "claims: expected a list")
+
+    roots = (path.resolve().parent, Path.cwd())
+    base_data = merge(resolve_paths(dict(base), roots), resolve_paths(dict(overrides or {}), (Path.cwd(),)))
+    points: list[Point] = []
+    zip_rows = list(zip(*zipped.values(), strict=True)) if zipped else [()]
+    grid_rows = list(itertools.product(*grid.values()))
+    for values in grid_rows:
+        for zip_values in zip_rows:
+            for seed in seeds:
+                varied = dict(zip(grid, values, strict=True)) | dict(zip(zipped, zip_values, strict=True))
+                varied["seed"] = seed
+                data = resolve_paths(merge(base_data, varied), roots)
+                label = point_name(varied)
+                config = run_config(data, source=f"{path} [{label}]")
+                points.append(Point(len(points), config, varied, label, run_key(config)))
+    return Experiment(
+        name=name.strip(),
+        description=str(raw.get("description") or ""),
+        path=path,
+        text=path.read_text(encoding="utf-8"),
+        grid=grid,
+        zip=zipped,
+        seeds=seeds,
+        claims=claims,
+        points=points,
+    )

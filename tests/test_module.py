@@ -1,0 +1,111 @@
+"""The LightningModule: the image is the only parameter, VGG never saved, seeded, clamped."""
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from nst.config import LayersConfig, OptimizerConfig, TransferConfig
+from nst.images import load_image
+from nst.module import DivergedError, StyleTransfer, build_backbone
+
+CONFIG = TransferConfig(iterations=4, layers=LayersConfig(content=("relu3_1",), style={"relu1_1": 0.5, "relu2_1": 0.5}))
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[torch.Tensor, torch.Tensor]:
+    images = Path(__file__).resolve().parents[1] / "experiments" / "images"
+    content = load_image(images / "grace_hopper.jpg", 40)
+    style = load_image(images / "starry_night.jpg", (content.shape[3], content.shape[2]))
+    return content, style
+
+
+def _fit(module: StyleTransfer, steps: int, tmp_path: Path | None = None) -> pl.Trainer:
+    trainer = pl.Trainer(
+        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+    )
+    trainer.fit(module)
+    return trainer
+
+
+def test_the_image_is_the_only_trainable_parameter(pair) -> None:
+    module = StyleTransfer(*pair, CONFIG)
+    params = list(module.named_parameters())
+    assert [name for name, _ in params] == ["image"]
+    assert params[0][1].requires_grad and params[0][1].shape == pair[0].shape
+    assert list(module.state_dict()) == ["image"]
+
+
+def test_checkpoint_holds_no_vgg_weights(pair, tmp_path) -> None:
+    module = StyleTransfer(*pair, CONFIG)
+    trainer = _fit(module, 2, tmp_path)
+    path = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    assert list(checkpoint["state_dict"]) == ["image"]
+    assert path.stat().st_size < 1_000_000  # the VGG alone would be ~80 MB
+
+
+def test_init_modes(pair) -> None:
+    content, _ = pair
+    as_content = StyleTransfer(*pair, TransferConfig(init="content", layers=CONFIG.layers))
+    torch.testing.assert_close(as_content.image01(), content)
+    seed = StyleTransfer(*pair, CONFIG)  # content+noise: 0.6 noise (+-20/255) + 0.4 content
+    mixed = seed.image01()
+    mean = torch.tensor([123.68, 116.779, 103.939]).view(1, 3, 1, 1) / 255
+    residual = mixed - (mean + 0.4 * (content - mean))
+    assert residual.abs().max() <= 0.6 * 20 / 255 + 1e-6
+    assert residual.std() > 0.01  # there is noise
+    noise = StyleTransfer(*pair, TransferConfig(init="noise", layers=CONFIG.layers)).image01()
+    assert (noise - mean).abs().max() <= 20 / 255 + 1e-6
+
+
+def test_same_seed_same_image_other_seed_other_image(pair) -> None:
+    images = []
+    for seed in (0, 0, 1):
+        module = StyleTransfer(*pair, TransferConfig(iterations=3, seed=seed, layers=CONFIG.layers))
+        _fit(module, 3)
+        images.append(module.image.detach().clone())
+    assert torch.equal(images[0], images[1])
+    assert not torch.equal(images[0], images[2])
+
+
+def test_pixels_stay_in_range_even_with_a_huge_lr(pair) -> None:
+    """Adam and SGD project the pixels back into 0..255 after every step."""
+    config = TransferConfig(iterations=3, layers=CONFIG.layers, optimizer=OptimizerConfig(lr=1000.0))
+    module = StyleTransfer(*pair, config)
+    _fit(module, 3)
+    assert module.image.min() >= 0 and module.image.max() <= 255
+    assert module.image.min() == 0 or module.image.max() == 255  # the clamp did bite
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "lbfgs"])
+def test_every_optimizer_lowers_the_loss(pair, name) -> None:
+    lr = {"adam": 1.0, "sgd": 1e-9, "lbfgs": 1.0}[name]
+    config = TransferConfig(iterations=8, layers=CONFIG.layers, optimizer=OptimizerConfig(name=name, lr=lr))
+    module = StyleTransfer(*pair, config)
+    before = module.losses()["loss/total"].item()
+    _fit(module, 8)
+    assert module.losses()["loss/total"].item() < before
+
+
+def test_divergence_is_reported_with_its_step(pair, monkeypatch) -> None:
+    module = StyleTransfer(*pair, CONFIG)
+    real = StyleTransfer.losses
+
+    def poisoned(self):  # a fault only a mock can force: the loss turns NaN at step 2
+        losses = real(self)
+        if self.trainer.global_step == 2:
+            losses["loss/total"] = losses["loss/total"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(StyleTransfer, "losses", poisoned)
+    with pytest.raises(DivergedError, match="diverged at step 2"):
+        _fit(module, 4)
+
+
+def test_backbone_is_cut_at_the_deepest_loss_layer() -> None:
+    assert build_backbone(CONFIG).names[-1] == "relu3_1"
+    assert build_backbone(TransferConfig()).names[-1] == "relu5_1"

@@ -1,0 +1,90 @@
+"""`nst run`: a real tracked run in a temporary MLflow store, and bad input at the edge."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.cli import main
+
+STEPS = 30
+METRICS = ["loss/total", "loss/content", "loss/style", "loss/tv", "lr"] + [
+    f"loss/style/relu{i}_1" for i in range(1, 6)
+]
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory, request) -> tuple[MlflowClient, str, str]:
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    images = Path(__file__).resolve().parents[1] / "experiments" / "images"
+    code = main([
+        "run", "--content", str(images / "grace_hopper.jpg"), "--style", str(images / "starry_night.jpg"),
+        "--set", "size=64", "--set", f"iterations={STEPS}", "--set", "snapshots=[0, 10]",
+        "--set", "optimizer.lr=2.0", "--tracking-uri", uri, "--quiet",
+    ])
+    assert code == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("nst").experiment_id])
+    return client, run.info.run_id, uri
+
+
+def test_every_metric_has_every_step(tracked_run) -> None:
+    client, run_id, _ = tracked_run
+    for key in METRICS:
+        history = client.get_metric_history(run_id, key)
+        assert sorted(m.step for m in history) == list(range(STEPS)), key
+
+
+def test_the_total_loss_goes_down(tracked_run) -> None:
+    client, run_id, _ = tracked_run
+    history = sorted(client.get_metric_history(run_id, "loss/total"), key=lambda m: m.step)
+    assert history[-1].value < 0.8 * history[0].value
+
+
+def test_params_tags_and_status(tracked_run) -> None:
+    client, run_id, _ = tracked_run
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["optimizer.lr"] == "2.0" and params["size"] == "64" and params["iterations"] == str(STEPS)
+    assert params["seed"] == "0" and params["layers.style.relu1_1"] == "0.2"
+    tags = run.data.tags
+    assert tags["nst.weights"] == "caffe" and tags["nst.device"] == "cpu" and tags["nst.precision"] == "fp32"
+    assert tags["nst.version.torch"].startswith("2.") and len(tags["nst.run_key"]) == 16
+
+
+def test_artifacts_snapshots_and_final_image(tracked_run) -> None:
+    client, run_id, _ = tracked_run
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"content.png", "style.png", "final.png", "config.yaml", "images"} <= names
+    images = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    steps = sorted(int(Path(p).name.split("+")[2]) for p in images)
+    assert steps == [0, 10, STEPS]  # configured snapshots plus the last step
+
+
+def test_bad_image_paths_exit_2_with_one_line(tmp_path, store, style_path) -> None:
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    for content in (tmp_path / "missing.jpg", bad, tmp_path):
+        result = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", "run", "--content", str(content), "--style", str(style_path),
+             "--set", "size=32", "--set", "iterations=2", "--tracking-uri", store, "--quiet"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("nst: error: ") and str(content) in lines[0]
+        assert "Traceback" not in result.stderr
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("nst")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+def test_bad_config_value_exits_2(store, content_path, style_path, capsys) -> None:
+    code = main(["run", "--content", str(content_path), "--style", str(style_path),
+                 "--set", "optimizer.lr=-1", "--tracking-uri", store])
+    assert code == 2
+    assert "optimizer.lr must be > 0" in capsys.readouterr().err
