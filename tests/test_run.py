@@ -65,19 +65,25 @@ def test_artifacts_snapshots_and_final_image(tracked_run) -> None:
     assert steps == [0, 10, STEPS]  # configured snapshots plus the last step
 
 
-def test_bad_image_paths_exit_2_with_one_line(tmp_path, store, style_path) -> None:
+def test_bad_image_path_exits_2_with_one_line_and_no_traceback(tmp_path, store, style_path) -> None:
+    result = subprocess.run(  # a real process: what a user sees on the terminal
+        [sys.executable, "-m", "pipelines.cli", "run", "--content", str(tmp_path / "missing.jpg"),
+         "--style", str(style_path), "--set", "size=32", "--tracking-uri", store, "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"nst: error: {tmp_path / 'missing.jpg'}: no such file; check the path"
+
+
+def test_bad_images_exit_2_and_leave_the_store_empty(tmp_path, store, style_path, capsys) -> None:
     bad = tmp_path / "not_an_image.jpg"
     bad.write_text("hello")
     for content in (tmp_path / "missing.jpg", bad, tmp_path):
-        result = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", "run", "--content", str(content), "--style", str(style_path),
-             "--set", "size=32", "--set", "iterations=2", "--tracking-uri", store, "--quiet"],
-            capture_output=True, text=True, timeout=120,
-        )
-        assert result.returncode == 2, result.stderr
-        lines = result.stderr.strip().splitlines()
+        code = main(["run", "--content", str(content), "--style", str(style_path), "--set", "size=32",
+                     "--tracking-uri", store, "--quiet"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2
         assert len(lines) == 1 and lines[0].startswith("nst: error: ") and str(content) in lines[0]
-        assert "Traceback" not in result.stderr
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("nst")
     assert experiment is None or not client.search_runs([experiment.experiment_id])
@@ -88,3 +94,31 @@ def test_bad_config_value_exits_2(store, content_path, style_path, capsys) -> No
                  "--set", "optimizer.lr=-1", "--tracking-uri", store])
     assert code == 2
     assert "optimizer.lr must be > 0" in capsys.readouterr().err
+
+
+def test_ctrl_c_marks_the_run_killed_and_keeps_every_step(store, content_path, style_path) -> None:
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--content", str(content_path), "--style", str(style_path),
+         "--set", "size=32", "--set", "iterations=100000", "--tracking-uri", store, "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    client, deadline, run_id = MlflowClient(store), time.monotonic() + 120, None
+    while time.monotonic() < deadline and run_id is None:  # wait until steps reach the store
+        time.sleep(1)
+        experiment = client.get_experiment_by_name("nst") if Path(store.removeprefix("sqlite:///")).exists() else None
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "loss/total"):
+            run_id = runs[0].info.run_id
+    assert run_id is not None, "the run never logged a metric"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KILLED" in err
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and "interrupted" in run.data.tags["nst.error"]
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "loss/total"))
+    assert steps == list(range(len(steps))) and len(steps) > 1
+    assert sorted(m.step for m in client.get_metric_history(run_id, "lr")) == steps

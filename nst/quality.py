@@ -1,0 +1,70 @@
+"""Image-quality measures for comparing runs by what they produce, not by their own loss.
+
+- SSIM (Wang, Bovik, Sheikh, Simoncelli 2004) on luminance: 11x11 Gaussian window, sigma 1.5,
+  C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L the dynamic range (1 for 0-1 images).
+- Edge correlation: Pearson correlation of the Sobel gradient magnitudes of two images'
+  luminance. 1 means the same edges in the same places; it ignores colour and texture
+  statistics, so it tells whether the content's structure survived stylization.
+- Mean absolute pixel change, in 0-255 units.
+All take (1, 3, H, W) or (3, H, W) RGB tensors in 0-1 units of the same size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+
+def luminance(image01: Tensor) -> Tensor:
+    """(1, 1, H, W) luma of an RGB image."""
+    image = image01.reshape(-1, 3, *image01.shape[-2:]).float()
+    weights = image.new_tensor(_LUMA).view(1, 3, 1, 1)
+    return (image * weights).sum(1, keepdim=True)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
+def ssim(a01: Tensor, b01: Tensor) -> float:
+    """Mean SSIM of the luminance of two images (1 = identical)."""
+    x, y = luminance(a01), luminance(b01)
+    window = _gaussian_window(min(11, *x.shape[-2:]) // 2 * 2 + 1).to(x)
+
+    def blur(t: Tensor) -> Tensor:
+        return F.conv2d(t, window)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return float((num / den).mean())
+
+
+def _edges(image01: Tensor) -> Tensor:
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    kernels = torch.stack([sobel, sobel.t()]).unsqueeze(1).to(image01.device)
+    grad = F.conv2d(luminance(image01), kernels)
+    return grad.pow(2).sum(1).sqrt().flatten()
+
+
+def edge_correlation(a01: Tensor, b01: Tensor) -> float:
+    """Pearson correlation of the Sobel edge magnitudes of two images (-1..1)."""
+    x, y = _edges(a01), _edges(b01)
+    x, y = x - x.mean(), y - y.mean()
+    denom = (x.norm() * y.norm()).clamp_min(1e-12)
+    return float((x * y).sum() / denom)
+
+
+def mean_abs_change(a01: Tensor, b01: Tensor) -> float:
+    """Mean |a - b| over pixels and channels, in 0-255 units."""
+    return float((a01.float() - b01.float()).abs().mean() * 255.0)

@@ -1,0 +1,106 @@
+"""Sweeps end to end in a temporary store: parent + children, resume, failure isolation."""
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from nst.module import StyleTransfer
+from pipelines.cli import main
+
+IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
+GRID = f"""
+name: tiny
+description: a 2x2 grid for tests
+base:
+  content: {IMAGES / "grace_hopper.jpg"}
+  style: {IMAGES / "starry_night.jpg"}
+  size: 32
+  iterations: 5
+  snapshots: [0]
+grid:
+  optimizer.lr: [0.5, 1.0]
+  alpha: [1, 10]
+"""
+
+
+def _runs(uri: str) -> tuple[list, list]:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+@pytest.fixture
+def grid_file(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(GRID)
+    return path
+
+
+def test_grid_runs_under_one_parent_then_resumes(grid_file, store, capsys) -> None:
+    assert main(["experiment", str(grid_file), "--tracking-uri", store, "--quiet"]) == 0
+    parents, children = _runs(store)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["nst.sweep"] == "tiny"
+    assert parent.data.params["grid.optimizer.lr"] == "[0.5, 1.0]"
+    assert "tiny.yaml" in {a.path for a in MlflowClient(store).list_artifacts(parent.info.run_id)}
+    names = sorted(c.info.run_name for c in children)
+    assert names == ["lr=0.5 alpha=1 seed=0", "lr=0.5 alpha=10 seed=0", "lr=1 alpha=1 seed=0", "lr=1 alpha=10 seed=0"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert len(child.data.tags["nst.run_key"]) == 16
+        assert child.data.params["iterations"] == "5"
+        assert child.data.tags["mlflow.note.content"].startswith("tiny: varies")
+    assert {(c.data.params["optimizer.lr"], c.data.params["alpha"]) for c in children} == {
+        ("0.5", "1.0"), ("0.5", "10.0"), ("1.0", "1.0"), ("1.0", "10.0")}
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "ETA" in out and "J_content" in out
+
+    assert main(["experiment", str(grid_file), "--tracking-uri", store, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skip ") == 4 and "resuming parent run" in out
+    parents, children = _runs(store)
+    assert len(parents) == 1 and len(children) == 4
+
+
+def test_a_failing_point_does_not_stop_the_sweep(grid_file, store, monkeypatch, capsys) -> None:
+    real = StyleTransfer.losses
+
+    def poisoned(self):  # force one real fault: lr=1, alpha=10 diverges at step 3
+        losses = real(self)
+        if self.config.optimizer.lr == 1.0 and self.config.alpha == 10 and self.trainer.global_step == 3:
+            losses["loss/total"] = losses["loss/total"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(StyleTransfer, "losses", poisoned)
+    assert main(["experiment", str(grid_file), "--tracking-uri", store, "--quiet"]) == 1
+    parents, children = _runs(store)
+    status = {c.info.run_name: c.info.status for c in children}
+    assert status.pop("lr=1 alpha=10 seed=0") == "FAILED"
+    assert set(status.values()) == {"FINISHED"} and len(status) == 3
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "diverged at step 3" in failed.data.tags["nst.error"]
+    assert parents[0].info.status == "FAILED"
+    captured = capsys.readouterr()
+    assert "diverged at step 3" in captured.err
+
+    # Fixed (the fault gone), the same command runs only the failed point.
+    monkeypatch.setattr(StyleTransfer, "losses", real)
+    assert main(["experiment", str(grid_file), "--tracking-uri", store, "--quiet"]) == 0
+    assert capsys.readouterr().out.count("skip ") == 3
+    parents, children = _runs(store)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sum(c.info.status == "FINISHED" for c in children) == 4
+
+
+def test_dry_run_prints_runs_and_touches_nothing(grid_file, store, capsys) -> None:
+    assert main(["experiment", str(grid_file), "--dry-run", "--set", "iterations=2", "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    assert "tiny: 4 runs" in out and "lr=1 alpha=10 seed=0" in out and "2 it" in out
+    assert not Path(store.removeprefix("sqlite:///")).exists()

@@ -1,0 +1,115 @@
+"""Experiment files: expansion (cartesian, zip, seeds, overrides) and every validation error."""
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError
+from pipelines.errors import UserError
+from pipelines.grid import find_config, load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "experiments" / "images"
+BASE = f"""
+base:
+  content: {IMAGES / "grace_hopper.jpg"}
+  style: {IMAGES / "starry_night.jpg"}
+  size: 32
+  iterations: 5
+"""
+
+
+def _write(tmp_path: Path, body: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def test_cartesian_product_with_seeds(tmp_path) -> None:
+    path = _write(tmp_path, "name: t\n" + BASE + "grid:\n  optimizer.lr: [0.1, 1]\n  size: [32, 48]\nseeds: [0, 7]\n")
+    experiment = load_experiment(path)
+    assert len(experiment.points) == 8
+    combos = {(p.config.optimizer.lr, p.config.size, p.config.seed) for p in experiment.points}
+    assert len(combos) == 8
+    assert experiment.points[0].name == "lr=0.1 size=32 seed=0"
+    assert experiment.varied_keys == ["optimizer.lr", "size", "seed"]
+    assert len({p.key for p in experiment.points}) == 8
+
+
+def test_zip_varies_lists_together(tmp_path) -> None:
+    body = "name: t\n" + BASE + "zip:\n  alpha: [1, 10, 100]\n  beta: [100, 10, 1]\n"
+    experiment = load_experiment(_write(tmp_path, body))
+    assert [(p.config.alpha, p.config.beta) for p in experiment.points] == [(1, 100), (10, 10), (100, 1)]
+
+
+def test_zip_and_grid_combine(tmp_path) -> None:
+    body = "name: t\n" + BASE + "grid:\n  seed: [0]\n  optimizer.lr: [0.1, 1]\nzip:\n  alpha: [1, 2]\n  beta: [3, 4]\n"
+    assert len(load_experiment(_write(tmp_path, body)).points) == 4
+
+
+def test_overrides_apply_to_the_base_and_grid_wins(tmp_path) -> None:
+    path = _write(tmp_path, "name: t\n" + BASE + "grid:\n  optimizer.lr: [0.1, 1]\n")
+    experiment = load_experiment(path, {"iterations": 3, "optimizer.lr": 5.0})
+    assert {p.config.iterations for p in experiment.points} == {3}
+    assert [p.config.optimizer.lr for p in experiment.points] == [0.1, 1.0]
+
+
+def test_relative_paths_resolve_against_the_file_then_cwd(tmp_path, monkeypatch) -> None:
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "c.png").write_bytes((IMAGES / "grace_hopper.jpg").read_bytes())
+    body = "name: t\nbase:\n  content: pics/c.png\n  style: experiments/images/starry_night.jpg\ngrid:\n  seed: [0, 1]\n"
+    monkeypatch.chdir(ROOT)
+    point = load_experiment(_write(tmp_path, body)).points[0]
+    assert point.config.content == str(tmp_path / "pics" / "c.png")
+    assert point.config.style == str(IMAGES / "starry_night.jpg")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("name: t\n" + BASE + "grid:\n  optimizer.lr: [0.1\n", "line"),
+        ("name: t\n" + BASE + "gird:\n  optimizer.lr: [0.1]\n", "unknown key 'gird'; did you mean 'grid'"),
+        ("name: t\n" + BASE + "grid:\n  optimizer.lr: [fast]\n", "optimizer.lr: expected a number, got 'fast'"),
+        ("name: t\n" + BASE + "grid:\n  optimizer.lrr: [0.1]\n", "did you mean 'optimizer.lr'"),
+        ("name: t\n" + BASE + "grid:\n  optimizer.lr: [-1]\n", "optimizer.lr must be > 0"),
+        ("name: t\n" + BASE + "grid: {}\n", "nothing varies"),
+        ("name: t\n" + BASE + "grid:\n  optimizer.lr: []\n", "non-empty list"),
+        ("name: t\n" + BASE + "zip:\n  alpha: [1, 2]\n  beta: [1]\n", "equal lengths"),
+        ("name: t\n" + BASE + "grid:\n  seed: [0]\nseeds: [-1]\n", "seeds: expected"),
+        (BASE + "grid:\n  seed: [0, 1]\n", "name: expected"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("name: t\nbase:\n  style: x.jpg\ngrid:\n  seed: [0, 1]\n", "missing key 'content'"),
+        ("name: t\n" + BASE + "grid:\n  layers.content: [[relu9_1]]\n", "unknown VGG-19 layer"),
+    ],
+    ids=["syntax", "top-key", "type", "nested-key", "range", "empty-grid", "empty-list", "zip-lengths",
+         "seeds", "no-name", "not-mapping", "missing-content", "layer"],
+)
+def test_validation_errors_name_file_and_key(tmp_path, body, message) -> None:
+    path = _write(tmp_path, body)
+    with pytest.raises(UserError) as info:
+        load_experiment(path)
+    text = str(info.value)
+    assert text.startswith(str(path)) and message in text and "\n" not in text
+
+
+def test_errors_are_config_errors_for_points(tmp_path) -> None:
+    path = _write(tmp_path, "name: t\n" + BASE + "grid:\n  optimizer.lr: [0.1, -2]\n")
+    with pytest.raises(ConfigError, match=r"\[lr=-2 seed=0\]"):
+        load_experiment(path)
+
+
+def test_find_config_looks_in_experiments(monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert find_config("lr_sweep.yaml") == Path("experiments/lr_sweep.yaml")
+    assert find_config("lr_sweep") == Path("experiments/lr_sweep.yaml")
+    with pytest.raises(UserError, match="no such experiment file"):
+        find_config("nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_experiment_validates_and_expands(path, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    experiment = load_experiment(path)
+    assert experiment.points and experiment.description
+    for point in experiment.points:
+        assert Path(point.config.content).is_file() and Path(point.config.style).is_file()
