@@ -43,7 +43,8 @@ def test_zip_varies_lists_together(tmp_path) -> None:
 
 
 def test_zip_and_grid_combine(tmp_path) -> None:
-    body = "name: t\n" + BASE + "grid:\n  seed: [0]\n  optimizer.lr: [0.1, 1]\nzip:\n  alpha: [1, 2]\n  beta: [3, 4]\n"
+    body = "name: t\n" + BASE + "grid:\n  seed: [0]\n  optimizer.lr: [0.1, 1]\n"
+    body += "zip:\n  alpha: [1, 2]\n  beta: [3, 4]\n"
     assert len(load_experiment(_write(tmp_path, body)).points) == 4
 
 
@@ -57,7 +58,8 @@ def test_overrides_apply_to_the_base_and_grid_wins(tmp_path) -> None:
 def test_relative_paths_resolve_against_the_file_then_cwd(tmp_path, monkeypatch) -> None:
     (tmp_path / "pics").mkdir()
     (tmp_path / "pics" / "c.png").write_bytes((IMAGES / "grace_hopper.jpg").read_bytes())
-    body = "name: t\nbase:\n  content: pics/c.png\n  style: experiments/images/starry_night.jpg\ngrid:\n  seed: [0, 1]\n"
+    body = "name: t\nbase:\n  content: pics/c.png\n  style: experiments/images/starry_night.jpg\n"
+    body += "grid:\n  seed: [0, 1]\n"
     monkeypatch.chdir(ROOT)
     point = load_experiment(_write(tmp_path, body)).points[0]
     assert point.config.content == str(tmp_path / "pics" / "c.png")
