@@ -9,7 +9,7 @@ PORT    ?= 5000
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install test lint experiment run ui clean
+.PHONY: help install test lint experiment run report reproduce ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,14 @@ experiment: install  ## run a sweep: make experiment CONFIG=lr_sweep.yaml [ARGS=
 
 run: install  ## one run: make run ARGS="--content a.jpg --style b.jpg --set size=256"
 	$(NST) run $(ARGS)
+
+report: install  ## figures, table and verdicts of a sweep: make report EXP=lr_sweep
+	$(NST) report $(or $(EXP),lr_sweep) $(ARGS)
+
+reproduce: install  ## the Challenges slide: lr_sweep + its 0-1-pixel contrast (resuming), then the report
+	$(NST) experiment lr_sweep.yaml --quiet
+	$(NST) experiment lr_sweep_unit_pixels.yaml --quiet
+	$(NST) report lr_sweep
 
 ui: install  ## MLflow UI on the project's store at http://127.0.0.1:$(PORT)
 	@mkdir -p $(STORE)

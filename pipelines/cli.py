@@ -6,6 +6,7 @@ User mistakes (UserError) become one line on stderr and exit status 2; Ctrl-C ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("config", help="experiment file: a path, or a name in experiments/ (lr_sweep.yaml)")
     exp.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
     _add_common(exp)
+
+    rep = sub.add_parser("report", help="figures, measurements and claim verdicts of a sweep, from MLflow")
+    rep.add_argument("experiment", help="experiment name (the `name:` of its YAML), e.g. lr_sweep")
+    rep.add_argument("--parent", help="the sweep's parent run id (default: the latest sweep)")
+    rep.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>/)")
+    rep.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
     return parser
 
 
@@ -96,11 +103,25 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return EXIT_FAILED if sweep.failed else EXIT_OK
 
 
-COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment}
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from pipelines.report import build_report
+    from pipelines.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    path = build_report(MlflowClient(uri), args.experiment, args.out, args.parent, uri)
+    print(f"report: {path}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment, "report": _cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # MLflow's per-file download bars would bury the report's one line of output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

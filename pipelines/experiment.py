@@ -95,6 +95,8 @@ def run_experiment(
         say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
     else:
         client.update_run(parent_id, status="RUNNING")
+        # The file may have gained claims or notes that change no run: keep the logged copy current.
+        client.log_text(parent_id, experiment.text, experiment.path.name)
         say(f"sweep {experiment.name}: resuming parent run {parent_id}")
     sweep = SweepResult(parent_id)
     todo = [p for p in experiment.points if p.key not in done]

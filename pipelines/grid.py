@@ -6,7 +6,9 @@
     grid: {optimizer.lr: [0.01, 0.1, 1.0]}   # cartesian product over dotted keys
     zip: {}                   # equal-length lists varied together
     seeds: [0]                # repeats of every grid point
-    claims: [...]             # optional, read by `nst report`
+    claims: [...]             # optional, judged by `nst report` (pipelines/verdicts.py)
+    contrast: other_sweep     # optional: the report judges the same claims on that sweep
+    notes: ...                # optional markdown, appended to the report
 
 Every point is validated before anything runs; errors name the file, the key and what
 was expected.
@@ -22,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines import verdicts
 from pipelines.config import ConfigError, RunConfig, merge, read_yaml, resolve_paths, run_config, run_key
 from pipelines.errors import UserError
 
-TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "claims")
+TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "claims", "contrast", "notes")
 
 
 @dataclass(frozen=True)
@@ -92,10 +95,15 @@ def _lists(path: Path, section: str, value: Any) -> dict[str, list[Any]]:
     return out
 
 
+def _last(key: str) -> str:
+    parts = key.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]  # optimizer.name -> optimizer
+
+
 def short_name(key: str, keys: Sequence[str]) -> str:
     """The last part of a dotted key (`optimizer.lr` -> `lr`) unless that is ambiguous."""
-    last = key.rsplit(".", 1)[-1]
-    return last if sum(k.rsplit(".", 1)[-1] == last for k in keys) == 1 else key
+    last = _last(key)
+    return last if sum(_last(k) == last for k in keys) == 1 else key
 
 
 def _format(value: Any) -> str:
@@ -138,8 +146,13 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
     if not grid and not zipped and len(seeds) == 1:
         raise _fail(path, "grid: nothing varies; add a key with a list of values, e.g. optimizer.lr: [0.01, 0.1]")
     claims = raw.get("claims") or []
-    if not isinstance(claims, list):
-        raise _fail(path, "claims: expected a list")
+    if not isinstance(claims, list) or not all(isinstance(c, Mapping) for c in claims):
+        raise _fail(path, "claims: expected a list of {claim: ..., run: {...}} entries")
+    for claim in claims:
+        try:
+            verdicts.select(claim)
+        except ValueError as exc:
+            raise _fail(path, str(exc)) from None
 
     roots = (path.resolve().parent, Path.cwd())
     base_data = merge(resolve_paths(dict(base), roots), resolve_paths(dict(overrides or {}), (Path.cwd(),)))

@@ -109,3 +109,16 @@ def test_divergence_is_reported_with_its_step(pair, monkeypatch) -> None:
 def test_backbone_is_cut_at_the_deepest_loss_layer() -> None:
     assert build_backbone(CONFIG).names[-1] == "relu3_1"
     assert build_backbone(TransferConfig()).names[-1] == "relu5_1"
+
+
+def test_adam_ignores_the_loss_scale(pair) -> None:
+    """Why alpha/beta magnitudes and loss normalizations do not decide Adam's speed: scaling
+    the whole loss by 1000 leaves Adam's steps (nearly) unchanged; only beta/alpha matters."""
+    images = []
+    for scale in (1.0, 1000.0):
+        config = TransferConfig(iterations=5, alpha=10 * scale, beta=40 * scale, layers=CONFIG.layers,
+                                optimizer=OptimizerConfig(lr=1.0))
+        module = StyleTransfer(*pair, config)
+        _fit(module, 5)
+        images.append(module.image.detach())
+    assert (images[0] - images[1]).abs().max() < 1e-2  # in 0-255 units

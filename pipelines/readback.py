@@ -1,0 +1,143 @@
+"""Read a finished sweep back from MLflow: children, metric histories and images.
+
+Reports are built only from what the store holds (no re-optimization), so they work for
+any store the runs were logged to, local or remote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from nst.images import load_image
+from pipelines.errors import UserError
+from pipelines.experiment import SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
+
+_SNAPSHOT = re.compile(r"^generated\+step\+(\d+)\+.*(?<!compressed)\.png$")
+LOSSES = ("loss/total", "loss/content", "loss/style")
+
+
+@dataclass
+class RunView:
+    """One child run as the report sees it; images are 0-1 tensors at the run's size."""
+
+    run: Run
+    name: str
+    varied: dict[str, str]
+    history: dict[str, dict[int, float]]
+    snapshots: dict[int, object] = field(default_factory=dict)  # step -> (1, 3, H, W) tensor
+    content: object = None
+    style: object = None
+    final: object = None
+
+    @property
+    def iterations(self) -> int:
+        return int(self.run.data.params.get("iterations", max(self.snapshots, default=0)))
+
+    def loss_at(self, key: str, step: int) -> float | None:
+        """The metric at `step`, or at the last logged step before it (the final image's
+        loss is never logged: metric step k is the loss of the image after k updates)."""
+        series = self.history.get(key, {})
+        steps = [s for s in series if s <= step]
+        return series[max(steps)] if steps else None
+
+
+@dataclass
+class SweepView:
+    experiment: str
+    parent: Run
+    spec: dict
+    runs: list[RunView]
+
+
+def _download_image(client: MlflowClient, run_id: str, path: str, folder: Path) -> object:
+    local = client.download_artifacts(run_id, path, str(folder))
+    return load_image(local, _size_of(local))
+
+
+def _size_of(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+def find_parent(client: MlflowClient, experiment: str, parent_id: str | None) -> Run:
+    if parent_id:
+        try:
+            return client.get_run(parent_id)
+        except Exception:  # noqa: BLE001 - MLflow raises its own types for "not found"
+            raise UserError(f"run {parent_id}: not in this store; check --parent and --tracking-uri") from None
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise UserError(
+            f"experiment {experiment!r}: not in this store; run `nst experiment` first or check --tracking-uri"
+        )
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{experiment}' and tags.`{SWEEP_KEY_TAG}` LIKE '%'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    parents = list(runs)  # only parent runs carry the sweep key
+    if not parents:
+        raise UserError(f"experiment {experiment!r}: no sweep found; run `nst experiment` first")
+    return parents[0]
+
+
+def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = None) -> SweepView:
+    """The sweep's parent, its experiment file (from the parent's artifacts) and its FINISHED children."""
+    parent = find_parent(client, experiment, parent_id)
+    pid = parent.info.run_id
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{pid}'", max_results=10000,
+    )
+    children = [c for c in children if c.info.status == "FINISHED"]
+    if not children:
+        raise UserError(f"sweep {pid}: no FINISHED runs yet; run (or resume) the experiment first")
+    varied_keys = json.loads(parent.data.tags.get(VARIED_TAG, "[]"))
+    spec = _spec(client, pid)
+    views: list[RunView] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for child in children:
+            rid = child.info.run_id
+            folder = Path(tmp) / rid
+            history = {k: {m.step: m.value for m in client.get_metric_history(rid, k)} for k in LOSSES}
+            view = RunView(
+                child, child.info.run_name or rid,
+                {k: child.data.params.get(k, "") for k in varied_keys}, history,
+            )
+            for artifact in client.list_artifacts(rid, "images"):
+                match = _SNAPSHOT.match(Path(artifact.path).name)
+                if match:
+                    view.snapshots[int(match.group(1))] = _download_image(client, rid, artifact.path, folder)
+            view.content = _download_image(client, rid, "content.png", folder)
+            view.style = _download_image(client, rid, "style.png", folder)
+            view.final = _download_image(client, rid, "final.png", folder)
+            views.append(view)
+    views.sort(key=lambda v: [_sort_key(v.varied[k]) for k in varied_keys])
+    return SweepView(parent.data.tags.get(SWEEP_TAG, experiment), parent, spec, views)
+
+
+def _sort_key(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _spec(client: MlflowClient, run_id: str) -> dict:
+    """The experiment file the sweep was run from, as logged on its parent run."""
+    for artifact in client.list_artifacts(run_id):
+        if artifact.path.endswith((".yaml", ".yml")):
+            with tempfile.TemporaryDirectory() as tmp:
+                text = Path(client.download_artifacts(run_id, artifact.path, tmp)).read_text()
+            loaded = yaml.safe_load(text)
+            return loaded if isinstance(loaded, dict) else {}
+    return {}

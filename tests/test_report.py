@@ -1,0 +1,79 @@
+"""`nst report` on a tiny real sweep, and the claim verdicts on hand-made numbers."""
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines import verdicts
+from pipelines.cli import main
+
+IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
+SWEEP = f"""
+name: tiny_lr
+description: three learning rates, tiny
+base:
+  content: {IMAGES / "grace_hopper.jpg"}
+  style: {IMAGES / "the_scream.jpg"}
+  size: 32
+  iterations: 6
+  snapshots: [0, 2, 4]
+grid:
+  optimizer.lr: [0.01, 1.0, 10.0]
+claims:
+  - {{claim: barely_changes, run: {{optimizer.lr: 0.01}}, step: 4}}
+  - {{claim: good, run: {{optimizer.lr: 1.0}}}}
+  - {{claim: loses_content, run: {{optimizer.lr: 10.0}}}}
+"""
+
+
+def test_report_builds_from_a_real_sweep(tmp_path, store, capsys) -> None:
+    path = tmp_path / "tiny_lr.yaml"
+    path.write_text(SWEEP)
+    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet"]) == 0
+    out = tmp_path / "report"
+    assert main(["report", "tiny_lr", "--out", str(out), "--tracking-uri", store]) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    assert "![slide](slide.png)" in text and "![losses](losses.png)" in text
+    assert "| lr=0.01 seed=0 | 4 |" in text  # the table has a row per run and snapshot
+    assert text.count("**PASS**") + text.count("**FAIL**") == 3
+    for name in ("slide.png", "losses.png"):
+        assert (out / name).stat().st_size > 10_000
+    client = MlflowClient(store)
+    parent = client.search_runs(
+        [client.get_experiment_by_name("tiny_lr").experiment_id], "tags.`nst.sweep_key` LIKE '%'")[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/slide.png", "report/losses.png", "report/measurements.csv"} <= logged
+
+
+def test_report_of_an_unknown_experiment_is_a_clear_error(store, capsys) -> None:
+    assert main(["report", "nope", "--tracking-uri", store]) == 2
+    assert "experiment 'nope': not in this store" in capsys.readouterr().err
+
+
+def _m(move: float = 5.0, style_ratio: float = 0.05, edges: float = 0.8) -> verdicts.Measures:
+    return verdicts.Measures(move=move, step=2000, style_ratio=style_ratio, edges=edges)
+
+
+@pytest.mark.parametrize(
+    ("kind", "measures", "passed"),
+    [
+        ("barely_changes", _m(move=12.0), True),
+        ("barely_changes", _m(move=13.0), False),
+        ("good", _m(style_ratio=0.05, edges=0.8), True),
+        ("good", _m(style_ratio=0.5, edges=0.8), False),  # the style never took
+        ("good", _m(style_ratio=0.05, edges=0.3), False),  # the content is gone
+        ("loses_content", _m(edges=0.3), True),
+        ("loses_content", _m(edges=0.63), False),
+    ],
+)
+def test_verdicts_on_hand_made_numbers(kind, measures, passed) -> None:
+    verdict = verdicts.judge(kind, "lr=x", measures)
+    assert verdict.passed is passed and verdict.label == ("PASS" if passed else "FAIL")
+    assert verdict.criterion and verdict.measured
+
+
+def test_unknown_claim_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown claim"):
+        verdicts.select({"claim": "pretty", "run": {}})
