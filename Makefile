@@ -9,7 +9,7 @@ PORT    ?= 5000
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install test lint experiment run report reproduce ui clean
+.PHONY: help install browser test lint experiment run report reproduce docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-test: install  ## lint and run the test suite (installs first when .venv is missing)
+browser:  ## Debian's chromium for the UI test (apt-get, only when missing)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser  ## lint and run the test suite (installs .venv and chromium first when missing)
 	$(VENV)/bin/ruff check nst pipelines tests
 	$(VENV)/bin/pytest -q
 
@@ -42,6 +46,10 @@ reproduce: install  ## the Challenges slide: lr_sweep + its 0-1-pixel contrast (
 	$(NST) experiment lr_sweep.yaml --quiet
 	$(NST) experiment lr_sweep_unit_pixels.yaml --quiet
 	$(NST) report lr_sweep
+
+docs: install  ## refresh the report committed under docs/ (small figures) from the store
+	$(NST) report lr_sweep --out docs/lr_sweep --dpi 60
+	$(NST) report lr_sweep_unit_pixels --out docs/lr_sweep_unit_pixels --dpi 60
 
 ui: install  ## MLflow UI on the project's store at http://127.0.0.1:$(PORT)
 	@mkdir -p $(STORE)

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("experiment", help="experiment name (the `name:` of its YAML), e.g. lr_sweep")
     rep.add_argument("--parent", help="the sweep's parent run id (default: the latest sweep)")
     rep.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>/)")
+    rep.add_argument("--dpi", type=int, default=110, help="figure resolution (default 110; 60 for docs)")
     rep.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
     return parser
 
@@ -97,9 +98,14 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     sweep = run_experiment(experiment, tracking_uri=uri, progress=not args.quiet)
     print()
     print(summary(sweep))
+    finals = [(p.name, r.final_image) for p, r in sweep.results if r.final_image]
+    if finals:
+        print("final images:")
+        for name, path in finals:
+            print(f"  {name:<28} {path}")
     for point, result in sweep.failed:
         print(f"FAILED {point.name}: {result.error}", file=sys.stderr)
-    print(f"parent run {sweep.parent_run_id}; open the UI: make ui  (store {uri})")
+    print(f"parent run {sweep.parent_run_id}; compare the runs in the UI: make ui  (store {uri})")
     return EXIT_FAILED if sweep.failed else EXIT_OK
 
 
@@ -110,7 +116,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from pipelines.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    path = build_report(MlflowClient(uri), args.experiment, args.out, args.parent, uri)
+    path = build_report(MlflowClient(uri), args.experiment, args.out, args.parent, uri, args.dpi)
     print(f"report: {path}")
     return EXIT_OK
 

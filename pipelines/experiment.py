@@ -20,17 +20,18 @@ from pipelines.config import flatten, to_dict
 from pipelines.grid import Experiment, Point
 from pipelines.run import FAILED, FINISHED, KILLED, RunResult, execute
 
+SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep
 SWEEP_TAG, SWEEP_KEY_TAG, RUN_KEY_TAG, VARIED_TAG = "nst.sweep", "nst.sweep_key", "nst.run_key", "nst.varied"
 
 
 @dataclass
 class SweepResult:
     parent_run_id: str
-    results: list[tuple[Point, RunResult | None]] = field(default_factory=list)  # None: skipped
+    results: list[tuple[Point, RunResult]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[tuple[Point, RunResult]]:
-        return [(p, r) for p, r in self.results if r is not None and r.status != FINISHED]
+        return [(p, r) for p, r in self.results if r.status not in (FINISHED, SKIPPED)]
 
 
 def _clock(seconds: float) -> str:
@@ -103,7 +104,9 @@ def run_experiment(
     for point in experiment.points:
         if point.key in done:
             say(f"  skip {point.name}: already FINISHED as run {done[point.key]}")
-            sweep.results.append((point, None))
+            folder = tracking.local_artifact_dir(client, done[point.key])
+            final = str(folder / "final.png") if folder else None
+            sweep.results.append((point, RunResult(done[point.key], SKIPPED, 0.0, final_image=final)))
     n, start, ran = len(experiment.points), time.perf_counter(), 0
     try:
         for point in todo:
@@ -142,7 +145,7 @@ def summary(sweep: SweepResult) -> str:
     header = f"{'run':<28} {'status':<9} {'J':>11} {'J_content':>11} {'J_style':>11} {'time':>8}"
     lines = [header, "-" * len(header)]
     for point, result in sweep.results:
-        if result is None:
+        if result.status == SKIPPED:
             lines.append(f"{point.name:<28} {'skipped':<9}")
             continue
         loss = result.losses

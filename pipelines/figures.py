@@ -21,7 +21,7 @@ def snapshot_columns(runs: list[RunView]) -> list[int]:
     return sorted(s for s in steps if 0 < s <= last)
 
 
-def slide_figure(runs: list[RunView], path: Path, title: str) -> Path:
+def slide_figure(runs: list[RunView], path: Path, title: str, dpi: int = 110) -> Path:
     """One row per run: content, style, each snapshot, final; labelled like the slide."""
     steps = snapshot_columns(runs)
     columns = ["content", "style", *[f"iteration {s}" for s in steps], "final"]
@@ -45,12 +45,12 @@ def slide_figure(runs: list[RunView], path: Path, title: str) -> Path:
                 ax.set_ylabel(run.name, fontsize=10)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
 
-def loss_figure(runs: list[RunView], path: Path, title: str) -> Path:
+def loss_figure(runs: list[RunView], path: Path, title: str, dpi: int = 110) -> Path:
     """Total, content and style loss against iteration, log scale, one line per run."""
     fig, axes = plt.subplots(1, len(LOSSES), figsize=(5 * len(LOSSES), 3.8))
     for ax, key in zip(axes, LOSSES, strict=True):
@@ -65,6 +65,6 @@ def loss_figure(runs: list[RunView], path: Path, title: str) -> Path:
     axes[0].legend(fontsize=9)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -117,14 +117,14 @@ def _contrast(client: MlflowClient, name: str, sweep: SweepView) -> list[str]:
 
 
 def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
-                 parent_id: str | None = None, tracking_uri: str = "") -> Path:
+                 parent_id: str | None = None, tracking_uri: str = "", dpi: int = 110) -> Path:
     """Build the report of the latest (or the given) sweep of `experiment`; returns report.md."""
     sweep = load_sweep(client, experiment, parent_id)
     folder = out or Path("reports") / sweep.experiment
     folder.mkdir(parents=True, exist_ok=True)
     title = f"{sweep.experiment}: " + ", ".join(r.name for r in sweep.runs)
-    slide_figure(sweep.runs, folder / "slide.png", title)
-    loss_figure(sweep.runs, folder / "losses.png", f"{sweep.experiment}: losses per iteration")
+    slide_figure(sweep.runs, folder / "slide.png", title, dpi)
+    loss_figure(sweep.runs, folder / "losses.png", f"{sweep.experiment}: losses per iteration", dpi)
     rows = [row for run in sweep.runs for row in measure(run)]
     with open(folder / "measurements.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -163,7 +163,8 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
         lines += ["", "## Claims", "", verdicts.__doc__.split("\n\n", 1)[1].strip(), "", *_verdict_lines(found)]
         failed = [v for v in found if not v.passed]
         summary = "All claims hold." if not failed else f"{len(failed)} of {len(found)} claims do not hold: " + \
-            "; ".join(f"{v.claim} ({v.run}): {v.measured} misses {v.criterion}" for v in failed) + "."
+            "; ".join(f"{v.claim} ({v.run}): measured {v.measured}, the criterion needs {v.criterion}"
+                      for v in failed) + "."
         lines += ["", summary]
     contrast = sweep.spec.get("contrast")
     if contrast and found:

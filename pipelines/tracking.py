@@ -45,13 +45,19 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+#: Without it MLflow 3's UI opens an experiment on its GenAI trace overview, not on the runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment `name`, created (or restored) when needed."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name))
+        return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name), tags=EXPERIMENT_KIND)
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    if "mlflow.experimentKind" not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
     return experiment.experiment_id
 
 

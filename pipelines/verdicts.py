@@ -5,7 +5,7 @@ before the sweep's numbers were looked at; no threshold is tuned per learning ra
 
 - `barely_changes` ("we are not able to see much change in the generated image even after
   2000 iterations"): at the claim's step (default 2000) the pixels moved on average at most
-  5% of the 0-255 range from the initial image: mean |x_t - x_0| <= 12.75.
+  5% of the 0-255 range from the initial image: mean abs(x_t − x_0) <= 12.75.
 - `good` ("good images"): the style was taken on, J_style(final) <= 0.1 * J_style(0) (down by
   an order of magnitude), and the content's layout kept: the coarse edge correlation with
   the content photo (Sobel magnitudes at 1/4 scale) is >= 0.5.
@@ -54,8 +54,8 @@ def judge(kind: str, run: str, m: Measures) -> Verdict:
     if kind == "barely_changes":
         return Verdict(
             kind, run,
-            f"mean |x_{m.step} - x_0| <= {MOVE_MAX:.2f} (5% of 0-255)",
-            f"mean |x_{m.step} - x_0| = {m.move:.2f}",
+            f"mean abs(x_{m.step} − x_0) <= {MOVE_MAX:.2f} (5% of 0–255)",
+            f"mean abs(x_{m.step} − x_0) = {m.move:.2f}",
             m.move <= MOVE_MAX,
         )
     if kind == "good":

@@ -1,0 +1,187 @@
+"""The MLflow UI shows a sweep side by side, checked in a real headless Chromium.
+
+A tiny 3-point lr sweep goes into a temporary store; `mlflow ui` serves it on a free
+loopback port; Playwright drives Debian's Chromium through the runs table, the chart view
+and the image grid, and saves screenshots under reports/ui/. In CI a missing browser fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "experiments" / "images"
+SHOTS = ROOT / "reports" / "ui"
+CHROMIUM = "/usr/bin/chromium"
+# As root, in a sandbox with no network: no sandboxing, no background requests to Google.
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+RUNS = ("lr=0.1 seed=0", "lr=1 seed=0", "lr=10 seed=0")
+SWEEP = f"""
+name: ui_sweep
+description: Three learning rates, for the browser test.
+base:
+  content: {IMAGES / "grace_hopper.jpg"}
+  style: {IMAGES / "starry_night.jpg"}
+  size: 64
+  iterations: 12
+  snapshots: [0, 6]
+grid:
+  optimizer.lr: [0.1, 1.0, 10.0]
+"""
+
+pytestmark = pytest.mark.browser
+
+
+def _browser_or_skip() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing in CI: `make test` installs Debian's chromium")
+    pytest.skip(f"{CHROMIUM} not installed (make test installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """(base URL, experiment id) of an MLflow UI serving a freshly run 3-point sweep."""
+    _browser_or_skip()
+    folder = tmp_path_factory.mktemp("ui")
+    store = f"sqlite:///{folder}/mlflow.db"
+    (folder / "ui_sweep.yaml").write_text(SWEEP)
+    assert main(["experiment", str(folder / "ui_sweep.yaml"), "--tracking-uri", store, "--quiet"]) == 0
+    experiment_id = MlflowClient(store).get_experiment_by_name("ui_sweep").experiment_id
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store,
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("mlflow ui did not start") from None
+                time.sleep(0.5)
+        yield url, experiment_id
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(ui):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 950})
+        page.set_default_timeout(30_000)
+        url, experiment_id = ui
+        page.goto(f"{url}/#/experiments/{experiment_id}/runs")
+        page.get_by_text("ui_sweep (sweep)").wait_for()
+        close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
+        if close.count():  # the assistant side panel takes a third of the screen
+            close.click()
+        yield page
+        browser.close()
+
+
+def test_the_parent_run_holds_the_three_children(page) -> None:
+    parent = page.locator("[role=row]", has_text="ui_sweep (sweep)")
+    parent.locator("button[data-component-id*='runnamecellrenderer']").first.click()  # expand
+    for name in RUNS:
+        page.get_by_text(name, exact=True).first.wait_for()
+    assert page.get_by_text("4 matching runs").is_visible()
+    page.screenshot(path=SHOTS / "runs.png")
+
+
+def test_loss_total_is_charted_for_all_three_runs(page) -> None:
+    page.locator("label:has(input[value=CHART])").click()
+    page.get_by_placeholder("Search metric charts").fill("loss/")
+    card = page.locator("[data-testid=experiment-view-compare-runs-card]", has_text="loss/total").first
+    card.wait_for()
+    for name in RUNS:
+        card.get_by_text(f"{name} (loss/total)").wait_for(state="attached")
+    lines = card.locator("path.js-line")
+    deadline = time.monotonic() + 30
+    while lines.count() < len(RUNS) and time.monotonic() < deadline:  # plotly draws after the data arrives
+        time.sleep(0.5)
+    assert lines.count() >= len(RUNS)
+    time.sleep(1)  # let the other cards finish drawing before the picture
+    page.screenshot(path=SHOTS / "charts.png")
+
+
+def test_generated_images_are_shown_for_all_three_runs(page) -> None:
+    page.get_by_placeholder("Search metric charts").fill("generated")
+    card = page.locator("[data-testid=experiment-view-compare-runs-card]", has_text="generated").first
+    card.wait_for()
+    # The grid captions each image with all ~40 run params by default; the names say enough.
+    card.locator("[data-testid=experiment-view-compare-runs-card-menu]").click()
+    page.get_by_role("menuitem", name="Configure").click()
+    page.get_by_text("Show run parameters").click()
+    page.get_by_role("dialog").get_by_role("button", name="Save changes").click()
+    card.locator("[data-component-id=fullscreen_button_chartcard]").click()
+    dialog = page.get_by_role("dialog")
+    images = dialog.locator("img[src*='generated']")
+    images.first.wait_for()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        loaded = images.evaluate_all("els => els.filter(e => e.complete && e.naturalWidth > 0).length")
+        runs = set(images.evaluate_all("els => els.map(e => new URL(e.src).searchParams.get('run_uuid'))"))
+        if loaded >= 3 and len(runs) == 3:
+            break
+        page.mouse.wheel(0, 600)
+        time.sleep(0.5)
+    assert loaded >= 3 and len(runs) == 3, f"{loaded} images loaded for {len(runs)} runs"
+    track = dialog.locator("span[data-orientation=horizontal]:has([role=slider])").first
+    box = track.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)  # the last snapshot
+    slider = dialog.get_by_role("slider").first
+    deadline = time.monotonic() + 10
+    while slider.get_attribute("aria-valuenow") != "12" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert slider.get_attribute("aria-valuenow") == "12"
+    time.sleep(2)  # the new images load
+    page.screenshot(path=SHOTS / "images.png")
+    page.keyboard.press("Escape")
+
+
+def test_screenshots_were_written() -> None:
+    if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
+        pytest.skip("no browser")
+    for name in ("runs.png", "charts.png", "images.png"):
+        assert (SHOTS / name).stat().st_size > 20_000
+
+
+def test_make_ui_binds_to_loopback() -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make not installed")
+    out = subprocess.run([make, "-n", "ui"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "--host 127.0.0.1" in out and "--port 5000" in out
