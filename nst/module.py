@@ -154,14 +154,15 @@ class StyleTransfer(pl.LightningModule):
         def closure() -> Tensor:
             optimizer.zero_grad()
             result.update(self.losses())
+            total = float(result["loss/total"].detach())
+            if not math.isfinite(total):
+                # Before backward and step: the image stays the last finite one.
+                raise DivergedError(self.trainer.global_step, total)
             self.manual_backward(result["loss/total"])
             return result["loss/total"]
 
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step(closure=closure)
-        total = float(result["loss/total"].detach())
-        if not math.isfinite(total):
-            raise DivergedError(batch_idx, total)
         if self.config.optimizer.name != "lbfgs":
             with torch.no_grad():
                 self.image.clamp_(0, self.config.pixel_scale)

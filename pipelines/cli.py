@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.config import merge, parse_set, read_yaml, resolve_paths, run_config
+    from pipelines.config import merge, outside, parse_set, read_yaml, resolve_paths, run_config
     from pipelines.run import FINISHED, execute
     from pipelines.tracking import resolve_tracking_uri
 
@@ -63,9 +63,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UserError(f"{args.config}: expected a mapping of run keys, e.g. 'size: 256'")
         data = resolve_paths(loaded, (args.config.resolve().parent, Path.cwd()))
     cli = {k: v for k, v in (("content", args.content), ("style", args.style)) if v}
-    cli.update(parse_set(s) for s in args.overrides)
-    data = merge(data, resolve_paths(cli, (Path.cwd(),)))
+    overrides = dict(parse_set(s) for s in args.overrides)
+    data = merge(data, resolve_paths({**cli, **overrides}, (Path.cwd(),)))
     config = run_config(data, source=str(args.config) if args.config else "command line")
+    for note in outside(config, Path.cwd(), overrides):
+        print(note, file=sys.stderr)
     uri = resolve_tracking_uri(args.tracking_uri)
     result = execute(config, tracking_uri=uri, experiment=args.experiment, progress=not args.quiet)
     print(f"run {result.run_id}: {result.status} in {result.seconds:.1f} s")
@@ -81,13 +83,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from pipelines.config import parse_set
+    from pipelines.config import outside, parse_set
     from pipelines.experiment import run_experiment, summary
     from pipelines.grid import find_config, load_experiment
     from pipelines.tracking import resolve_tracking_uri
 
     path = find_config(args.config)
-    experiment = load_experiment(path, dict(parse_set(s) for s in args.overrides))
+    overrides = dict(parse_set(s) for s in args.overrides)
+    experiment = load_experiment(path, overrides)
+    for note in sorted({n for p in experiment.points for n in outside(p.config, Path.cwd(), overrides)}):
+        print(note, file=sys.stderr)
     if args.dry_run:
         print(f"{experiment.name}: {len(experiment.points)} runs from {path}")
         for point in experiment.points:

@@ -14,7 +14,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,20 @@ def resolve_paths(data: dict[str, Any], roots: tuple[Path, ...]) -> dict[str, An
             path = found[0] if found else roots[-1] / path
         out[key] = str(path.resolve())
     return out
+
+
+def outside(config: RunConfig, root: Path, keys: Iterable[str]) -> list[str]:
+    """Notes for the image paths among `keys` (those set with --set) that resolve outside
+    `root`: allowed, but worth saying. A missing file gets its own error later instead."""
+    notes = []
+    for key in ("content", "style", "init"):
+        value = getattr(config, key)
+        if key not in keys or (key == "init" and not config.init_from_file) or not Path(value).exists():
+            continue
+        if not Path(value).resolve().is_relative_to(root.resolve()):
+            where = Path(value).resolve()
+            notes.append(f"note: {key} resolves to {where}, outside the project folder {root.resolve()}")
+    return notes
 
 
 def run_config(data: Mapping[str, Any], source: str = "config") -> RunConfig:

@@ -20,6 +20,8 @@ from mlflow.entities import Metric, Param, RunTag
 from pytorch_lightning.loggers import MLFlowLogger
 
 from nst.images import to_pil
+from nst.module import DivergedError
+from pipelines.errors import UserError
 
 #: The default store, relative to the working directory (the project root under `make`).
 DEFAULT_STORE = Path("mlruns")
@@ -33,9 +35,36 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    check_store(uri)
     return uri
+
+
+#: MLflow's HTTP client retries for minutes by default; a user waits at most ~10 s for "unreachable".
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "4",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def check_store(uri: str) -> None:
+    """Fail fast, with the fix, when the store cannot be used: an unwritable SQLite folder or
+    an unreachable tracking server (answered within ~10 s, not after MLflow's retries)."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".nst-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"store folder {folder} is not writable ({exc.strerror}); "
+                            "pick another with --tracking-uri or fix its permissions") from None
+    elif uri.startswith(("http://", "https://")):
+        for key, value in HTTP_ENV.items():
+            os.environ.setdefault(key, value)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - any failure to talk to it means the same here
+            raise UserError(f"tracking server {uri} is unreachable ({type(exc).__name__}); "
+                            "start it (make server) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
 
 
 def artifact_root(uri: str) -> str | None:
@@ -154,5 +183,8 @@ class RunStatus(pl.Callback):
         if isinstance(exception, KeyboardInterrupt):
             self.logger.status_override = "KILLED"
             self.client.set_tag(self.run_id, "nst.error", "interrupted (Ctrl-C)")
-        else:
-            self.client.set_tag(self.run_id, "nst.error", f"{type(exception).__name__}: {exception}"[:5000])
+            return
+        self.client.set_tag(self.run_id, "nst.error", f"{type(exception).__name__}: {exception}"[:5000])
+        if isinstance(exception, DivergedError):
+            # The loss went non-finite before the step, so the image is still the last finite one.
+            self.client.log_image(self.run_id, to_pil(module.image01()), "last_finite.png")  # type: ignore[operator]

@@ -86,6 +86,8 @@ def test_a_failing_point_does_not_stop_the_sweep(grid_file, store, monkeypatch, 
     assert set(status.values()) == {"FINISHED"} and len(status) == 3
     failed = next(c for c in children if c.info.status == "FAILED")
     assert "diverged at step 3" in failed.data.tags["nst.error"]
+    artifacts = {a.path for a in MlflowClient(store).list_artifacts(failed.info.run_id)}
+    assert "last_finite.png" in artifacts  # the image before the loss went NaN is kept
     assert parents[0].info.status == "FAILED"
     captured = capsys.readouterr()
     assert "diverged at step 3" in captured.err

@@ -1,0 +1,130 @@
+"""Bad input at the command line: one line naming the problem and the fix, exit 2, no
+traceback, nothing written to the store."""
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from pipelines.cli import main
+
+IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
+STYLE = str(IMAGES / "starry_night.jpg")
+
+
+def _jpeg(size: tuple[int, int] = (64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 100, 50)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _bad_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / "photo.jpg"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(_jpeg()[:200])
+    elif kind == "text":
+        path.write_text("a shopping list, not a photo")
+    elif kind == "1x1":
+        Image.new("RGB", (1, 1)).save(path, "JPEG")
+    elif kind == "bomb":
+        Image.new("RGB", (3000, 3000)).save(path, "JPEG")
+    return path
+
+
+def _expect_usage_error(capsys, argv: list[str], *needles: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("nst: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _store_is_empty(store: str) -> bool:
+    client = MlflowClient(store)
+    return all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [("missing", "no such file"), ("directory", "is a directory"), ("empty", "empty"),
+     ("truncated", "corrupt or truncated"), ("text", "not an image"), ("1x1", "too small"),
+     ("bomb", "decompression bomb")],
+)
+def test_bad_images(tmp_path, store, capsys, monkeypatch, kind, needle) -> None:
+    monkeypatch.setattr("nst.images.MAX_PIXELS", 1_000_000)  # the 3000x3000 "bomb" is 9 Mpx
+    path = _bad_file(tmp_path, kind)
+    _expect_usage_error(capsys, ["run", "--content", str(path), "--style", STYLE, "--tracking-uri", store,
+                                 "--quiet"], str(path), needle)
+    assert _store_is_empty(store)
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("optimizer.lrr=1", "did you mean 'optimizer.lr'"),
+        ("optimizer.lr=fast", "optimizer.lr: expected a number, got 'fast'"),
+        ("optimizer.lr=-0.1", "optimizer.lr must be > 0"),
+        ("iterations=-5", "iterations must be > 0"),
+        ("size=0", "size must be within 1..4096"),
+        ("size=100000", "size must be within 1..4096"),
+        ("layers.content=[relu9_2]", "unknown VGG-19 layer 'relu9_2'"),
+        ("optimizer.name=rmsprop", "optimizer.name must be one of adam, lbfgs, sgd"),
+        ("device=tpu", "device must be one of auto, cpu, cuda"),
+        ("optimizer.lr", "expected key=value"),
+    ],
+)
+def test_bad_settings(store, capsys, setting, needle) -> None:
+    argv = ["run", "--content", STYLE, "--style", STYLE, "--set", setting, "--tracking-uri", store]
+    _expect_usage_error(capsys, argv, needle)
+    assert not Path(store.removeprefix("sqlite:///")).exists()
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path, store, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("size: 64\noptimizer: {lr: 0.1\n")
+    _expect_usage_error(capsys, ["run", "--config", str(config), "--tracking-uri", store],
+                        str(config), "line 3", "YAML syntax error")
+
+
+@pytest.mark.parametrize(
+    ("grid", "needle"),
+    [("grid: {}\n", "nothing varies"), ("zip:\n  alpha: [1, 2]\n  beta: [1]\n", "equal lengths")],
+)
+def test_bad_experiment_files(tmp_path, store, capsys, grid, needle) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"name: t\nbase:\n  content: {STYLE}\n  style: {STYLE}\n{grid}")
+    _expect_usage_error(capsys, ["experiment", str(path), "--tracking-uri", store], str(path), needle)
+
+
+def test_unreachable_tracking_server_answers_fast(capsys) -> None:
+    start = time.monotonic()
+    _expect_usage_error(capsys, ["run", "--content", STYLE, "--style", STYLE, "--tracking-uri",
+                                 "http://127.0.0.1:9"], "unreachable", "make server")
+    assert time.monotonic() - start < 10
+
+
+def test_unwritable_store_folder(tmp_path, capsys) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the store's folder should be")
+    _expect_usage_error(capsys, ["run", "--content", STYLE, "--style", STYLE, "--tracking-uri",
+                                 f"sqlite:///{blocker}/mlflow.db"], "not writable", str(blocker))
+
+
+def test_a_path_outside_the_project_is_allowed_and_reported(tmp_path, store, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (48, 48), (10, 120, 200)).save(outside)
+    code = main(["run", "--content", STYLE, "--style", STYLE, "--set", f"content={outside}", "--set", "size=32",
+                 "--set", "iterations=2", "--tracking-uri", store, "--quiet"])
+    assert code == 0
+    assert f"note: content resolves to {outside}, outside the project folder" in capsys.readouterr().err
