@@ -43,6 +43,7 @@ class RunConfig(TransferConfig):
     style_scale: float | None = None  # None: the style image is resized to the content's size
     snapshots: tuple[int, ...] = DEFAULT_SNAPSHOTS
     device: str = "auto"
+    checkpoint_every: int = 100  # steps between resumable checkpoints (0: none)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,6 +53,8 @@ class RunConfig(TransferConfig):
             raise ValueError(f"style_scale must be > 0, got {self.style_scale}")
         if any(s < 0 for s in self.snapshots):
             raise ValueError(f"snapshots must be >= 0, got {list(self.snapshots)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
 
@@ -252,9 +255,14 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: Keys that change how a run is carried out, not what it computes.
+_NOT_IN_RUN_KEY = ("checkpoint_every",)
+
+
 def run_key(config: RunConfig) -> str:
-    """A stable hash of the resolved config: the same key means the same run."""
-    blob = json.dumps(to_dict(config), sort_keys=True)
+    """A stable hash of the resolved config: the same key means the same result."""
+    data = {k: v for k, v in to_dict(config).items() if k not in _NOT_IN_RUN_KEY}
+    blob = json.dumps(data, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

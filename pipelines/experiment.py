@@ -51,14 +51,16 @@ def find_parent(client: MlflowClient, exp_id: str, experiment: Experiment) -> st
     return runs[0].info.run_id if runs else None
 
 
-def finished_children(client: MlflowClient, exp_id: str, parent_id: str) -> dict[str, str]:
-    """run_key -> run_id of the parent's FINISHED children."""
+def children(client: MlflowClient, exp_id: str, parent_id: str, statuses: tuple[str, ...]) -> dict[str, str]:
+    """run_key -> run_id of the parent's children in one of `statuses` (the newest wins)."""
     runs = client.search_runs(
         [exp_id],
-        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'",
+        order_by=["attributes.start_time ASC"],
         max_results=10000,
     )
-    return {r.data.tags[RUN_KEY_TAG]: r.info.run_id for r in runs if RUN_KEY_TAG in r.data.tags}
+    return {r.data.tags[RUN_KEY_TAG]: r.info.run_id for r in runs
+            if RUN_KEY_TAG in r.data.tags and r.info.status in statuses}
 
 
 def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) -> str:
@@ -90,7 +92,10 @@ def run_experiment(
     client = MlflowClient(tracking_uri)
     exp_id = tracking.experiment_id(client, experiment.name, tracking_uri)
     parent_id = find_parent(client, exp_id, experiment)
-    done = finished_children(client, exp_id, parent_id) if parent_id else {}
+    done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
+    # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
+    # the run's last checkpoint instead of starting over.
+    interrupted = children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
     if parent_id is None:
         parent_id = _create_parent(client, exp_id, experiment)
         say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
@@ -112,7 +117,9 @@ def run_experiment(
         for point in todo:
             elapsed = time.perf_counter() - start
             eta = f"ETA {_clock(elapsed / ran * (len(todo) - ran))}" if ran else "ETA ?"
-            say(f"[{point.index + 1}/{n}] {point.name}: start · elapsed {_clock(elapsed)} · {eta}")
+            resume_id = interrupted.get(point.key)
+            verb = f"resume run {resume_id}" if resume_id else "start"
+            say(f"[{point.index + 1}/{n}] {point.name}: {verb} · elapsed {_clock(elapsed)} · {eta}")
             result = execute(
                 point.config,
                 tracking_uri=tracking_uri,
@@ -122,6 +129,7 @@ def run_experiment(
                 tags={SWEEP_TAG: experiment.name, VARIED_TAG: json.dumps(list(point.varied))},
                 description=f"{experiment.name}: varies {point.name}",
                 progress=progress,
+                resume_run_id=resume_id,
             )
             ran += 1
             sweep.results.append((point, result))

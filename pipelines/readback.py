@@ -7,7 +7,6 @@ any store the runs were logged to, local or remote.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from nst.images import load_image
 from pipelines.errors import UserError
 from pipelines.experiment import SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
+from pipelines.tracking_run import SNAPSHOT_FILE
 
-_SNAPSHOT = re.compile(r"^generated\+step\+(\d+)\+.*(?<!compressed)\.png$")
 LOSSES = ("loss/total", "loss/content", "loss/style")
 
 
@@ -114,7 +113,7 @@ def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = No
                 {k: child.data.params.get(k, "") for k in varied_keys}, history,
             )
             for artifact in client.list_artifacts(rid, "images"):
-                match = _SNAPSHOT.match(Path(artifact.path).name)
+                match = SNAPSHOT_FILE.match(Path(artifact.path).name)
                 if match:
                     view.snapshots[int(match.group(1))] = _download_image(client, rid, artifact.path, folder)
             view.content = _download_image(client, rid, "content.png", folder)

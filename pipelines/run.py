@@ -24,7 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from nst.images import ImageError, load_image, save_image
 from nst.module import StyleTransfer, build_backbone
 from nst.vgg import WeightsError
-from pipelines import tracking
+from pipelines import tracking, tracking_run
 from pipelines.config import RunConfig, flatten, run_key, to_dict, to_yaml
 from pipelines.errors import UserError
 
@@ -84,6 +84,8 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Resuming mid-"epoch" is exact here: the data loader only counts steps; the state is the image.
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
 
 
 def execute(
@@ -96,10 +98,12 @@ def execute(
     tags: dict[str, Any] | None = None,
     description: str | None = None,
     progress: bool = True,
+    resume_run_id: str | None = None,
 ) -> RunResult:
     """Run one style transfer, tracked. Raises UserError for bad input (before any run
     exists) and KeyboardInterrupt after marking the run KILLED; other failures return a
-    FAILED result with the reason, so a sweep can go on."""
+    FAILED result with the reason, so a sweep can go on. With `resume_run_id`, that run
+    continues from its last checkpoint, without writing any step twice."""
     quiet_lightning()
     device = resolve_device(config.device)
     inputs = load_inputs(config)
@@ -109,8 +113,26 @@ def execute(
         raise UserError(str(exc)) from None
     torch.manual_seed(config.seed)
     module = StyleTransfer(inputs.content, inputs.style, config, backbone=backbone, init01=inputs.init)
-
     client = MlflowClient(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, skip_through, snapshots_done = None, -1, set()
+        if resume_run_id:
+            run_id = resume_run_id
+            checkpoint = tracking_run.download_checkpoint(client, run_id, Path(tmp))
+            skip_through = tracking_run.last_logged_step(client, run_id)
+            snapshots_done = tracking_run.logged_snapshot_steps(client, run_id)
+            client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = _start_run(client, config, inputs, experiment, tracking_uri, device, run_name, parent_run_id,
+                                tags, description)
+        resume = Resume(checkpoint, skip_through, snapshots_done)
+        return _fit(client, run_id, config, module, tracking_uri, device, progress, resume)
+
+
+def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experiment: str, tracking_uri: str,
+               device: str, run_name: str | None, parent_run_id: str | None, tags: dict[str, Any] | None,
+               description: str | None) -> str:
+    """Create the MLflow run with its tags, params and input artifacts; returns its id."""
     exp_id = tracking.experiment_id(client, experiment, tracking_uri)
     run_tags: dict[str, Any] = {
         "nst.run_key": run_key(config),
@@ -124,16 +146,36 @@ def execute(
         run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     if description:
         run_tags[MLFLOW_RUN_NOTE] = description
-    run = client.create_run(exp_id, tags=run_tags, run_name=run_name)
-    run_id = run.info.run_id
+    run_id = client.create_run(exp_id, tags=run_tags, run_name=run_name).info.run_id
     tracking.log_params(client, run_id, flatten(to_dict(config)))
     with tempfile.TemporaryDirectory() as tmp:
         save_image(inputs.content, Path(tmp) / "content.png")
         save_image(inputs.style, Path(tmp) / "style.png")
         (Path(tmp) / "config.yaml").write_text(to_yaml(config))
         client.log_artifacts(run_id, tmp)
+    return run_id
 
-    logger = tracking.BufferedMLFlowLogger(tracking_uri=tracking_uri, run_id=run_id)
+
+@dataclass
+class Resume:
+    """Where a resumed run picks up: its checkpoint and what the store already holds."""
+
+    checkpoint: Path | None = None
+    skip_through: int = -1  # metric steps already logged
+    snapshots_done: set[int] = field(default_factory=set)
+
+
+def _fit(client: MlflowClient, run_id: str, config: RunConfig, module: StyleTransfer, tracking_uri: str,
+         device: str, progress: bool, resume: Resume) -> RunResult:
+    logger = tracking_run.BufferedMLFlowLogger(
+        tracking_uri=tracking_uri, run_id=run_id, skip_through=resume.skip_through)
+    callbacks: list[pl.Callback] = [
+        tracking_run.StepClock(logger),
+        tracking_run.Snapshots(client, run_id, config.snapshot_steps, resume.snapshots_done),
+        tracking_run.RunStatus(client, run_id, logger),
+    ]
+    if config.checkpoint_every:
+        callbacks.append(tracking_run.Checkpoints(client, run_id, config.checkpoint_every, logger))
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
@@ -141,18 +183,15 @@ def execute(
         max_epochs=1,
         logger=logger,
         log_every_n_steps=1,
-        callbacks=[
-            tracking.Snapshots(client, run_id, config.snapshot_steps),
-            tracking.RunStatus(client, run_id, logger),
-        ],
-        enable_checkpointing=False,
+        callbacks=callbacks,
+        enable_checkpointing=False,  # Checkpoints does it, as an MLflow artifact
         enable_model_summary=False,
         enable_progress_bar=progress,
         num_sanity_val_steps=0,
     )
     start = time.perf_counter()
     try:
-        trainer.fit(module)
+        trainer.fit(module, ckpt_path=resume.checkpoint)
     except SystemExit:
         # Lightning turns Ctrl-C into finalize("failed") + sys.exit(1); RunStatus said KILLED.
         if logger.status_override == KILLED:

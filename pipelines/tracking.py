@@ -1,32 +1,27 @@
-"""All MLflow code: the store, runs, buffered metrics, image snapshots and status.
+"""MLflow, part 1: the store (URI, checks, artifact root), experiments, params and tags.
 
-The Lightning module only calls `self.log(...)`; `BufferedMLFlowLogger` keeps those metrics
-in memory and writes them in batches (a SQLite write costs milliseconds, an iteration tens),
-and `Snapshots` logs the generated image at the snapshot steps for the UI's step slider.
+Part 2, `pipelines.tracking_run`, is what logs during a run (metrics, snapshots, status,
+checkpoints). Nothing else in the project talks to MLflow.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import pytorch_lightning as pl
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from pytorch_lightning.loggers import MLFlowLogger
+from mlflow.entities import Param, RunTag
+from mlflow.exceptions import MlflowException
 
-from nst.images import to_pil
-from nst.module import DivergedError
 from pipelines.errors import UserError
 
 #: The default store, relative to the working directory (the project root under `make`).
 DEFAULT_STORE = Path("mlruns")
 _PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
-_METRICS_PER_BATCH = 1000
 _PARAM_MAX_CHARS = 6000
 
 
@@ -57,6 +52,11 @@ def check_store(uri: str) -> None:
         except OSError as exc:
             raise UserError(f"store folder {folder} is not writable ({exc.strerror}); "
                             "pick another with --tracking-uri or fix its permissions") from None
+        # MLflow creates and migrates the schema on first use; two processes doing that at
+        # once corrupt the migration. One at a time, under a lock file beside the database.
+        with open(folder / ".nst-init.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            MlflowClient(uri).search_experiments(max_results=1)
     elif uri.startswith(("http://", "https://")):
         for key, value in HTTP_ENV.items():
             os.environ.setdefault(key, value)
@@ -82,7 +82,13 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment `name`, created (or restored) when needed."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name), tags=EXPERIMENT_KIND)
+        try:
+            return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name),
+                                            tags=EXPERIMENT_KIND)
+        except MlflowException:  # another process created it a moment ago
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
     if "mlflow.experimentKind" not in experiment.tags:
@@ -113,78 +119,3 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None
 
 def log_text(client: MlflowClient, run_id: str, text: str, name: str) -> None:
     client.log_text(run_id, text, name)
-
-
-class BufferedMLFlowLogger(MLFlowLogger):
-    """MLFlowLogger that buffers metrics and writes them at most once per `flush_seconds`.
-
-    Every step still reaches the store: `finalize` (success, failure or Ctrl-C) flushes the
-    rest. `status_override` lets the caller say KILLED where Lightning only knows "failed".
-    """
-
-    def __init__(self, *, tracking_uri: str, run_id: str, flush_seconds: float = 2.0) -> None:
-        super().__init__(tracking_uri=tracking_uri, run_id=run_id, log_model=False)
-        self.flush_seconds = flush_seconds
-        self._buffer: list[Metric] = []
-        self._last_flush = time.monotonic()
-        self.status_override: str | None = None
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)
-        self._buffer.extend(
-            Metric(key=k, value=float(v), timestamp=now, step=step or 0)
-            for k, v in metrics.items()
-            if k != "epoch"  # Lightning's own bookkeeping; a style transfer has one "epoch"
-        )
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        buffer, self._buffer = self._buffer, []
-        for i in range(0, len(buffer), _METRICS_PER_BATCH):
-            self.experiment.log_batch(self.run_id, metrics=buffer[i : i + _METRICS_PER_BATCH])
-        self._last_flush = time.monotonic()
-
-    def finalize(self, status: str = "success") -> None:
-        if not self._initialized:
-            return
-        self.flush()
-        super().finalize(self.status_override or status)
-
-
-class Snapshots(pl.Callback):
-    """Logs the generated image at the snapshot steps (`log_image(key="generated", step=s)`).
-
-    Step s is the image after s optimizer updates: step 0 is the initial image.
-    """
-
-    def __init__(self, client: MlflowClient, run_id: str, steps: Iterable[int]) -> None:
-        self.client, self.run_id, self.steps = client, run_id, set(steps)
-
-    def _log(self, module: pl.LightningModule, step: int) -> None:
-        if step in self.steps:
-            image = to_pil(module.image01())  # type: ignore[operator]
-            self.client.log_image(self.run_id, image, key="generated", step=step)
-
-    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._log(module, 0)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        self._log(module, trainer.global_step)
-
-
-class RunStatus(pl.Callback):
-    """Records why a run stopped: KILLED on Ctrl-C, the error as the `nst.error` tag."""
-
-    def __init__(self, client: MlflowClient, run_id: str, logger: BufferedMLFlowLogger) -> None:
-        self.client, self.run_id, self.logger = client, run_id, logger
-
-    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
-            self.logger.status_override = "KILLED"
-            self.client.set_tag(self.run_id, "nst.error", "interrupted (Ctrl-C)")
-            return
-        self.client.set_tag(self.run_id, "nst.error", f"{type(exception).__name__}: {exception}"[:5000])
-        if isinstance(exception, DivergedError):
-            # The loss went non-finite before the step, so the image is still the last finite one.
-            self.client.log_image(self.run_id, to_pil(module.image01()), "last_finite.png")  # type: ignore[operator]

@@ -1,0 +1,160 @@
+"""MLflow, part 2: what a run logs while Lightning trains it.
+
+The Lightning module only calls `self.log(...)`; `BufferedMLFlowLogger` keeps those metrics
+in memory and writes them in batches (a SQLite write costs milliseconds, an iteration tens).
+The callbacks log the generated image at the snapshot steps (for the UI's step slider),
+record why a run stopped, and save resumable checkpoints (image + optimizer state, no VGG).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from pytorch_lightning.loggers import MLFlowLogger
+
+from nst.images import to_pil
+from nst.module import DivergedError
+
+_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+CHECKPOINT = "checkpoint/last.ckpt"  # artifact path of a run's latest checkpoint
+#: How MLflow names a `log_image(key="generated", step=s)` file (plus a .webp thumbnail).
+SNAPSHOT_FILE = re.compile(r"^generated\+step\+(\d+)\+.*(?<!compressed)\.png$")
+
+
+class BufferedMLFlowLogger(MLFlowLogger):
+    """MLFlowLogger that buffers metrics and writes them at most once per `flush_seconds`.
+
+    Every step still reaches the store: `finalize` (success, failure or Ctrl-C) flushes the
+    rest. `status_override` lets the caller say KILLED where Lightning only knows "failed".
+    Steps are the optimizer's (`StepClock` sets `step`): metric step k is the loss of the
+    image after k updates, also across a resume. Steps up to `skip_through` are already in
+    the store (a resumed run recomputes them bit for bit) and are not written twice.
+    """
+
+    def __init__(self, *, tracking_uri: str, run_id: str, flush_seconds: float = 2.0,
+                 skip_through: int = -1) -> None:
+        super().__init__(tracking_uri=tracking_uri, run_id=run_id, log_model=False)
+        self.flush_seconds = flush_seconds
+        self.skip_through = skip_through
+        self.step = 0
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self.status_override: str | None = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.step <= self.skip_through:
+            return
+        now = int(time.time() * 1000)
+        self._buffer.extend(
+            Metric(key=k, value=float(v), timestamp=now, step=self.step)
+            for k, v in metrics.items()
+            if k != "epoch"  # Lightning's own bookkeeping; a style transfer has one "epoch"
+        )
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        buffer, self._buffer = self._buffer, []
+        for i in range(0, len(buffer), _METRICS_PER_BATCH):
+            self.experiment.log_batch(self.run_id, metrics=buffer[i : i + _METRICS_PER_BATCH])
+        self._last_flush = time.monotonic()
+
+    def finalize(self, status: str = "success") -> None:
+        if not self._initialized:
+            return
+        self.flush()
+        super().finalize(self.status_override or status)
+
+
+class Snapshots(pl.Callback):
+    """Logs the generated image at the snapshot steps (`log_image(key="generated", step=s)`).
+
+    Step s is the image after s optimizer updates: step 0 is the initial image.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, steps: Iterable[int], done: Iterable[int] = ()) -> None:
+        self.client, self.run_id, self.steps = client, run_id, set(steps) - set(done)
+
+    def _log(self, module: pl.LightningModule, step: int) -> None:
+        if step in self.steps:
+            image = to_pil(module.image01())  # type: ignore[operator]
+            self.client.log_image(self.run_id, image, key="generated", step=step)
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.global_step == 0:  # not again when resuming from a checkpoint
+            self._log(module, 0)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        self._log(module, trainer.global_step)
+
+
+class RunStatus(pl.Callback):
+    """Records why a run stopped: KILLED on Ctrl-C, the error as the `nst.error` tag."""
+
+    def __init__(self, client: MlflowClient, run_id: str, logger: BufferedMLFlowLogger) -> None:
+        self.client, self.run_id, self.logger = client, run_id, logger
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.logger.status_override = "KILLED"
+            self.client.set_tag(self.run_id, "nst.error", "interrupted (Ctrl-C)")
+            return
+        self.client.set_tag(self.run_id, "nst.error", f"{type(exception).__name__}: {exception}"[:5000])
+        if isinstance(exception, DivergedError):
+            # The loss went non-finite before the step, so the image is still the last finite one.
+            self.client.log_image(self.run_id, to_pil(module.image01()), "last_finite.png")  # type: ignore[operator]
+
+
+class StepClock(pl.Callback):
+    """Tells the logger the optimizer step each logged metric belongs to."""
+
+    def __init__(self, logger: BufferedMLFlowLogger) -> None:
+        self.logger = logger
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.logger.step = trainer.global_step
+
+
+class Checkpoints(pl.Callback):
+    """Every `every` steps: flush the metrics, then save image + optimizer state as the run's
+    `checkpoint/last.ckpt` artifact. Saved before a step, so every metric before it is in the
+    store and a resume from it leaves no gap."""
+
+    def __init__(self, client: MlflowClient, run_id: str, every: int, logger: BufferedMLFlowLogger) -> None:
+        self.client, self.run_id, self.every, self.logger = client, run_id, every, logger
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every:
+            return
+        self.logger.flush()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "last.ckpt"
+            trainer.save_checkpoint(path)
+            self.client.log_artifact(self.run_id, str(path), "checkpoint")
+
+
+def last_logged_step(client: MlflowClient, run_id: str) -> int:
+    """The highest step of `loss/total` in the store, -1 when none."""
+    return max((m.step for m in client.get_metric_history(run_id, "loss/total")), default=-1)
+
+
+def logged_snapshot_steps(client: MlflowClient, run_id: str) -> set[int]:
+    """Steps whose `generated` image the run already holds."""
+    names = (Path(a.path).name for a in client.list_artifacts(run_id, "images"))
+    return {int(m.group(1)) for m in map(SNAPSHOT_FILE.match, names) if m}
+
+
+def download_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> Path | None:
+    """The run's last checkpoint as a local file, or None when it has none."""
+    if not any(a.path == CHECKPOINT for a in client.list_artifacts(run_id, "checkpoint")):
+        return None
+    return Path(client.download_artifacts(run_id, CHECKPOINT, str(folder)))

@@ -1,0 +1,91 @@
+"""kill -9 in the middle of a sweep, then the same command again: finished runs are skipped,
+the killed run resumes from its checkpoint in the same MLflow run, with every step logged
+exactly once and a final image bit-identical to an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from mlflow import MlflowClient
+from PIL import Image
+
+from pipelines.cli import main
+
+IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
+STEPS = 160
+SWEEP = f"""
+name: resumable
+description: two points, checkpoints every 20 steps
+base:
+  content: {IMAGES / "grace_hopper.jpg"}
+  style: {IMAGES / "the_scream.jpg"}
+  size: 40
+  iterations: {STEPS}
+  snapshots: [0, 50, 120]
+  checkpoint_every: 20
+grid:
+  optimizer.lr: [1.0, 0.5]
+"""
+
+
+def _children(client: MlflowClient) -> dict[str, object]:
+    experiment = client.get_experiment_by_name("resumable")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+
+
+def _final(client: MlflowClient, run_id: str, folder: Path) -> np.ndarray:
+    return np.asarray(Image.open(client.download_artifacts(run_id, "final.png", str(folder))))
+
+
+def _history(client: MlflowClient, run_id: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss/total"))
+
+
+def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path) -> None:
+    path = tmp_path / "resumable.yaml"
+    path.write_text(SWEEP)
+    store = f"sqlite:///{tmp_path}/store/mlflow.db"
+    client = MlflowClient(store)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "experiment", str(path), "--tracking-uri", store, "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    killed_id, deadline = None, time.monotonic() + 180
+    while killed_id is None and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.3)
+        if not Path(f"{tmp_path}/store/mlflow.db").exists():
+            continue
+        for run in _children(client).values():
+            steps = _history(client, run.info.run_id)
+            if run.info.status == "RUNNING" and len(steps) >= 50:
+                killed_id = run.info.run_id
+    assert killed_id is not None, "never caught a run in the middle"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert client.get_run(killed_id).info.status == "RUNNING"  # nobody could mark it
+
+    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet"]) == 0
+    runs = _children(client)
+    assert sorted(runs) == ["lr=0.5 seed=0", "lr=1 seed=0"]  # resumed in place, no third run
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+
+    reference = f"sqlite:///{tmp_path}/reference/mlflow.db"
+    assert main(["experiment", str(path), "--tracking-uri", reference, "--quiet"]) == 0
+    ref_client = MlflowClient(reference)
+    ref_runs = _children(ref_client)
+    for name, run in runs.items():
+        history = _history(client, run.info.run_id)
+        assert [s for s, _ in history] == list(range(STEPS)), f"{name}: gaps or duplicates"
+        assert history == _history(ref_client, ref_runs[name].info.run_id), f"{name}: metrics differ"
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+        steps = sorted(int(Path(p).name.split("+")[2]) for p in images)
+        assert steps == [0, 50, 120, STEPS], f"{name}: snapshots {steps}"
+        mine = _final(client, run.info.run_id, tmp_path / "a" / name)
+        theirs = _final(ref_client, ref_runs[name].info.run_id, tmp_path / "b" / name)
+        assert np.array_equal(mine, theirs), f"{name}: final image differs from an uninterrupted run"
+    assert client.list_artifacts(killed_id, "checkpoint")  # the resume came from a real checkpoint
