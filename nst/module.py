@@ -10,8 +10,10 @@ Deviations from Gatys et al., on purpose:
   every step (a clamp), so a saved image shows exactly what the losses saw.
 - L-BFGS runs one iteration per training step, without line search (as jcjohnson's
   neural-style), so an "iteration" means one step of any optimizer and every step is
-  logged. It is not clamped in the loop: a projection would corrupt its curvature pairs
-  (measured: it stalls); its images are clamped when read out.
+  logged. It minimizes J divided by its mean gradient at step 0 (logged losses stay J),
+  since torch's L-BFGS has absolute thresholds that fail at the seed's loss scale. It is
+  not clamped in the loop: a projection would corrupt its curvature pairs (measured: it
+  stalls); its images are clamped when read out.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class StyleTransfer(pl.LightningModule):
         for name, value in grams.items():
             self.register_buffer(f"style_gram_{name}", value, persistent=False)
         self.register_buffer("content01", content01, persistent=False)
+        self._loss_scale: float | None = None  # L-BFGS only: see _lbfgs_scale
 
     # -- the math -----------------------------------------------------------------------------
     def image01(self) -> Tensor:
@@ -158,8 +161,11 @@ class StyleTransfer(pl.LightningModule):
             if not math.isfinite(total):
                 # Before backward and step: the image stays the last finite one.
                 raise DivergedError(self.trainer.global_step, total)
-            self.manual_backward(result["loss/total"])
-            return result["loss/total"]
+            objective = result["loss/total"]
+            if self.config.optimizer.name == "lbfgs":
+                objective = objective / self._lbfgs_scale(objective)
+            self.manual_backward(objective)
+            return objective
 
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step(closure=closure)
@@ -178,6 +184,22 @@ class StyleTransfer(pl.LightningModule):
         )
         return result["loss/total"]
 
+    def _lbfgs_scale(self, total: Tensor) -> float:
+        """Mean |dJ/dx| at the first step. torch's L-BFGS takes a first step of 1/|g|_1 and
+        accepts curvature pairs only when y's > 1e-10, both absolute: with the seed's loss
+        (~1e12) it overshoots to inf on step 2, and with a loss near 1 it never moves
+        (measured at 128 px). Dividing J by this makes the gradient ~1 per pixel."""
+        if self._loss_scale is None:
+            (grad,) = torch.autograd.grad(total, self.image, retain_graph=True)
+            self._loss_scale = float(grad.abs().mean()) or 1.0
+        return self._loss_scale
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nst_loss_scale"] = self._loss_scale  # part of L-BFGS' objective: resume needs it
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._loss_scale = checkpoint.get("nst_loss_scale")
+
     def configure_optimizers(self):  # type: ignore[no-untyped-def]  # Lightning's union type
         o = self.config.optimizer
         params = [self.image]
@@ -186,7 +208,10 @@ class StyleTransfer(pl.LightningModule):
         elif o.name == "sgd":
             optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum)
         else:
-            optimizer = torch.optim.LBFGS(params, lr=o.lr, max_iter=1, history_size=100)
+            # No early stop (tolerances 0): a run lasts exactly `iterations` steps.
+            optimizer = torch.optim.LBFGS(
+                params, lr=o.lr, max_iter=1, history_size=100, tolerance_grad=0.0, tolerance_change=0.0
+            )
         if o.schedule == "constant":
             return optimizer
         if o.schedule == "cosine":

@@ -122,3 +122,16 @@ def test_adam_ignores_the_loss_scale(pair) -> None:
         _fit(module, 5)
         images.append(module.image.detach())
     assert (images[0] - images[1]).abs().max() < 1e-2  # in 0-255 units
+
+
+def test_lbfgs_at_the_seed_loss_scale_descends_without_blowing_up() -> None:
+    """At 128 px the seed's J is ~1e12: plain torch L-BFGS went to inf at step 2 (measured)."""
+    images = Path(__file__).resolve().parents[1] / "experiments" / "images"
+    content = load_image(images / "grace_hopper.jpg", 128)
+    style = load_image(images / "starry_night.jpg", (content.shape[3], content.shape[2]))
+    config = TransferConfig(iterations=6, optimizer=OptimizerConfig(name="lbfgs", lr=1.0))
+    module = StyleTransfer(content, style, config)
+    before = module.losses()["loss/total"].item()
+    _fit(module, 6)
+    after = module.losses()["loss/total"].item()
+    assert after < 0.5 * before
