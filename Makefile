@@ -9,7 +9,7 @@ PORT    ?= 5000
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install browser test lint experiment run report reproduce docs ui clean
+.PHONY: help install browser test lint experiment run report reproduce bench docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,11 +27,11 @@ browser:  ## Debian's chromium for the UI test (apt-get, only when missing)
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: install browser  ## lint and run the test suite (installs .venv and chromium first when missing)
-	$(VENV)/bin/ruff check nst pipelines tests
+	$(VENV)/bin/ruff check nst pipelines tests benchmarks
 	$(VENV)/bin/pytest -q
 
 lint: install  ## ruff
-	$(VENV)/bin/ruff check nst pipelines tests
+	$(VENV)/bin/ruff check nst pipelines tests benchmarks
 
 experiment: install  ## run a sweep: make experiment CONFIG=lr_sweep.yaml [ARGS="--set iterations=50"]
 	$(NST) experiment $(CONFIG) $(ARGS)
@@ -46,6 +46,9 @@ reproduce: install  ## the Challenges slide: lr_sweep + its 0-1-pixel contrast (
 	$(NST) experiment lr_sweep.yaml --quiet
 	$(NST) experiment lr_sweep_unit_pixels.yaml --quiet
 	$(NST) report lr_sweep
+
+bench: install  ## measure overhead, roofline and precision; writes BENCHMARKS.md (a few minutes)
+	$(PY) -m benchmarks.bench
 
 docs: install  ## refresh the report committed under docs/ (small figures) from the store
 	$(NST) report lr_sweep --out docs/lr_sweep --dpi 60

@@ -3,7 +3,8 @@
 The generated image is an `nn.Parameter` of shape (1, 3, H, W), RGB, in units of
 `pixel_scale` (255 by default, the seed's scale). The frozen VGG-19 is held outside the
 module's registry, so it is never in `state_dict()`, a checkpoint or `parameters()`.
-Content and style targets are computed once, at construction.
+Content and style targets are computed once, at construction. After every step the
+losses (keyed by metric name) and the lr are in `last_metrics` for callbacks to log.
 
 Deviations from Gatys et al., on purpose:
 - Adam and SGD: pixels are projected back into the valid range [0, pixel_scale] after
@@ -111,6 +112,7 @@ class StyleTransfer(pl.LightningModule):
             self.register_buffer(f"style_gram_{name}", value, persistent=False)
         self.register_buffer("content01", content01, persistent=False)
         self._loss_scale: float | None = None  # L-BFGS only: see _lbfgs_scale
+        self.last_metrics: dict[str, float] = {}  # the losses of the last step, by metric name
 
     # -- the math -----------------------------------------------------------------------------
     def image01(self) -> Tensor:
@@ -175,13 +177,9 @@ class StyleTransfer(pl.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        metrics = {k: v.detach() for k, v in result.items()}
-        metrics["lr"] = torch.tensor(lr)
-        self.log_dict(metrics, on_step=True, on_epoch=False)
-        self.log_dict(
-            {"J": metrics["loss/total"], "Jc": metrics["loss/content"], "Js": metrics["loss/style"]},
-            prog_bar=True, logger=False, on_step=True, on_epoch=False,
-        )
+        # Exposed, not self.log()-ed: Lightning's self.log costs ~0.7 ms per key, 8.7 ms of a
+        # 96 ms step at 128 px (measured); the caller's callback hands these to its logger.
+        self.last_metrics = {k: float(v.detach()) for k, v in result.items()} | {"lr": lr}
         return result["loss/total"]
 
     def _lbfgs_scale(self, total: Tensor) -> float:

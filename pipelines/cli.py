@@ -6,6 +6,7 @@ User mistakes (UserError) become one line on stderr and exit status 2; Ctrl-C ex
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -131,8 +132,11 @@ COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment, "report": _cmd_repor
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # MLflow's per-file download bars would bury the report's one line of output.
+    # MLflow's per-file download bars and its "Creating initial MLflow database tables" notes
+    # would bury the one line a user needs to read.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 from nst.images import ImageError, load_image, save_image
 from nst.module import StyleTransfer, build_backbone
@@ -156,6 +157,19 @@ def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experime
     return run_id
 
 
+class LossBar(TQDMProgressBar):
+    """Lightning's progress bar (iteration, it/s, ETA) with the current J, J_content, J_style."""
+
+    def get_metrics(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, int | str | float]:
+        items = super().get_metrics(trainer, module)
+        items.pop("v_num", None)
+        last = getattr(module, "last_metrics", {})
+        for key, label in (("loss/total", "J"), ("loss/content", "Jc"), ("loss/style", "Js")):
+            if key in last:
+                items[label] = f"{last[key]:.3g}"
+        return items
+
+
 @dataclass
 class Resume:
     """Where a resumed run picks up: its checkpoint and what the store already holds."""
@@ -170,12 +184,14 @@ def _fit(client: MlflowClient, run_id: str, config: RunConfig, module: StyleTran
     logger = tracking_run.BufferedMLFlowLogger(
         tracking_uri=tracking_uri, run_id=run_id, skip_through=resume.skip_through)
     callbacks: list[pl.Callback] = [
-        tracking_run.StepClock(logger),
+        tracking_run.StepMetrics(logger),
         tracking_run.Snapshots(client, run_id, config.snapshot_steps, resume.snapshots_done),
         tracking_run.RunStatus(client, run_id, logger),
     ]
     if config.checkpoint_every:
         callbacks.append(tracking_run.Checkpoints(client, run_id, config.checkpoint_every, logger))
+    if progress:  # Lightning's own bar shows only self.log()-ed values; this one reads last_metrics
+        callbacks.append(LossBar())
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
@@ -201,7 +217,7 @@ def _fit(client: MlflowClient, run_id: str, config: RunConfig, module: StyleTran
         # Lightning already finalized the logger as FAILED, with the reason in `nst.error`.
         return RunResult(run_id, FAILED, time.perf_counter() - start, error=str(exc))
     seconds = time.perf_counter() - start
-    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("loss/")}
+    losses = {k: v for k, v in module.last_metrics.items() if k.startswith("loss/")}
     final = _log_final(client, run_id, module)
     client.set_terminated(run_id, FINISHED)
     return RunResult(run_id, FINISHED, seconds, losses, final)

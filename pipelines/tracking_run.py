@@ -34,9 +34,9 @@ class BufferedMLFlowLogger(MLFlowLogger):
 
     Every step still reaches the store: `finalize` (success, failure or Ctrl-C) flushes the
     rest. `status_override` lets the caller say KILLED where Lightning only knows "failed".
-    Steps are the optimizer's (`StepClock` sets `step`): metric step k is the loss of the
-    image after k updates, also across a resume. Steps up to `skip_through` are already in
-    the store (a resumed run recomputes them bit for bit) and are not written twice.
+    Metric step k is the loss of the image after k updates, also across a resume. Steps up to
+    `skip_through` are already in the store (a resumed run recomputes them bit for bit) and
+    are not written twice.
     """
 
     def __init__(self, *, tracking_uri: str, run_id: str, flush_seconds: float = 2.0,
@@ -44,17 +44,17 @@ class BufferedMLFlowLogger(MLFlowLogger):
         super().__init__(tracking_uri=tracking_uri, run_id=run_id, log_model=False)
         self.flush_seconds = flush_seconds
         self.skip_through = skip_through
-        self.step = 0
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
         self.status_override: str | None = None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if self.step <= self.skip_through:
+        step = step or 0
+        if step <= self.skip_through:
             return
         now = int(time.time() * 1000)
         self._buffer.extend(
-            Metric(key=k, value=float(v), timestamp=now, step=self.step)
+            Metric(key=k, value=float(v), timestamp=now, step=step)
             for k, v in metrics.items()
             if k != "epoch"  # Lightning's own bookkeeping; a style transfer has one "epoch"
         )
@@ -113,14 +113,15 @@ class RunStatus(pl.Callback):
             self.client.log_image(self.run_id, to_pil(module.image01()), "last_finite.png")  # type: ignore[operator]
 
 
-class StepClock(pl.Callback):
-    """Tells the logger the optimizer step each logged metric belongs to."""
+class StepMetrics(pl.Callback):
+    """Hands the module's `last_metrics` to the logger after every step, under the step whose
+    image they measured (global_step - 1 once the optimizer has stepped)."""
 
     def __init__(self, logger: BufferedMLFlowLogger) -> None:
         self.logger = logger
 
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        self.logger.step = trainer.global_step
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        self.logger.log_metrics(module.last_metrics, trainer.global_step - 1)  # type: ignore[arg-type]
 
 
 class Checkpoints(pl.Callback):

@@ -37,7 +37,7 @@ def test_two_sweeps_share_one_sqlite_store(tmp_path) -> None:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))
     for process in processes:
-        out, err = process.communicate(timeout=300)
+        _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]
     client = MlflowClient(store)
     for name in ("left", "right"):
