@@ -40,6 +40,7 @@ class RunResult:
     losses: dict[str, float] = field(default_factory=dict)
     final_image: str | None = None
     error: str | None = None
+    logging_seconds: float = 0.0  # of `seconds`, spent logging per-step metrics
 
 
 @dataclass
@@ -220,7 +221,7 @@ def _fit(client: MlflowClient, run_id: str, config: RunConfig, module: StyleTran
     losses = {k: v for k, v in module.last_metrics.items() if k.startswith("loss/")}
     final = _log_final(client, run_id, module)
     client.set_terminated(run_id, FINISHED)
-    return RunResult(run_id, FINISHED, seconds, losses, final)
+    return RunResult(run_id, FINISHED, seconds, losses, final, logging_seconds=logger.seconds)
 
 
 def _log_final(client: MlflowClient, run_id: str, module: StyleTransfer) -> str:

@@ -135,3 +135,13 @@ def test_lbfgs_at_the_seed_loss_scale_descends_without_blowing_up() -> None:
     _fit(module, 6)
     after = module.losses()["loss/total"].item()
     assert after < 0.5 * before
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential"])
+def test_lr_schedules_lower_the_logged_lr(pair, schedule) -> None:
+    config = TransferConfig(iterations=6, layers=CONFIG.layers,
+                            optimizer=OptimizerConfig(lr=1.0, schedule=schedule, gamma=0.5))
+    module = StyleTransfer(*pair, config)
+    _fit(module, 6)
+    assert module.last_metrics["lr"] < 0.1  # cosine: ~0.07 at step 5 of 6; exponential: 0.5**5
+    assert module.last_metrics["loss/total"] > 0
