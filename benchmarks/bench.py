@@ -5,7 +5,8 @@
 - roofline: effective GFLOP/s of VGG forward + input-backward (conv FLOPs counted up to the
   deepest layer used) against this machine's measured fp32 / bf16 matmul peak;
 - precision: fp32 against bf16 autocast (Gram matrices and losses stay fp32): speed ratio and
-  the difference in final loss.
+  the difference in final loss;
+- memory: peak RSS of a fresh process at 512, 1024 and 2048 px.
 Writes BENCHMARKS.md (or --out) with the machine, versions, date, medians and spread.
 `--smoke` runs every code path at toy sizes in seconds (CI); its numbers mean nothing.
 """
@@ -16,7 +17,10 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -122,6 +126,22 @@ def matmul_peak(dtype: torch.dtype, n: int, repeats: int = 5) -> float:
     return 2 * n**3 / min(samples) / 1e9
 
 
+def peak_rss(size: int, precision: str, steps: int = 2) -> tuple[float, float]:
+    """(peak resident memory in GiB, s/iteration) of `steps` bare iterations at `size`, measured
+    in a fresh process so that nothing else this benchmark did counts."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--rss", str(size), "--precision", precision, "--steps", str(steps)],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+    ).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
+def _rss_child(size: int, precision: str, steps: int) -> None:
+    config = TransferConfig(iterations=steps, precision=precision)
+    timing, _ = bare_loop(config, size, steps, warmup=0)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, timing.median)
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -140,7 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="toy sizes, seconds; checks the code, not the speed")
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--rss", type=int, help=argparse.SUPPRESS)  # child process of the memory table
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rss:
+        _rss_child(args.rss, args.precision, args.steps)
+        return 0
     quiet_lightning()
     smoke = args.smoke
     sizes = (32, 48) if smoke else (128, 256)
@@ -191,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "## Precision: fp32 against bf16 autocast", "",
               "Same start, same steps; the loss is J after the last step of each.", "",
               "| size | fp32 | bf16 | speed-up | final-loss difference |", "|---|---|---|---|---|", *precision_rows]
+    lines += ["", "## Memory", "",
+              "Peak resident memory (ru_maxrss) of a fresh process doing two bare iterations at each size, the",
+              "style image resized to the content's size (Grace Hopper: 437×512, so `size` is the height).", "",
+              "| size | precision | peak memory | s/iteration |", "|---|---|---|---|"]
+    for size in ((64, 96) if smoke else (512, 1024, 2048)):
+        for precision in ("fp32", "bf16"):
+            gib, seconds = peak_rss(size, precision, 1 if smoke else 2)
+            lines.append(f"| {size} px | {precision} | {gib:.1f} GiB | {seconds:.1f} s |")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
