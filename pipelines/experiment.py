@@ -77,7 +77,6 @@ def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) ->
     base = experiment.points[0].config
     params |= {f"base.{k}": v for k, v in flatten(to_dict(base)).items()}
     tracking.log_params(client, run.info.run_id, params)
-    client.log_text(run.info.run_id, experiment.text, experiment.path.name)
     return run.info.run_id
 
 
@@ -101,9 +100,9 @@ def run_experiment(
         say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
     else:
         client.update_run(parent_id, status="RUNNING")
-        # The file may have gained claims or notes that change no run: keep the logged copy current.
-        client.log_text(parent_id, experiment.text, experiment.path.name)
         say(f"sweep {experiment.name}: resuming parent run {parent_id}")
+    # Logged on every invocation: the file may have gained claims or notes that change no run.
+    client.log_text(parent_id, experiment.text, experiment.path.name)
     sweep = SweepResult(parent_id)
     todo = [p for p in experiment.points if p.key not in done]
     for point in experiment.points:

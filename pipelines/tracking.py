@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 
 from pipelines.errors import UserError
@@ -111,11 +111,3 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
     items = [Param(k, str(v)[:_PARAM_MAX_CHARS]) for k, v in params.items()]
     for i in range(0, len(items), _PARAMS_PER_BATCH):
         client.log_batch(run_id, params=items[i : i + _PARAMS_PER_BATCH])
-
-
-def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-
-def log_text(client: MlflowClient, run_id: str, text: str, name: str) -> None:
-    client.log_text(run_id, text, name)
