@@ -6,10 +6,11 @@ STAMP   := $(VENV)/.installed
 CONFIG  ?= lr_sweep.yaml
 ARGS    ?=
 PORT    ?= 5000
+DB      ?= postgresql
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install browser test lint experiment run report reproduce bench docs ui clean
+.PHONY: help install browser postgres server test lint experiment run report reproduce bench bench-cluster docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,7 +27,14 @@ browser:  ## Debian's chromium for the UI test (apt-get, only when missing)
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: install browser  ## lint and run the test suite (installs .venv and chromium first when missing)
+postgres:  ## Debian's PostgreSQL server for `make server` and the cluster test (apt-get, only when missing)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+server: install $(if $(filter postgresql,$(DB)),postgres)  ## tracking server for many writers: PostgreSQL in .pg/ (DB=sqlite: light) on 127.0.0.1:$(PORT)
+	$(NST) server --db $(DB) --port $(PORT) $(ARGS)
+
+test: install browser postgres  ## lint and run the test suite (installs .venv, chromium and postgresql first when missing)
 	$(VENV)/bin/ruff check nst pipelines tests benchmarks
 	$(VENV)/bin/pytest -q
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.markdown import keep_others
 from nst.config import TransferConfig
 from nst.images import load_image
 from nst.module import StyleTransfer, build_backbone
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         for precision in ("fp32", "bf16"):
             gib, seconds = peak_rss(size, precision, 1 if smoke else 2)
             lines.append(f"| {size} px | {precision} | {gib:.1f} GiB | {seconds:.1f} s |")
-    args.out.write_text("\n".join(lines) + "\n")
+    args.out.write_text(keep_others(args.out, "\n".join(lines) + "\n"))
     print("\n".join(lines))
     return 0
 

@@ -11,9 +11,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
+
+if TYPE_CHECKING:  # the CLI imports torch, mlflow and ray only for the command that needs them
+    from pipelines.executors import Executor
 
 DEFAULT_EXPERIMENT = "nst"
 
@@ -41,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("experiment", help="run a YAML grid of runs under one parent run (resumes)")
     exp.add_argument("config", help="experiment file: a path, or a name in experiments/ (lr_sweep.yaml)")
     exp.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
+    exp.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="run the points here one by one (local) or as Ray tasks on a cluster (ray)")
+    exp.add_argument("--ray-address", help="Ray cluster: HOST:PORT or auto (default: $RAY_ADDRESS, "
+                     "else a Ray instance on this machine)")
+    exp.add_argument("--resources", help="Ray resources per run, JSON, e.g. '{\"num_gpus\": 1}' "
+                     "(default: 1 CPU)")
     _add_common(exp)
 
     rep = sub.add_parser("report", help="figures, measurements and claim verdicts of a sweep, from MLflow")
@@ -49,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>/)")
     rep.add_argument("--dpi", type=int, default=110, help="figure resolution (default 110; 60 for docs)")
     rep.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    srv = sub.add_parser("server", help="MLflow tracking server for many writers (PostgreSQL in .pg/, or SQLite)")
+    srv.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
+                     help="backend store: PostgreSQL started from .pg/ (default) or a SQLite file")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for a cluster)")
+    srv.add_argument("--port", type=int, default=5000, help="HTTP port (default 5000)")
+    srv.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's port on 127.0.0.1 (default 5433)")
+    srv.add_argument("--data", type=Path, default=Path("mlruns/server"),
+                     help="SQLite file's and artifacts' folder (default mlruns/server)")
+    srv.add_argument("--pg-dir", type=Path, default=Path(".pg"), help="PostgreSQL's folder (default .pg)")
+    srv.add_argument("--allowed-hosts", help="Host headers MLflow accepts when bound beyond loopback "
+                     "(e.g. 'head-node:5000,10.0.0.5:5000')")
     return parser
 
 
@@ -100,8 +120,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
             c = point.config
             print(f"  [{point.index + 1}] {point.name:<30} key {point.key}  {c.size} px, {c.iterations} it")
         return EXIT_OK
+    executor = _executor(args)
     uri = resolve_tracking_uri(args.tracking_uri)
-    sweep = run_experiment(experiment, tracking_uri=uri, progress=not args.quiet)
+    sweep = run_experiment(experiment, tracking_uri=uri, progress=not args.quiet, executor=executor)
     print()
     print(summary(sweep))
     finals = [(p.name, r.final_image) for p, r in sweep.results if r.final_image]
@@ -113,6 +134,20 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         print(f"FAILED {point.name}: {result.error}", file=sys.stderr)
     print(f"parent run {sweep.parent_run_id}; compare the runs in the UI: make ui  (store {uri})")
     return EXIT_FAILED if sweep.failed else EXIT_OK
+
+
+def _executor(args: argparse.Namespace) -> Executor:
+    from pipelines.executors import run_local
+
+    if args.executor == "local":
+        if args.ray_address or args.resources:
+            raise UserError("--ray-address and --resources need --executor ray")
+        return run_local
+    try:
+        from pipelines.ray_executor import parse_resources, ray_executor
+    except ImportError:
+        raise UserError("Ray is not installed: pip install '.[ray]' (make test installs it)") from None
+    return ray_executor(args.ray_address, parse_resources(args.resources))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -127,7 +162,37 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment, "report": _cmd_report}
+def _cmd_server(args: argparse.Namespace) -> int:
+    import signal
+
+    from pipelines.server import Postgres, mlflow_server_command, start_mlflow_server, stop_mlflow_server, wait_until_up
+
+    postgres = Postgres(args.pg_dir, args.pg_port) if args.db == "postgresql" else None
+    args.data.mkdir(parents=True, exist_ok=True)
+    backend = postgres.start() if postgres else f"sqlite:///{(args.data / 'mlflow.db').resolve()}"
+    command = mlflow_server_command(backend, args.data / "artifacts", args.host, args.port)
+    if args.allowed_hosts:
+        command += ["--allowed-hosts", args.allowed_hosts]
+    # Stopped by Ctrl-C or by `kill` (a job scheduler's way): either way take the server down cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = start_mlflow_server(command)
+    try:
+        url = f"http://{'127.0.0.1' if args.host == '0.0.0.0' else args.host}:{args.port}"
+        wait_until_up(url, server)
+        print(f"tracking server up: {url}  (backend {backend})")
+        print(f"point runs at it:  export MLFLOW_TRACKING_URI={url}   # Ctrl-C stops the server")
+        return server.wait()
+    except KeyboardInterrupt:
+        print("nst server: stopped", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        stop_mlflow_server(server)
+        if postgres:
+            postgres.stop()
+
+
+COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment, "report": _cmd_report, "server": _cmd_server}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

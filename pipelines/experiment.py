@@ -17,8 +17,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from pipelines import tracking
 from pipelines.config import flatten, to_dict
+from pipelines.executors import Executor, Task, run_local
 from pipelines.grid import Experiment, Point
-from pipelines.run import FAILED, FINISHED, KILLED, RunResult, execute
+from pipelines.run import FAILED, FINISHED, KILLED, RunResult
 
 SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep
 SWEEP_TAG, SWEEP_KEY_TAG, RUN_KEY_TAG, VARIED_TAG = "nst.sweep", "nst.sweep_key", "nst.run_key", "nst.varied"
@@ -80,14 +81,30 @@ def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) ->
     return run.info.run_id
 
 
+class Clock:
+    """Elapsed time and the ETA of the runs still to go, from the mean time of those done."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.ran, self.start = total, 0, time.perf_counter()
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        eta = _clock(elapsed / self.ran * (self.total - self.ran)) if self.ran else "?"
+        return f"elapsed {_clock(elapsed)} · ETA {eta}"
+
+
 def run_experiment(
     experiment: Experiment,
     *,
     tracking_uri: str,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    executor: Executor = run_local,
 ) -> SweepResult:
-    """Run every point not yet FINISHED under the sweep's parent run; returns what happened."""
+    """Run every point not yet FINISHED under the sweep's parent run; returns what happened.
+
+    `executor` runs the points (here one after another, or on a Ray cluster: pipelines.ray_executor);
+    resuming, skipping and the parent's status are the same whichever runs them."""
     client = MlflowClient(tracking_uri)
     exp_id = tracking.experiment_id(client, experiment.name, tracking_uri)
     parent_id = find_parent(client, exp_id, experiment)
@@ -111,32 +128,29 @@ def run_experiment(
             folder = tracking.local_artifact_dir(client, done[point.key])
             final = str(folder / "final.png") if folder else None
             sweep.results.append((point, RunResult(done[point.key], SKIPPED, 0.0, final_image=final)))
-    n, start, ran = len(experiment.points), time.perf_counter(), 0
+    tasks = [Task(point, dict(
+        config=point.config,
+        tracking_uri=tracking_uri,
+        experiment=experiment.name,
+        run_name=point.name,
+        parent_run_id=parent_id,
+        tags={SWEEP_TAG: experiment.name, VARIED_TAG: json.dumps(list(point.varied))},
+        description=f"{experiment.name}: varies {point.name}",
+        progress=progress,
+        resume_run_id=interrupted.get(point.key),
+    )) for point in todo]
+    clock = Clock(len(todo))
+    n = len(experiment.points)
+
+    def announce(point: Point, verb: str) -> None:
+        say(f"[{point.index + 1}/{n}] {point.name}: {verb} · {clock.line()}")
+
     try:
-        for point in todo:
-            elapsed = time.perf_counter() - start
-            eta = f"ETA {_clock(elapsed / ran * (len(todo) - ran))}" if ran else "ETA ?"
-            resume_id = interrupted.get(point.key)
-            verb = f"resume run {resume_id}" if resume_id else "start"
-            say(f"[{point.index + 1}/{n}] {point.name}: {verb} · elapsed {_clock(elapsed)} · {eta}")
-            result = execute(
-                point.config,
-                tracking_uri=tracking_uri,
-                experiment=experiment.name,
-                run_name=point.name,
-                parent_run_id=parent_id,
-                tags={SWEEP_TAG: experiment.name, VARIED_TAG: json.dumps(list(point.varied))},
-                description=f"{experiment.name}: varies {point.name}",
-                progress=progress,
-                resume_run_id=resume_id,
-            )
-            ran += 1
+        for point, result in executor(tasks, say=announce):
+            clock.ran += 1
             sweep.results.append((point, result))
             outcome = result.status if result.status == FINISHED else f"{result.status} ({result.error})"
-            elapsed = time.perf_counter() - start
-            eta = _clock(elapsed / ran * (len(todo) - ran))
-            say(f"[{point.index + 1}/{n}] {point.name}: {outcome} in {result.seconds:.1f} s "
-                f"· elapsed {_clock(elapsed)} · ETA {eta}")
+            say(f"[{point.index + 1}/{n}] {point.name}: {outcome} in {result.seconds:.1f} s · {clock.line()}")
     except KeyboardInterrupt:
         client.set_terminated(parent_id, KILLED)
         raise
@@ -144,6 +158,7 @@ def run_experiment(
         client.set_terminated(parent_id, FAILED)
         raise
     client.set_terminated(parent_id, FAILED if sweep.failed else FINISHED)
+    sweep.results.sort(key=lambda item: item[0].index)  # a cluster ends runs in any order
     return sweep
 
 

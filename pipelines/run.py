@@ -7,6 +7,7 @@ MLflow run is created, so bad input leaves nothing in the store.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -80,6 +81,11 @@ def versions() -> dict[str, str]:
     return tags
 
 
+def where() -> dict[str, str]:
+    """The host and process running the run: on a cluster, where to look (or what to kill)."""
+    return {"nst.host": platform.node(), "nst.pid": str(os.getpid())}
+
+
 def quiet_lightning() -> None:
     """Lightning's start-up chatter (GPU/TPU lines, tips, dataloader hints) says nothing here."""
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
@@ -124,6 +130,8 @@ def execute(
             skip_through = tracking_run.last_logged_step(client, run_id)
             snapshots_done = tracking_run.logged_snapshot_steps(client, run_id)
             client.update_run(run_id, status="RUNNING")
+            for key, value in where().items():
+                client.set_tag(run_id, key, value)
         else:
             run_id = _start_run(client, config, inputs, experiment, tracking_uri, device, run_name, parent_run_id,
                                 tags, description)
@@ -141,6 +149,7 @@ def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experime
         "nst.weights": config.backbone.weights,
         "nst.device": device,
         "nst.precision": config.precision,
+        **where(),
         **versions(),
         **(tags or {}),
     }

@@ -1,0 +1,157 @@
+"""`make bench-cluster`: scale-out measured on this machine, written to BENCHMARKS.md's "Scale-out".
+
+- grid throughput: one 4-point grid run locally, on Ray with one worker (2 threads), and on Ray
+  with two workers (1 thread each), every run logging to an MLflow server on PostgreSQL;
+- per-step logging cost: the same run tracked into local SQLite and into that server.
+
+The local cluster and server (`local_ray`, `tracking_server`) are also the test suite's fixtures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from benchmarks.markdown import replace_section
+from pipelines.config import run_config
+from pipelines.executors import Executor, run_local
+from pipelines.experiment import run_experiment
+from pipelines.grid import load_experiment
+from pipelines.run import execute, quiet_lightning
+from pipelines.server import Postgres, mlflow_server_command, start_mlflow_server, stop_mlflow_server, wait_until_up
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "experiments" / "images"
+HEADING = "## Scale-out: Ray workers and the tracking server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def tracking_server(db: str = "postgresql") -> Iterator[str]:
+    """`nst server`'s pieces on free loopback ports, in a temporary folder; yields its URL."""
+    folder = Path(tempfile.mkdtemp(prefix="nst-server-"))
+    folder.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, who must be able to enter it
+    postgres = Postgres(folder / "pg", free_port()) if db == "postgresql" else None
+    try:
+        backend = postgres.start() if postgres else f"sqlite:///{folder}/mlflow.db"
+        port = free_port()
+        process = start_mlflow_server(mlflow_server_command(backend, folder / "artifacts", port=port),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until_up(url, process)
+            yield url
+        finally:
+            stop_mlflow_server(process)
+    finally:
+        if postgres:
+            postgres.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def local_ray(num_cpus: int = 2) -> Iterator[str]:
+    """A Ray head on loopback (what `ray start --head` makes on a cluster's first host)."""
+    port = free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--num-cpus", str(num_cpus), "--include-dashboard", "false", "--disable-usage-stats",
+                    "--object-store-memory", str(200 * 2**20)], check=True, capture_output=True, cwd=ROOT)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
+
+
+def grid_file(folder: Path, name: str, size: int, iterations: int) -> Path:
+    """A 4-point grid (2 learning rates x 2 seeds) on the shipped sample images."""
+    path = folder / f"{name}.yaml"
+    path.write_text(f"""
+name: {name}
+base:
+  content: {IMAGES / "grace_hopper.jpg"}
+  style: {IMAGES / "starry_night.jpg"}
+  size: {size}
+  iterations: {iterations}
+  checkpoint_every: 25
+  snapshots: [0]
+grid:
+  optimizer.lr: [0.1, 1.0]
+seeds: [0, 1]
+""")
+    return path
+
+
+def _sweep_seconds(path: Path, uri: str, executor: Executor) -> float:
+    start = time.perf_counter()
+    sweep = run_experiment(load_experiment(path, {}), tracking_uri=uri, progress=False, say=lambda _: None,
+                           executor=executor)
+    assert not sweep.failed, sweep.failed
+    return time.perf_counter() - start
+
+
+def logging_cost(uri: str, size: int, steps: int) -> tuple[float, float]:
+    """(ms of per-step metric logging per step, s/iteration of the whole run) into `uri`."""
+    config = run_config({"content": str(IMAGES / "grace_hopper.jpg"), "style": str(IMAGES / "starry_night.jpg"),
+                         "size": size, "iterations": steps, "snapshots": [0], "checkpoint_every": 100})
+    result = execute(config, tracking_uri=uri, experiment="bench-logging", progress=False)
+    return result.logging_seconds / steps * 1000, result.seconds / steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench-cluster", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--iterations", type=int, default=100)
+    args = parser.parse_args(argv)
+    quiet_lightning()
+    from pipelines.ray_executor import ray_executor
+
+    lines = [HEADING, "",
+             f"One grid of 4 runs ({args.size} px, {args.iterations} Adam steps each, 2 learning rates × 2 seeds),",
+             "every run logging each step to an MLflow server on PostgreSQL (`nst server`), on this 2-core",
+             "machine. Wall time from the driver's first call to the last run's end (start-up included).", "",
+             "| executor | runs at a time × threads each | wall time | runs/minute | vs local |",
+             "|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp, tracking_server() as server, local_ray(num_cpus=2) as address:
+        folder = Path(tmp)
+        setups = [("local", "1 × 2", run_local),
+                  ("ray", "1 × 2", ray_executor(address, {"num_cpus": 2})),
+                  ("ray", "2 × 1", ray_executor(address, {"num_cpus": 1}))]
+        local_seconds = 0.0
+        for i, (name, shape, executor) in enumerate(setups):
+            seconds = _sweep_seconds(grid_file(folder, f"throughput_{i}", args.size, args.iterations), server,
+                                     executor)
+            local_seconds = local_seconds or seconds
+            lines.append(f"| {name} | {shape} | {seconds:.1f} s | {4 / seconds * 60:.1f} | "
+                         f"{local_seconds / seconds:.2f}× |")
+        lines += ["", "Per-step logging cost: one run (64 px, 300 steps, every loss of every step logged, buffered",
+                  "and written in batches every 2 s) tracked into each store; logging is the time spent in the",
+                  "logger's calls, per step.", "",
+                  "| store | logging per step | s/iteration of the run |", "|---|---|---|"]
+        local = f"sqlite:///{folder}/local/mlflow.db"
+        (folder / "local").mkdir()
+        for label, uri in (("local SQLite file", local), ("MLflow server on PostgreSQL (loopback)", server)):
+            logging_cost(uri, 64, 20)  # warm-up: imports, weights, the experiment
+            per_step, iteration = logging_cost(uri, 64, 300)
+            lines.append(f"| {label} | {per_step:.3f} ms | {iteration * 1000:.1f} ms |")
+    replace_section(args.out, HEADING, lines)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

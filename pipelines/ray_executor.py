@@ -1,0 +1,124 @@
+"""Run a sweep's points as Ray tasks: each worker logs its child run straight to the tracking server.
+
+The driver (pipelines.experiment) has already created or found the parent run and decided which
+points still need running, so resume and skip behave exactly as with the local executor. A task
+runs `pipelines.run.execute` in a Ray worker process; Ray schedules tasks onto the cluster's CPUs
+or GPUs by the resources each asks for (`--resources '{"num_gpus": 1}'`).
+
+A worker that dies (killed, out of memory, its host lost) leaves its run RUNNING with nobody to
+end it: the driver marks it KILLED with the reason, and the next invocation of the sweep resumes
+it from its last checkpoint, as after a kill -9 of a local run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from pipelines.errors import UserError
+from pipelines.executors import Announce, Executor, Task
+from pipelines.grid import Point
+from pipelines.run import FAILED, KILLED, RunResult, execute
+
+#: The keys of Ray's task options a user may set per run.
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources", "accelerator_type")
+
+
+def parse_resources(text: str | None) -> dict[str, Any]:
+    """`--resources '{"num_gpus": 1}'` -> Ray task options, checked."""
+    if not text:
+        return {}
+    try:
+        resources = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--resources is not JSON ({exc.msg}); e.g. --resources '{{\"num_gpus\": 1}}'") from None
+    if not isinstance(resources, dict):
+        raise UserError("--resources must be a JSON object, e.g. '{\"num_cpus\": 2, \"num_gpus\": 1}'")
+    unknown = sorted(set(resources) - set(RESOURCE_KEYS))
+    if unknown:
+        raise UserError(f"--resources: unknown key {unknown[0]!r}; use {', '.join(RESOURCE_KEYS)}")
+    for key in ("num_cpus", "num_gpus", "memory"):
+        value = resources.get(key)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+            raise UserError(f"--resources: {key} must be a number >= 0, got {value!r}")
+    return resources
+
+
+def _execute_in_worker(kwargs: dict[str, Any]) -> RunResult:
+    """What a Ray task runs: one tracked run, without progress bars (nobody sees a worker's tty)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return execute(**{**kwargs, "progress": False})
+
+
+def ray_executor(address: str | None = None, resources: dict[str, Any] | None = None) -> Executor:
+    """An executor on the Ray cluster at `address` ("auto", "HOST:PORT"; None: $RAY_ADDRESS or a
+    fresh local instance)."""
+
+    def run(tasks: list[Task], *, say: Announce) -> Iterator[tuple[Point, RunResult]]:
+        if not tasks:
+            return
+        import ray
+        from ray.exceptions import RayError, RayTaskError
+
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                     include_dashboard=False, configure_logging=True)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise UserError(f"cannot reach the Ray cluster at {address or 'RAY_ADDRESS'} ({exc}); "
+                            "start it with `ray start --head` or fix --ray-address") from None
+        # No retries: a retried task would start a second child run; the driver resumes instead.
+        remote = ray.remote(max_retries=0)(_execute_in_worker).options(**(resources or {}))
+        pending = {}
+        for task in tasks:
+            pending[remote.remote(task.kwargs)] = task
+            say(task.point, f"{task.verb} on Ray")
+        client = MlflowClient(tasks[0].kwargs["tracking_uri"])
+        try:
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                task = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayTaskError as exc:  # execute() raised: bad input seen on the worker
+                    cause = exc.cause if exc.cause is not None else exc
+                    result = RunResult(_child_id(client, task) or "", FAILED, 0.0, error=str(cause))
+                except RayError as exc:  # the worker process died under the run
+                    result = _lost(client, task, f"Ray worker died ({type(exc).__name__})")
+                yield task.point, result
+        except BaseException:
+            for ref, task in pending.items():
+                ray.cancel(ref, force=True)
+                _lost(client, task, "sweep interrupted")
+            raise
+        finally:
+            ray.shutdown()
+
+    return run
+
+
+def _child_id(client: MlflowClient, task: Task) -> str | None:
+    """The run a task created (or resumed) for its point, if it got that far."""
+    if task.kwargs.get("resume_run_id"):
+        return task.kwargs["resume_run_id"]
+    parent = task.kwargs["parent_run_id"]
+    runs = client.search_runs(
+        [client.get_run(parent).info.experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and tags.`nst.run_key` = '{task.point.key}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def _lost(client: MlflowClient, task: Task, reason: str) -> RunResult:
+    """Mark the dead task's run KILLED (resumable from its checkpoint) and say why."""
+    run_id = _child_id(client, task)
+    if run_id and client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, "nst.error", reason)
+        client.set_terminated(run_id, KILLED)
+    return RunResult(run_id or "", KILLED, 0.0, error=f"{reason}; run the sweep again to resume it")

@@ -1,0 +1,129 @@
+"""A tracking server for many writers: `mlflow server` on PostgreSQL (or SQLite).
+
+SQLite takes one writer at a time; a sweep spread over Ray workers on several hosts needs a
+database server. `nst server` (make server) starts Debian's PostgreSQL on loopback with its
+data in `.pg/` under the project, then MLflow's server in front of it, with artifacts served
+from a directory (clients upload through the server, so workers need no shared disk).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import UserError
+
+PG_DATABASE, PG_USER = "mlflow", "nst"
+
+
+def _pg_bin(name: str) -> str:
+    """A PostgreSQL server program: Debian keeps them under /usr/lib/postgresql/<version>/bin."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
+    path = found[-1] if found else shutil.which(name)
+    if not path:
+        raise UserError(f"PostgreSQL's {name} is not installed; `make server` installs Debian's postgresql "
+                        "(apt-get install postgresql), or use the light option: make server DB=sqlite")
+    return path
+
+
+def _as_owner() -> list[str]:
+    """PostgreSQL refuses to run as root; as root, run it as the `postgres` system user."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL cluster in `folder`, listening on 127.0.0.1:`port` only."""
+
+    folder: Path
+    port: int = 5432
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{self.port}/{PG_DATABASE}"
+
+    def _run(self, *cmd: str) -> None:
+        done = subprocess.run([*_as_owner(), *cmd], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UserError(f"{Path(cmd[0]).name} failed: {(done.stderr or done.stdout).strip().splitlines()[-1]}"
+                            f" (log: {self.folder / 'postgres.log'})")
+
+    def start(self) -> str:
+        """Create the cluster on first use, start it, create the database; returns its URI."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+        if not (self.data / "PG_VERSION").exists():
+            # trust on loopback only: the server listens on 127.0.0.1 (README: exposing it).
+            self._run(_pg_bin("initdb"), "-D", str(self.data), "-U", PG_USER, "--auth=trust", "-E", "UTF8")
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder.resolve()}"
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "postgres.log"),
+                  "-o", options, "-w", "start")
+        exists = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres", "-tAc",
+             f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"], capture_output=True, text=True)
+        if exists.stdout.strip() != "1":
+            subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres",
+                            "-c", f"CREATE DATABASE {PG_DATABASE}"], capture_output=True, check=True)
+        return self.uri
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            subprocess.run([*_as_owner(), _pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                           capture_output=True)
+
+
+def mlflow_server_command(backend_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int = 5000,
+                          workers: int = 2) -> list[str]:
+    """`mlflow server` with proxied artifacts: clients upload and download through it."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return [str(Path(sys.executable).parent / "mlflow"), "server",
+            "--backend-store-uri", backend_uri,
+            "--artifacts-destination", str(artifacts.resolve()),
+            "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
+def start_mlflow_server(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start it in its own process group, so that stopping it stops its uvicorn workers too.
+
+    MLflow 3's GenAI job runner (seven huey consumers, ~1.7 GB) serves nothing nst logs: off."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.Popen(command, env=env, start_new_session=True, **popen)
+
+
+def stop_mlflow_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 120.0) -> None:
+    """Poll the server's /health until it answers (the first start migrates the schema)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise UserError(f"mlflow server exited with status {process.returncode} before it was up")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise UserError(f"mlflow server at {url} did not answer within {timeout:.0f} s")

@@ -1,0 +1,114 @@
+"""Scale-out with real components on loopback: a Ray cluster (2 worker CPUs) and an MLflow
+server on PostgreSQL, both started here; the same grid run locally must give the same numbers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from benchmarks.cluster import grid_file, local_ray, tracking_server
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]' (make test installs it)")
+
+ROOT = Path(__file__).resolve().parents[1]
+NST = [sys.executable, "-m", "pipelines.cli"]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """`nst server`'s pieces: PostgreSQL in a temporary folder, MLflow's server in front of it."""
+    with tracking_server("postgresql") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A Ray head on loopback with 2 CPUs: two runs at a time, each in its own worker process."""
+    with local_ray(num_cpus=2) as address:
+        yield address
+
+
+def _nst(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([*NST, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+
+
+def _children(uri: str, name: str) -> tuple[list, list]:
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_ray_grid_logs_to_postgres_server_and_matches_local(server, cluster, tmp_path) -> None:
+    grid = grid_file(tmp_path, "ray_grid", size=32, iterations=20)
+    done = _nst("experiment", str(grid), "--executor", "ray", "--ray-address", cluster,
+                "--tracking-uri", server, "--quiet")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "on Ray" in done.stdout
+    parents, children = _children(server, "ray_grid")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    # Two worker processes shared the work.
+    assert len({c.data.tags["nst.pid"] for c in children}) >= 2
+
+    local = f"sqlite:///{tmp_path}/local/mlflow.db"
+    # A Ray task gets 1 CPU, so 1 torch thread; with 2 threads the float sums run in another order
+    # (J differs in the 7th digit). Same threads, same seeds: the same bits.
+    again = _nst("experiment", str(grid), "--tracking-uri", local, "--quiet", env_extra={"OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    _, local_children = _children(local, "ray_grid")
+    on_ray = {c.data.tags["nst.run_key"]: c.data.metrics for c in children}
+    here = {c.data.tags["nst.run_key"]: c.data.metrics for c in local_children}
+    assert on_ray.keys() == here.keys()
+    for key in here:
+        for metric in ("loss/total", "loss/content", "loss/style"):
+            assert on_ray[key][metric] == here[key][metric], (key, metric)
+
+
+def test_killed_ray_worker_leaves_run_killed_and_rerun_completes_it(server, cluster, tmp_path) -> None:
+    grid = grid_file(tmp_path, "ray_kill", size=64, iterations=300)
+    command = [*NST, "experiment", str(grid), "--executor", "ray", "--ray-address", cluster,
+               "--tracking-uri", server, "--quiet"]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    client = MlflowClient(server)
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline:  # a run past its first checkpoint
+        time.sleep(1)
+        experiment = client.get_experiment_by_name("ray_kill")
+        if experiment is None:
+            continue
+        for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
+            steps = client.get_metric_history(run.info.run_id, "loss/total")
+            if "mlflow.parentRunId" in run.data.tags and len(steps) > 60:
+                victim = run
+                break
+    assert victim is not None, "no run got past step 60"
+    os.kill(int(victim.data.tags["nst.pid"]), signal.SIGKILL)
+    _, err = driver.communicate(timeout=600)
+    assert driver.returncode == 1, err[-2000:]
+    killed = client.get_run(victim.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert "Ray worker died" in killed.data.tags["nst.error"]
+    _, children = _children(server, "ray_kill")
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED", "FINISHED", "KILLED"]
+
+    rerun = _nst("experiment", str(grid), "--executor", "ray", "--ray-address", cluster,
+                 "--tracking-uri", server, "--quiet")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resume run {victim.info.run_id}" in rerun.stdout
+    parents, children = _children(server, "ray_kill")
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.info.status for c in children} == {"FINISHED"}
+    steps = [m.step for m in client.get_metric_history(victim.info.run_id, "loss/total")]
+    assert steps == list(range(300))  # resumed in place: every step once
