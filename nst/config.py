@@ -8,6 +8,7 @@ Each `__post_init__` rejects values that cannot work, with a message naming the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nst.vgg import check_layers
@@ -15,6 +16,8 @@ from nst.vgg import check_layers
 INITS = ("content", "noise", "content+noise")
 OPTIMIZERS = ("adam", "lbfgs", "sgd")
 SCHEDULES = ("constant", "cosine", "exponential")
+GRAM_NORMS = ("seed", "hw", "chw")
+COLOR_MODES = ("none", "luminance", "match")
 
 
 def _positive(name: str, value: float) -> None:
@@ -30,6 +33,16 @@ def _non_negative(name: str, value: float) -> None:
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def blend_weights(blend: Sequence[float], n: int) -> list[float]:
+    """Normalized weights of `n` style images; () gives them equal weight."""
+    if not blend:
+        return [1.0 / n] * n if n > 1 else [1.0]
+    if len(blend) != n:
+        raise ValueError(f"style_blend has {len(blend)} weights for {n} style images; give one per image")
+    total = sum(blend)
+    return [w / total for w in blend]
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,20 @@ class BackboneConfig:
             _one_of("convention", self.convention, ("caffe", "torchvision"))
 
 
+@dataclass(frozen=True)
+class StopConfig:
+    """End a run early once J stops improving: when J fell by less than `rel_improvement`
+    (relative) over the last `window` steps. 0 never stops. In a pyramid, only the last scale
+    stops early (each scale starts with a jump in J)."""
+
+    rel_improvement: float = 0.0
+    window: int = 100
+
+    def __post_init__(self) -> None:
+        _non_negative("rel_improvement", self.rel_improvement)
+        _positive("window", self.window)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TransferConfig:
     """Everything `nst.module.StyleTransfer` needs besides the images."""
@@ -98,6 +125,15 @@ class TransferConfig:
     beta: float = 40.0
     gamma: float = 0.0  # total-variation weight
     tv_norm: str = "l2"
+    # Gram normalization of J_style: "seed" sum(dG^2) / (4 C^2 (HW)^2) (Gatys); "hw" the mean
+    # square of G/HW (4x seed); "chw" of G/(CHW) (4/C^2 x seed: deep, wide layers count less).
+    gram_norm: str = "seed"
+    # Weights of several style images (their Gram targets are blended); () = equal weights.
+    style_blend: tuple[float, ...] = ()
+    preserve_color: str = "none"  # "luminance" | "match": see nst.color
+    # Long sides to optimize at, coarse to fine, `iterations` steps each; () = the size only.
+    scales: tuple[int, ...] | str = ()
+    stop: StopConfig = field(default_factory=StopConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -113,6 +149,16 @@ class TransferConfig:
         for name in ("alpha", "beta", "gamma"):
             _non_negative(name, getattr(self, name))
         _one_of("tv_norm", self.tv_norm, ("l1", "l2"))
+        _one_of("gram_norm", self.gram_norm, GRAM_NORMS)
+        _one_of("preserve_color", self.preserve_color, COLOR_MODES)
+        for weight in self.style_blend:
+            _non_negative("style_blend", weight)
+        if self.style_blend and not sum(self.style_blend) > 0:
+            raise ValueError(f"style_blend must have a positive weight, got {list(self.style_blend)}")
+        if isinstance(self.scales, str):
+            _one_of("scales", self.scales, ("auto",))
+        elif any(s < 16 for s in self.scales) or list(self.scales) != sorted(set(self.scales)):
+            raise ValueError(f"scales must increase, each >= 16 px, got {list(self.scales)}")
 
     @property
     def init_from_file(self) -> bool:

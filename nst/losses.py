@@ -37,10 +37,13 @@ def content_layer_loss(generated: Tensor, target: Tensor) -> Tensor:
     return (generated.float() - target.float()).pow(2).sum() / (4.0 * h * w * c)
 
 
-def style_layer_loss(generated: Tensor, target_gram: Tensor) -> Tensor:
-    """sum (G_S - G_G)^2 / (4 n_C^2 (n_H n_W)^2) for one layer; target_gram is G_S."""
+def style_layer_loss(generated: Tensor, target_gram: Tensor, norm: str = "seed") -> Tensor:
+    """sum (G_S - G_G)^2 / (4 n_C^2 (n_H n_W)^2) for one layer; target_gram is G_S.
+
+    `norm` "hw": mean((dG / HW)^2), 4x the seed's; "chw": mean((dG / (C HW))^2), 4/C^2 x it."""
     _, c, h, w = generated.shape
-    return (gram(generated) - target_gram).pow(2).sum() / (4.0 * c**2 * (h * w) ** 2)
+    factor = {"seed": 4.0 * c**2 * (h * w) ** 2, "hw": float(c**2 * (h * w) ** 2), "chw": float(c**4 * (h * w) ** 2)}
+    return (gram(generated) - target_gram).pow(2).sum() / factor[norm]
 
 
 def total_variation(image01: Tensor, kind: str = "l2") -> Tensor:
@@ -62,6 +65,7 @@ def style_transfer_losses(
     beta: float,
     gamma: float,
     tv_kind: str = "l2",
+    gram_norm: str = "seed",
 ) -> dict[str, Tensor]:
     """All losses of one iteration, keyed by their MLflow metric names.
 
@@ -70,7 +74,7 @@ def style_transfer_losses(
     """
     zero = image01.new_zeros((), dtype=torch.float32)
     content = sum((content_layer_loss(features[n], t) for n, t in content_targets.items()), zero)
-    per_layer = {n: style_layer_loss(features[n], g) for n, g in style_grams.items()}
+    per_layer = {n: style_layer_loss(features[n], g, gram_norm) for n, g in style_grams.items()}
     style = sum((style_weights[n] * v for n, v in per_layer.items()), zero)
     tv = total_variation(image01.float(), tv_kind) if gamma else zero
     total = alpha * content + beta * style + gamma * tv

@@ -20,6 +20,8 @@ Deviations from Gatys et al., on purpose:
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import pytorch_lightning as pl
@@ -27,8 +29,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from nst.config import TransferConfig
+from nst import color
+from nst.config import TransferConfig, blend_weights
 from nst.losses import gram, style_transfer_losses
+from nst.scales import pyramid, resize, resize_long_side
 from nst.vgg import LAYER_INDEX, VGGFeatures, load_vgg19
 
 
@@ -85,7 +89,7 @@ class StyleTransfer(pl.LightningModule):
     def __init__(
         self,
         content01: Tensor,
-        style01: Tensor,
+        style01: Tensor | Sequence[Tensor],
         config: TransferConfig,
         backbone: VGGFeatures | None = None,
         init01: Tensor | None = None,
@@ -97,22 +101,86 @@ class StyleTransfer(pl.LightningModule):
         # Plain attribute through object.__setattr__: nn.Module would register it as a
         # submodule and its 20M weights would land in state_dict() and checkpoints.
         object.__setattr__(self, "vgg", vgg)
-        mean01 = (vgg._mean / vgg.convention.scale).index_select(1, vgg._order)
-        start = initial_image(config, content01, mean01, init01)
-        self.image = nn.Parameter(start * config.pixel_scale)
+        styles = [style01] if isinstance(style01, Tensor) else list(style01)
+        self.blend = blend_weights(config.style_blend, len(styles))
+        # Colour control changes what the losses see; the content's own colours come back at read-out.
+        if config.preserve_color == "match":
+            styles = [color.match_color(s, content01) for s in styles]
+        elif config.preserve_color == "luminance":
+            styles = [color.match_luminance(s, content01) for s in styles]
+            self.register_buffer("chroma01", content01, persistent=False)
+            content01 = color.grey(content01)
+        self.register_buffer("content_full", content01, persistent=False)
+        for i, style in enumerate(styles):
+            self.register_buffer(f"style_full_{i}", style, persistent=False)
+        self.n_styles = len(styles)
+        self.sizes = pyramid(config.scales, max(content01.shape[-2:]))
         self.content_layers = tuple(config.layers.content)
         self.style_weights = dict(config.layers.style)
+        self.scale_index = 0
+        self._set_targets(0)
+        mean01 = (vgg._mean / vgg.convention.scale).index_select(1, vgg._order)
+        if init01 is not None:
+            init01 = resize(init01, tuple(self.content01.shape[-2:]))
+        start = initial_image(config, self.content01, mean01, init01)
+        self.image = nn.Parameter(start * config.pixel_scale)
+        self._loss_scale: float | None = None  # L-BFGS only: see _lbfgs_scale
+        self.last_metrics: dict[str, float] = {}  # the losses of the last step, by metric name
+        self._history: deque[float] = deque(maxlen=config.stop.window + 1)
+        self.stop_reason: str | None = None  # why the run ended before `total_steps`
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.iterations * len(self.sizes)
+
+    def scale_of_step(self, step: int) -> int:
+        """Index into `sizes` of the scale that optimizer step `step` runs at."""
+        return min(step // self.config.iterations, len(self.sizes) - 1)
+
+    def _set_targets(self, index: int) -> None:
+        """Content features and blended style Grams at scale `index` (buffers, never saved)."""
+        size = self.sizes[index]
+        content = resize_long_side(self.content_full, size)
+        factor = size / max(self.content_full.shape[-2:])
+        layers = self.style_weights
         with torch.no_grad():
-            feats = vgg(content01, self.content_layers)
-            grams = {n: gram(f) for n, f in vgg(style01, self.style_weights).items()}
-        # Non-persistent buffers: moved with the module, never saved.
+            both = self.vgg(content, [*self.content_layers, *layers])
+            feats = {n: both[n] for n in self.content_layers}
+            positions = {n: both[n].shape[-1] * both[n].shape[-2] for n in layers}
+            grams: dict[str, Tensor] = {}
+            for i, weight in enumerate(self.blend):
+                full = getattr(self, f"style_full_{i}")
+                style = resize(full, (max(16, round(full.shape[-2] * factor)), max(16, round(full.shape[-1] * factor))))
+                for name, f in self.vgg(style, layers).items():
+                    g = gram(f)
+                    if f.shape[-1] * f.shape[-2] != positions[name]:
+                        # An unnormalized Gram sums over positions: bring a style image of
+                        # another size to the generated image's count, so J_style compares like with like.
+                        g = g * (positions[name] / (f.shape[-1] * f.shape[-2]))
+                    grams[name] = grams[name] + weight * g if name in grams else weight * g
         for name, value in feats.items():
             self.register_buffer(f"content_target_{name}", value.float(), persistent=False)
         for name, value in grams.items():
             self.register_buffer(f"style_gram_{name}", value, persistent=False)
-        self.register_buffer("content01", content01, persistent=False)
-        self._loss_scale: float | None = None  # L-BFGS only: see _lbfgs_scale
-        self.last_metrics: dict[str, float] = {}  # the losses of the last step, by metric name
+        self.register_buffer("content01", content, persistent=False)
+        self.scale_index = index
+
+    def _enter_scale(self, index: int) -> None:
+        """Next scale: new targets, the image upsampled to the new size (in pixel units)."""
+        self._set_targets(index)
+        with torch.no_grad():
+            image01 = resize(self.image01().clamp(0, 1), tuple(self.content01.shape[-2:]))
+        self.image = nn.Parameter(image01 * self.config.pixel_scale)
+        self._history.clear()
+
+    def result01(self) -> Tensor:
+        """The image to look at, in 0-1 units: clamped, and under `preserve_color: luminance`
+        the optimized luminance with the content's chroma."""
+        image01 = self.image01().detach().clamp(0, 1)
+        if self.config.preserve_color == "luminance":
+            chroma = resize(self.chroma01, tuple(image01.shape[-2:]))
+            return color.with_chroma(image01, chroma)
+        return image01
 
     # -- the math -----------------------------------------------------------------------------
     def image01(self) -> Tensor:
@@ -140,6 +208,7 @@ class StyleTransfer(pl.LightningModule):
             c.beta,
             c.gamma,
             c.tv_norm,
+            c.gram_norm,
         )
 
     # -- Lightning hooks ----------------------------------------------------------------------
@@ -150,9 +219,13 @@ class StyleTransfer(pl.LightningModule):
         self.vgg.to(self.device)  # the Trainer moves the module after setup()
 
     def train_dataloader(self) -> DataLoader[int]:
-        return DataLoader(_Steps(self.config.iterations), batch_size=None)
+        return DataLoader(_Steps(self.total_steps), batch_size=None)
 
     def training_step(self, batch: int, batch_idx: int) -> Tensor:
+        step = self.trainer.global_step
+        if self.scale_of_step(step) != self.scale_index:
+            self._enter_scale(self.scale_of_step(step))
+            self._new_optimizer()
         optimizer = self.optimizers()
         result: dict[str, Tensor] = {}
 
@@ -180,7 +253,33 @@ class StyleTransfer(pl.LightningModule):
         # Exposed, not self.log()-ed: Lightning's self.log costs ~0.7 ms per key, 8.7 ms of a
         # 96 ms step at 128 px (measured); the caller's callback hands these to its logger.
         self.last_metrics = {k: float(v.detach()) for k, v in result.items()} | {"lr": lr}
+        if len(self.sizes) > 1:
+            self.last_metrics["scale"] = float(self.sizes[self.scale_index])
+        self._check_convergence(step)
         return result["loss/total"]
+
+    def _new_optimizer(self) -> None:
+        """A fresh optimizer (and schedule) over the new, larger image parameter."""
+        from pytorch_lightning.core.optimizer import _init_optimizers_and_lr_schedulers
+
+        optimizers, schedulers = _init_optimizers_and_lr_schedulers(self)
+        self.trainer.strategy.optimizers = optimizers
+        self.trainer.strategy.lr_scheduler_configs = schedulers
+
+    def _check_convergence(self, step: int) -> None:
+        """`stop`: end the run once J fell by less than rel_improvement over `window` steps."""
+        stop = self.config.stop
+        if not stop.rel_improvement or self.scale_index != len(self.sizes) - 1:
+            return
+        self._history.append(self.last_metrics["loss/total"])
+        if len(self._history) <= stop.window:
+            return
+        old, new = self._history[0], self._history[-1]
+        gain = (old - new) / abs(old) if old else 0.0
+        if gain < stop.rel_improvement:
+            self.stop_reason = (f"converged at step {step}: J fell {gain:.2e} over the last {stop.window} steps "
+                                f"(< rel_improvement {stop.rel_improvement:g})")
+            self.trainer.should_stop = True
 
     def _lbfgs_scale(self, total: Tensor) -> float:
         """Mean |dJ/dx| at the first step. torch's L-BFGS takes a first step of 1/|g|_1 and
@@ -194,9 +293,16 @@ class StyleTransfer(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nst_loss_scale"] = self._loss_scale  # part of L-BFGS' objective: resume needs it
+        checkpoint["nst_scale_index"] = self.scale_index
+        checkpoint["nst_history"] = list(self._history)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before the weights load and the optimizers are made: size the image to the
+        # checkpoint's scale first, so that both fit.
         self._loss_scale = checkpoint.get("nst_loss_scale")
+        if checkpoint.get("nst_scale_index", 0) != self.scale_index:
+            self._enter_scale(checkpoint["nst_scale_index"])
+        self._history.extend(checkpoint.get("nst_history", []))
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]  # Lightning's union type
         o = self.config.optimizer
@@ -214,7 +320,7 @@ class StyleTransfer(pl.LightningModule):
             return optimizer
         if o.schedule == "cosine":
             scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=self.config.iterations
+                optimizer, T_max=self.config.iterations  # per scale: each scale starts a new schedule
             )
         else:
             scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=o.gamma)

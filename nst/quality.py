@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nst.losses import gram
+
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
 
@@ -72,3 +74,22 @@ def edge_correlation(a01: Tensor, b01: Tensor, downsample: int = 1) -> float:
 def mean_abs_change(a01: Tensor, b01: Tensor) -> float:
     """Mean |a - b| over pixels and channels, in 0-255 units."""
     return float((a01.float() - b01.float()).abs().mean() * 255.0)
+
+
+#: The fixed layers of the style-distance metric: the seed's style layers, equal weights, so the
+#: number means the same for every run whatever its own loss reads.
+QUALITY_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+def position_grams(vgg: torch.nn.Module, image01: Tensor,
+                   layers: tuple[str, ...] = QUALITY_LAYERS) -> dict[str, Tensor]:
+    """Gram matrices per position (G / HW) of `layers`: comparable across image sizes."""
+    with torch.no_grad():
+        feats = vgg(image01, layers)
+    return {n: gram(f) / (f.shape[-1] * f.shape[-2]) for n, f in feats.items()}
+
+
+def gram_distance(grams: dict[str, Tensor], target: dict[str, Tensor]) -> float:
+    """Mean over layers of ||G - G_style||_F / ||G_style||_F: 0 when the style statistics match."""
+    ratios = [float((grams[n] - t).norm() / t.norm().clamp_min(1e-12)) for n, t in target.items()]
+    return sum(ratios) / len(ratios)

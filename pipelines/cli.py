@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="one style transfer, tracked as an MLflow run")
     run.add_argument("--content", help="content photo (any image Pillow reads)")
-    run.add_argument("--style", help="style painting")
+    run.add_argument("--style", action="append", help="style painting; repeat to blend several (style_blend)")
     run.add_argument("--config", type=Path, help="YAML file of run keys (the same keys as --set)")
     run.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name (default: nst)")
     _add_common(run)
@@ -83,7 +83,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not isinstance(loaded, dict):
             raise UserError(f"{args.config}: expected a mapping of run keys, e.g. 'size: 256'")
         data = resolve_paths(loaded, (args.config.resolve().parent, Path.cwd()))
-    cli = {k: v for k, v in (("content", args.content), ("style", args.style)) if v}
+    style = (args.style[0] if len(args.style) == 1 else args.style) if args.style else None
+    cli = {k: v for k, v in (("content", args.content), ("style", style)) if v}
     overrides = dict(parse_set(s) for s in args.overrides)
     data = merge(data, resolve_paths({**cli, **overrides}, (Path.cwd(),)))
     config = run_config(data, source=str(args.config) if args.config else "command line")

@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from nst.config import INITS, TransferConfig
+from nst.config import INITS, TransferConfig, blend_weights
+from nst.scales import pyramid
 from pipelines.errors import UserError
 
 #: Snapshot steps the seed's slides show, plus later ones; the last iteration is always added.
@@ -37,7 +38,7 @@ class RunConfig(TransferConfig):
     """Everything one tracked run needs: the library's settings plus files, size and tracking."""
 
     content: str
-    style: str
+    style: str | tuple[str, ...]  # one painting, or several blended by style_blend
     size: int = 256  # long side of the generated image, px
     max_size: int = 4096  # guard against typos such as size=25600
     style_scale: float | None = None  # None: the style image is resized to the content's size
@@ -57,11 +58,31 @@ class RunConfig(TransferConfig):
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+        if not self.styles:
+            raise ValueError("style: give at least one style image")
+        blend_weights(self.style_blend, len(self.styles))  # one weight per style image
+        pyramid(self.scales, self.size)  # the scales end at or below the size
+        if self.init.startswith("run:") and len(self.init) == 4:
+            raise ValueError("init: run:<run_id> needs the id of the run whose final image starts this one")
+
+    @property
+    def styles(self) -> tuple[str, ...]:
+        return (self.style,) if isinstance(self.style, str) else self.style
+
+    @property
+    def sizes(self) -> list[int]:
+        """The long sides this run optimizes at (one, or a coarse-to-fine pyramid)."""
+        return pyramid(self.scales, self.size)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps in all: `iterations` at each scale."""
+        return self.iterations * len(self.sizes)
 
     @property
     def snapshot_steps(self) -> list[int]:
         """Snapshot steps within the run, plus the last one."""
-        return sorted({s for s in self.snapshots if s <= self.iterations} | {self.iterations})
+        return sorted({s for s in self.snapshots if s <= self.total_steps} | {self.total_steps})
 
 
 # -- building dataclasses from plain data ---------------------------------------------------------
@@ -205,15 +226,21 @@ def resolve_paths(data: dict[str, Any], roots: tuple[Path, ...]) -> dict[str, An
     `roots` in turn (a config file's folder, then the working directory); when it exists in
     none, it is resolved against the last, and loading it later names the missing file."""
     out = dict(data)
-    for key in ("content", "style", "init"):
-        value = out.get(key)
-        if not isinstance(value, str) or not value or value in INITS:
-            continue
+
+    def resolve(value: str) -> str:
         path = Path(value).expanduser()
         if not path.is_absolute():
             found = [root / path for root in roots if (root / path).exists()]
             path = found[0] if found else roots[-1] / path
-        out[key] = str(path.resolve())
+        return str(path.resolve())
+
+    for key in ("content", "style", "init"):
+        value = out.get(key)
+        if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+            out[key] = [resolve(v) for v in value]
+        if not isinstance(value, str) or not value or value in INITS or value.startswith("run:"):
+            continue
+        out[key] = resolve(value)
     return out
 
 
@@ -221,8 +248,8 @@ def outside(config: RunConfig, root: Path, keys: Iterable[str]) -> list[str]:
     """Notes for the image paths among `keys` (those set with --set) that resolve outside
     `root`: allowed, but worth saying. A missing file gets its own error later instead."""
     notes = []
-    for key in ("content", "style", "init"):
-        value = getattr(config, key)
+    files = [("content", config.content), *(("style", s) for s in config.styles), ("init", config.init)]
+    for key, value in files:
         if key not in keys or (key == "init" and not config.init_from_file) or not Path(value).exists():
             continue
         if not Path(value).resolve().is_relative_to(root.resolve()):
@@ -257,11 +284,16 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 #: Keys that change how a run is carried out, not what it computes.
 _NOT_IN_RUN_KEY = ("checkpoint_every",)
+#: Keys added after runs were first keyed: at their default they leave the key as it was, so a
+#: store's finished runs stay finished for a sweep run again.
+_KEYED_WHEN_SET = ("gram_norm", "style_blend", "preserve_color", "scales", "stop")
 
 
 def run_key(config: RunConfig) -> str:
     """A stable hash of the resolved config: the same key means the same result."""
-    data = {k: v for k, v in to_dict(config).items() if k not in _NOT_IN_RUN_KEY}
+    defaults = to_dict(RunConfig(content="-", style="-"))
+    data = {k: v for k, v in to_dict(config).items()
+            if k not in _NOT_IN_RUN_KEY and not (k in _KEYED_WHEN_SET and v == defaults[k])}
     blob = json.dumps(data, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -29,6 +29,7 @@ from nst.vgg import WeightsError
 from pipelines import tracking, tracking_run
 from pipelines.config import RunConfig, flatten, run_key, to_dict, to_yaml
 from pipelines.errors import UserError
+from pipelines.probe import Probe, quality_probe
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 
@@ -47,7 +48,7 @@ class RunResult:
 @dataclass
 class Inputs:
     content: torch.Tensor
-    style: torch.Tensor
+    styles: list[torch.Tensor]
     init: torch.Tensor | None
 
 
@@ -59,19 +60,41 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_inputs(config: RunConfig) -> Inputs:
-    """The content, style and (optional) init images, sized as the config says."""
+def load_inputs(config: RunConfig, client: MlflowClient | None = None) -> Inputs:
+    """The content, style(s) and (optional) init images, sized as the config says."""
     try:
         content = load_image(config.content, config.size)
         height, width = content.shape[-2:]
         if config.style_scale is None:
-            style = load_image(config.style, (width, height))
+            styles = [load_image(s, (width, height)) for s in config.styles]
         else:
-            style = load_image(config.style, round(config.size * config.style_scale))
-        init = load_image(config.init, (width, height)) if config.init_from_file else None
+            styles = [load_image(s, round(config.size * config.style_scale)) for s in config.styles]
+        init = None
+        if config.init.startswith("run:"):
+            init = _final_image_of(client, config.init.removeprefix("run:"), (width, height))
+        elif config.init_from_file:
+            init = load_image(config.init, (width, height))
     except ImageError as exc:
         raise UserError(str(exc)) from None
-    return Inputs(content, style, init)
+    return Inputs(content, styles, init)
+
+
+def _final_image_of(client: MlflowClient | None, run_id: str, size: tuple[int, int]) -> torch.Tensor:
+    """`init: run:<id>`: that run's final image, from the store, resized to this run's size."""
+    if client is None:
+        raise UserError("init: run:<id> needs a tracking store to read the run from")
+    try:
+        client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow raises several types for a bad id
+        raise UserError(f"init: run {run_id} is not in the store; copy a run id from the UI or `nst run`'s "
+                        "output (same --tracking-uri)") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "final.png", tmp)
+        except Exception:  # noqa: BLE001
+            raise UserError(f"init: run {run_id} has no final.png (it did not finish); "
+                            "start from a FINISHED run") from None
+        return load_image(path, size)
 
 
 def versions() -> dict[str, str]:
@@ -114,14 +137,14 @@ def execute(
     continues from its last checkpoint, without writing any step twice."""
     quiet_lightning()
     device = resolve_device(config.device)
-    inputs = load_inputs(config)
+    client = MlflowClient(tracking_uri)
+    inputs = load_inputs(config, client)
     try:
         backbone = build_backbone(config)
     except WeightsError as exc:
         raise UserError(str(exc)) from None
     torch.manual_seed(config.seed)
-    module = StyleTransfer(inputs.content, inputs.style, config, backbone=backbone, init01=inputs.init)
-    client = MlflowClient(tracking_uri)
+    module = StyleTransfer(inputs.content, inputs.styles, config, backbone=backbone, init01=inputs.init)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, skip_through, snapshots_done = None, -1, set()
         if resume_run_id:
@@ -136,7 +159,8 @@ def execute(
             run_id = _start_run(client, config, inputs, experiment, tracking_uri, device, run_name, parent_run_id,
                                 tags, description)
         resume = Resume(checkpoint, skip_through, snapshots_done)
-        return _fit(client, run_id, config, module, tracking_uri, device, progress, resume)
+        probe = quality_probe(module, inputs.content, inputs.styles, config)
+        return _fit(client, run_id, config, module, tracking_uri, device, progress, resume, probe)
 
 
 def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experiment: str, tracking_uri: str,
@@ -161,7 +185,8 @@ def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experime
     tracking.log_params(client, run_id, flatten(to_dict(config)))
     with tempfile.TemporaryDirectory() as tmp:
         save_image(inputs.content, Path(tmp) / "content.png")
-        save_image(inputs.style, Path(tmp) / "style.png")
+        for i, style in enumerate(inputs.styles):  # style.png, then style_2.png, ... for a blend
+            save_image(style, Path(tmp) / ("style.png" if i == 0 else f"style_{i + 1}.png"))
         (Path(tmp) / "config.yaml").write_text(to_yaml(config))
         client.log_artifacts(run_id, tmp)
     return run_id
@@ -190,12 +215,12 @@ class Resume:
 
 
 def _fit(client: MlflowClient, run_id: str, config: RunConfig, module: StyleTransfer, tracking_uri: str,
-         device: str, progress: bool, resume: Resume) -> RunResult:
+         device: str, progress: bool, resume: Resume, probe: Probe) -> RunResult:
     logger = tracking_run.BufferedMLFlowLogger(
         tracking_uri=tracking_uri, run_id=run_id, skip_through=resume.skip_through)
     callbacks: list[pl.Callback] = [
         tracking_run.StepMetrics(logger),
-        tracking_run.Snapshots(client, run_id, config.snapshot_steps, resume.snapshots_done),
+        tracking_run.Snapshots(client, run_id, config.snapshot_steps, resume.snapshots_done, logger, probe),
         tracking_run.RunStatus(client, run_id, logger),
     ]
     if config.checkpoint_every:
@@ -205,7 +230,7 @@ def _fit(client: MlflowClient, run_id: str, config: RunConfig, module: StyleTran
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
-        max_steps=config.iterations,
+        max_steps=config.total_steps,
         max_epochs=1,
         logger=logger,
         log_every_n_steps=1,
@@ -229,6 +254,7 @@ def _fit(client: MlflowClient, run_id: str, config: RunConfig, module: StyleTran
     seconds = time.perf_counter() - start
     losses = {k: v for k, v in module.last_metrics.items() if k.startswith("loss/")}
     final = _log_final(client, run_id, module)
+    client.set_tag(run_id, "nst.stop_reason", module.stop_reason or f"ran all {config.total_steps} steps")
     client.set_terminated(run_id, FINISHED)
     return RunResult(run_id, FINISHED, seconds, losses, final, logging_seconds=logger.seconds)
 
@@ -236,6 +262,6 @@ def _fit(client: MlflowClient, run_id: str, config: RunConfig, module: StyleTran
 def _log_final(client: MlflowClient, run_id: str, module: StyleTransfer) -> str:
     """Log final.png; return where it lies (a local path when the store is on this disk)."""
     with tempfile.TemporaryDirectory() as tmp:
-        client.log_artifact(run_id, str(save_image(module.image01(), Path(tmp) / "final.png")))
+        client.log_artifact(run_id, str(save_image(module.result01(), Path(tmp) / "final.png")))
     folder = tracking.local_artifact_dir(client, run_id)
     return str(folder / "final.png") if folder else f"{client.get_run(run_id).info.artifact_uri}/final.png"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from pytorch_lightning.loggers import MLFlowLogger
+from torch import Tensor
 
 from nst.images import to_pil
 from nst.module import DivergedError
@@ -80,18 +81,27 @@ class BufferedMLFlowLogger(MLFlowLogger):
 
 
 class Snapshots(pl.Callback):
-    """Logs the generated image at the snapshot steps (`log_image(key="generated", step=s)`).
+    """At the snapshot steps: the image (`log_image(key="generated", step=s)`) and its quality
+    metrics (`probe`); in a pyramid, the last image of each scale as `scales/<i>_<size>px.png`.
 
     Step s is the image after s optimizer updates: step 0 is the initial image.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, steps: Iterable[int], done: Iterable[int] = ()) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, steps: Iterable[int], done: Iterable[int],
+                 logger: BufferedMLFlowLogger, probe: Callable[[Tensor], dict[str, float]] | None = None) -> None:
         self.client, self.run_id, self.steps = client, run_id, set(steps) - set(done)
+        self.logger, self.probe = logger, probe
 
     def _log(self, module: pl.LightningModule, step: int) -> None:
+        image01 = module.result01()  # type: ignore[operator]
         if step in self.steps:
-            image = to_pil(module.image01())  # type: ignore[operator]
-            self.client.log_image(self.run_id, image, key="generated", step=step)
+            self.client.log_image(self.run_id, to_pil(image01), key="generated", step=step)
+            if self.probe is not None:
+                self.logger.log_metrics(self.probe(image01), step)
+        sizes, per_scale = module.sizes, module.config.iterations  # type: ignore[attr-defined]
+        if len(sizes) > 1 and step and step % per_scale == 0:
+            index = step // per_scale - 1
+            self.client.log_image(self.run_id, to_pil(image01), f"scales/{index + 1}_{sizes[index]}px.png")
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.global_step == 0:  # not again when resuming from a checkpoint
@@ -115,7 +125,7 @@ class RunStatus(pl.Callback):
         self.client.set_tag(self.run_id, "nst.error", f"{type(exception).__name__}: {exception}"[:5000])
         if isinstance(exception, DivergedError):
             # The loss went non-finite before the step, so the image is still the last finite one.
-            self.client.log_image(self.run_id, to_pil(module.image01()), "last_finite.png")  # type: ignore[operator]
+            self.client.log_image(self.run_id, to_pil(module.result01()), "last_finite.png")  # type: ignore[operator]
 
 
 class StepMetrics(pl.Callback):

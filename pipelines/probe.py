@@ -1,0 +1,49 @@
+"""Quality metrics logged with each snapshot, so runs compare by what they produce:
+
+- `quality/ssim_content`: SSIM of the image's luminance to the content photo's (1 = the photo);
+- `quality/gram_distance`: distance of its style statistics to the style image(s)' on a fixed
+  layer set (nst.quality.QUALITY_LAYERS, Caffe VGG-19, max pooling), blended as the run blends.
+Both ignore the run's own loss settings (layers, weights, normalization, colour mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from nst.config import blend_weights
+from nst.module import StyleTransfer
+from nst.quality import QUALITY_LAYERS, gram_distance, position_grams, ssim
+from nst.scales import resize
+from nst.vgg import VGGFeatures, load_vgg19
+from pipelines.config import RunConfig
+
+Probe = Callable[[Tensor], dict[str, float]]
+
+
+def _quality_vgg(module: StyleTransfer, config: RunConfig) -> VGGFeatures:
+    """The run's own VGG when it is the metric's network; otherwise the metric's, loaded once."""
+    b = config.backbone
+    if (b.weights, b.pooling, b.convention) == ("caffe", "max", None) and QUALITY_LAYERS[-1] in module.vgg.names:
+        return module.vgg
+    return load_vgg19("caffe", "max", QUALITY_LAYERS[-1]).to(module.vgg._mean.device)
+
+
+def quality_probe(module: StyleTransfer, content01: Tensor, styles01: list[Tensor], config: RunConfig) -> Probe:
+    vgg = _quality_vgg(module, config)
+    device = vgg._mean.device
+    target: dict[str, Tensor] = {}
+    for weight, style in zip(blend_weights(config.style_blend, len(styles01)), styles01, strict=True):
+        for name, g in position_grams(vgg, style.to(device)).items():
+            target[name] = target[name] + weight * g if name in target else weight * g
+
+    def probe(image01: Tensor) -> dict[str, float]:
+        image01 = image01.detach().to(device)
+        content = resize(content01.to(device), tuple(image01.shape[-2:]))  # a pyramid's early scales
+        with torch.no_grad():
+            return {"quality/ssim_content": ssim(image01, content),
+                    "quality/gram_distance": gram_distance(position_grams(vgg, image01), target)}
+
+    return probe
