@@ -10,7 +10,7 @@ DB      ?= postgresql
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install browser postgres server test lint experiment run report reproduce bench bench-cluster docs ui clean
+.PHONY: help install browser postgres server test lint experiment run report reproduce bench bench-cluster lr-find-check docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ reproduce: install  ## the Challenges slide: lr_sweep + its 0-1-pixel contrast (
 
 bench: install  ## measure overhead, roofline and precision; writes BENCHMARKS.md (a few minutes)
 	$(PY) -m benchmarks.bench
+
+lr-find-check: install  ## nst lr-find against full lr sweeps on two image pairs -> docs/lr_find/check.md (~10 min)
+	$(PY) -m benchmarks.lr_find_check
 
 docs: install  ## refresh the report committed under docs/ (small figures) from the store
 	$(NST) report lr_sweep --out docs/lr_sweep --dpi 60

@@ -221,11 +221,16 @@ class StyleTransfer(pl.LightningModule):
     def train_dataloader(self) -> DataLoader[int]:
         return DataLoader(_Steps(self.total_steps), batch_size=None)
 
+    def on_train_batch_start(self, batch: int, batch_idx: int) -> None:
+        # Here, not in training_step: Lightning hooks its step counter into the optimizers just
+        # before training_step, so a new optimizer must be in place by then.
+        index = self.scale_of_step(self.trainer.global_step)
+        if index != self.scale_index:
+            self._enter_scale(index)
+            self._new_optimizer()
+
     def training_step(self, batch: int, batch_idx: int) -> Tensor:
         step = self.trainer.global_step
-        if self.scale_of_step(step) != self.scale_index:
-            self._enter_scale(self.scale_of_step(step))
-            self._new_optimizer()
         optimizer = self.optimizers()
         result: dict[str, Tensor] = {}
 

@@ -58,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>/)")
     rep.add_argument("--dpi", type=int, default=110, help="figure resolution (default 110; 60 for docs)")
     rep.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    lrf = sub.add_parser("lr-find", help="short low-resolution probes over a log range of lr; recommends one")
+    lrf.add_argument("--content", required=True, help="content photo")
+    lrf.add_argument("--style", action="append", required=True, help="style painting (repeat to blend)")
+    lrf.add_argument("--size", type=int, default=64, help="probe size, long side in px (default 64)")
+    lrf.add_argument("--iterations", type=int, default=60, help="steps per probe (default 60)")
+    lrf.add_argument("--lr-min", type=float, default=0.01, help="lowest lr (default 0.01)")
+    lrf.add_argument("--lr-max", type=float, default=100.0, help="highest lr (default 100)")
+    lrf.add_argument("--points", type=int, default=13, help="lrs in the range, log-spaced (default 13)")
+    lrf.add_argument("--experiment", default="lr_find", help="MLflow experiment of the probes (default lr_find)")
+    lrf.add_argument("--out", type=Path, default=Path("reports/lr_find"), help="where the plot goes")
+    _add_common(lrf)
+
     srv = sub.add_parser("server", help="MLflow tracking server for many writers (PostgreSQL in .pg/, or SQLite)")
     srv.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
                      help="backend store: PostgreSQL started from .pg/ (default) or a SQLite file")
@@ -119,7 +131,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         print(f"{experiment.name}: {len(experiment.points)} runs from {path}")
         for point in experiment.points:
             c = point.config
-            print(f"  [{point.index + 1}] {point.name:<30} key {point.key}  {c.size} px, {c.iterations} it")
+            scales = f" at each of {', '.join(map(str, c.sizes))} px" if len(c.sizes) > 1 else ""
+            print(f"  [{point.index + 1}] {point.name:<30} key {point.key}  {c.size} px, {c.iterations} it{scales}")
         return EXIT_OK
     executor = _executor(args)
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -163,6 +176,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from pipelines.config import merge, parse_set, resolve_paths
+    from pipelines.lr_find import ascii_plot, find_lr, log_range, plot
+    from pipelines.tracking import resolve_tracking_uri
+
+    if not 0 < args.lr_min < args.lr_max:
+        raise UserError(f"--lr-min {args.lr_min:g} and --lr-max {args.lr_max:g}: need 0 < lr-min < lr-max")
+    if args.points < 2:
+        raise UserError(f"--points {args.points}: need at least 2 learning rates to compare")
+    style = args.style[0] if len(args.style) == 1 else args.style
+    base = {"content": args.content, "style": style, "size": args.size, "iterations": args.iterations,
+            "snapshots": [0], "checkpoint_every": 0}
+    overrides = dict(parse_set(s) for s in args.overrides)
+    base = merge(resolve_paths(base, (Path.cwd(),)), resolve_paths(overrides, (Path.cwd(),)))
+    lrs = log_range(args.lr_min, args.lr_max, args.points)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    say = (lambda _: None) if args.quiet else print
+    probes, best, why, parent = find_lr(base, lrs, tracking_uri=uri, name=args.experiment, say=say)
+    print(ascii_plot(probes, best))
+    args.out.mkdir(parents=True, exist_ok=True)
+    figure = plot(probes, best, args.out / "lr_find.png")
+    MlflowClient(uri).log_artifact(parent, str(figure))
+    print(f"recommended lr: {best.lr:g} ({why})")
+    print(f"plot: {figure}; probes: parent run {parent} in experiment {args.experiment}")
+    return EXIT_OK
+
+
 def _cmd_server(args: argparse.Namespace) -> int:
     import signal
 
@@ -193,7 +235,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
             postgres.stop()
 
 
-COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment, "report": _cmd_report, "server": _cmd_server}
+COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment, "report": _cmd_report, "lr-find": _cmd_lr_find,
+            "server": _cmd_server}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,6 +74,7 @@ def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) ->
     run = client.create_run(exp_id, tags=tags, run_name=f"{experiment.name} (sweep)")
     params = {f"grid.{k}": v for k, v in experiment.grid.items()}
     params |= {f"zip.{k}": v for k, v in experiment.zip.items()}
+    params |= {f"variant.{k}": v for k, v in experiment.variants.items()}
     params |= {"seeds": experiment.seeds, "runs": len(experiment.points)}
     base = experiment.points[0].config
     params |= {f"base.{k}": v for k, v in flatten(to_dict(base)).items()}

@@ -5,6 +5,8 @@
     base: {...}               # one run's config: any key `nst run --set` accepts
     grid: {optimizer.lr: [0.01, 0.1, 1.0]}   # cartesian product over dotted keys
     zip: {}                   # equal-length lists varied together
+    variants:                 # named sets of overrides, one run each (combined with the grid)
+      luminance: {preserve_color: luminance}
     seeds: [0]                # repeats of every grid point
     claims: [...]             # optional, judged by `nst report` (pipelines/verdicts.py)
     contrast: other_sweep     # optional: the report judges the same claims on that sweep
@@ -28,7 +30,8 @@ from pipelines import verdicts
 from pipelines.config import ConfigError, RunConfig, merge, read_yaml, resolve_paths, run_config, run_key
 from pipelines.errors import UserError
 
-TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "claims", "contrast", "notes")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "zip", "variants", "seeds", "claims", "contrast", "notes")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Experiment:
     grid: dict[str, list[Any]]
     zip: dict[str, list[Any]]
     seeds: list[int]
+    variants: dict[str, dict[str, Any]]
     claims: list[dict[str, Any]]
     points: list[Point]
 
@@ -61,7 +65,7 @@ class Experiment:
 
     @property
     def varied_keys(self) -> list[str]:
-        return [*self.grid, *self.zip, "seed"]
+        return [*(["variant"] if self.variants else []), *self.grid, *self.zip, "seed"]
 
 
 def find_config(name: str | Path, folder: Path = Path("experiments")) -> Path:
@@ -95,6 +99,21 @@ def _lists(path: Path, section: str, value: Any) -> dict[str, list[Any]]:
     return out
 
 
+def _variants(path: Path, value: Any) -> dict[str, dict[str, Any]]:
+    """`variants: {label: {key: value, ...}}`: each label is one run (per grid point and seed)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not value:
+        raise _fail(path, "variants: expected a mapping of labels to overrides, "
+                    "e.g. luminance: {preserve_color: luminance}")
+    out = {}
+    for label, changes in value.items():
+        if not isinstance(changes, Mapping):
+            raise _fail(path, f"variants.{label}: expected a mapping of run keys, got {changes!r} (use {{}} for none)")
+        out[str(label)] = dict(changes)
+    return out
+
+
 def _last(key: str) -> str:
     parts = key.split(".")
     return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]  # optimizer.name -> optimizer
@@ -111,6 +130,8 @@ def _format(value: Any) -> str:
         return ",".join(_format(v) for v in value)
     if isinstance(value, Mapping):
         return ",".join(f"{k}:{_format(v)}" for k, v in value.items())
+    if isinstance(value, str) and "/" in value and Path(value).suffix.lower() in IMAGE_SUFFIXES:
+        return Path(value).stem  # a run name says which image, not where it lies
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -140,10 +161,11 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
     lengths = {k: len(v) for k, v in zipped.items()}
     if len(set(lengths.values())) > 1:
         raise _fail(path, f"zip: lists must have equal lengths, got {lengths}")
+    variants = _variants(path, raw.get("variants"))
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise _fail(path, f"seeds: expected a non-empty list of integers >= 0, got {seeds!r}")
-    if not grid and not zipped and len(seeds) == 1:
+    if not grid and not zipped and len(variants) < 2 and len(seeds) == 1:
         raise _fail(path, "grid: nothing varies; add a key with a list of values, e.g. optimizer.lr: [0.01, 0.1]")
     claims = raw.get("claims") or []
     if not isinstance(claims, list) or not all(isinstance(c, Mapping) for c in claims):
@@ -159,15 +181,18 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
     points: list[Point] = []
     zip_rows = list(zip(*zipped.values(), strict=True)) if zipped else [()]
     grid_rows = list(itertools.product(*grid.values()))
-    for values in grid_rows:
-        for zip_values in zip_rows:
-            for seed in seeds:
-                varied = dict(zip(grid, values, strict=True)) | dict(zip(zipped, zip_values, strict=True))
-                varied["seed"] = seed
-                data = resolve_paths(merge(base_data, varied), roots)
-                label = point_name(varied)
-                config = run_config(data, source=f"{path} [{label}]")
-                points.append(Point(len(points), config, varied, label, run_key(config)))
+    for variant, changes in (variants or {"": {}}).items():
+        for values in grid_rows:
+            for zip_values in zip_rows:
+                for seed in seeds:
+                    varied = dict(zip(grid, values, strict=True)) | dict(zip(zipped, zip_values, strict=True))
+                    varied["seed"] = seed
+                    data = resolve_paths(merge(merge(base_data, changes), varied), roots)
+                    label = " ".join(filter(None, (variant, point_name(varied))))
+                    if variant:
+                        varied = {"variant": variant, **varied}
+                    config = run_config(data, source=f"{path} [{label}]")
+                    points.append(Point(len(points), config, varied, label, run_key(config)))
     return Experiment(
         name=name.strip(),
         description=str(raw.get("description") or ""),
@@ -176,6 +201,7 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
         grid=grid,
         zip=zipped,
         seeds=seeds,
+        variants=variants,
         claims=claims,
         points=points,
     )

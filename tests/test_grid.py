@@ -114,4 +114,18 @@ def test_every_shipped_experiment_validates_and_expands(path, monkeypatch) -> No
     experiment = load_experiment(path)
     assert experiment.points and experiment.description
     for point in experiment.points:
-        assert Path(point.config.content).is_file() and Path(point.config.style).is_file()
+        assert Path(point.config.content).is_file() and all(Path(s).is_file() for s in point.config.styles)
+
+
+def test_variants_are_named_runs_combined_with_the_grid(tmp_path) -> None:
+    path = tmp_path / "v.yaml"
+    path.write_text("name: v\n" + BASE + "grid:\n  optimizer.lr: [0.1, 1.0]\nvariants:\n  plain: {}\n"
+                    "  luminance: {preserve_color: luminance}\n")
+    experiment = load_experiment(path)
+    names = [p.name for p in experiment.points]
+    assert names == ["plain lr=0.1 seed=0", "plain lr=1 seed=0", "luminance lr=0.1 seed=0", "luminance lr=1 seed=0"]
+    assert [p.config.preserve_color for p in experiment.points] == ["none", "none", "luminance", "luminance"]
+    assert experiment.points[2].varied["variant"] == "luminance"
+    path.write_text("name: v\n" + BASE + "variants:\n  bad: 3\n")
+    with pytest.raises(UserError, match=r"variants\.bad: expected a mapping"):
+        load_experiment(path)

@@ -1,0 +1,53 @@
+"""`nst lr-find`: the rule picks the fastest lr that keeps the content; probes are one MLflow sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from pipelines.cli import main
+from pipelines.lr_find import Probe, log_range, recommend
+
+IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
+
+
+def test_log_range_spans_the_decades() -> None:
+    assert log_range(0.01, 100, 5) == [0.01, 0.1, 1.0, 10.0, 100.0]
+    assert log_range(0.01, 100, 13)[6] == 1.0
+
+
+def test_the_lowest_loss_that_keeps_the_content_wins() -> None:
+    probes = [Probe(0.1, "FINISHED", 9.0, 0.9, 0.95), Probe(1.0, "FINISHED", 3.0, 0.3, 0.7),
+              Probe(10.0, "FINISHED", 1.0, 0.1, 0.2), Probe(100.0, "FAILED", None, None, None)]
+    best, why = recommend(probes)
+    assert best.lr == 1.0 and "keep the content" in why  # lr 10 is lower but lost the photo
+
+
+def test_when_nothing_keeps_the_content_the_smallest_lr_is_the_safe_answer() -> None:
+    best, why = recommend([Probe(1.0, "FINISHED", 3.0, 0.3, 0.1), Probe(10.0, "FINISHED", 1.0, 0.1, 0.2)])
+    assert best.lr == 1.0 and "no probe kept" in why
+
+
+def test_lr_find_runs_probes_as_one_sweep_and_recommends(store, tmp_path, capsys) -> None:
+    code = main(["lr-find", "--content", str(IMAGES / "grace_hopper.jpg"), "--style", str(IMAGES / "starry_night.jpg"),
+                 "--size", "32", "--iterations", "4", "--lr-min", "0.1", "--lr-max", "10", "--points", "3",
+                 "--out", str(tmp_path), "--tracking-uri", store, "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "recommended lr:" in out and "<- recommended" in out
+    assert (tmp_path / "lr_find.png").stat().st_size > 0
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("lr_find").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    assert sorted(float(c.data.params["optimizer.lr"]) for c in children) == [0.1, 1.0, 10.0]
+    recommended = parents[0].data.tags["nst.lr_find.recommended"]
+    assert f"recommended lr: {recommended} " in out
+
+
+def test_lr_find_rejects_an_empty_range(capsys) -> None:
+    code = main(["lr-find", "--content", "a.jpg", "--style", "b.jpg", "--lr-min", "1", "--lr-max", "0.1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "need 0 < lr-min < lr-max" in err
