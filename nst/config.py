@@ -17,6 +17,7 @@ INITS = ("content", "noise", "content+noise")
 OPTIMIZERS = ("adam", "lbfgs", "sgd")
 SCHEDULES = ("constant", "cosine", "exponential")
 GRAM_NORMS = ("seed", "hw", "chw")
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the hardware computes it natively
 COLOR_MODES = ("none", "luminance", "match")
 
 
@@ -145,7 +146,7 @@ class TransferConfig:
             raise ValueError(f"noise_ratio must be within 0..1, got {self.noise_ratio}")
         _non_negative("noise_range", self.noise_range)
         _positive("pixel_scale", self.pixel_scale)
-        _one_of("precision", self.precision, ("fp32", "bf16"))
+        _one_of("precision", self.precision, PRECISIONS)
         for name in ("alpha", "beta", "gamma"):
             _non_negative(name, getattr(self, name))
         _one_of("tv_norm", self.tv_norm, ("l1", "l2"))

@@ -19,6 +19,7 @@ Deviations from Gatys et al., on purpose:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -42,6 +43,18 @@ class DivergedError(RuntimeError):
     def __init__(self, step: int, value: float) -> None:
         super().__init__(f"diverged at step {step} (loss/total = {value})")
         self.step = step
+
+
+@functools.cache  # asked every step; the hardware does not change
+def resolve_precision(precision: str, device_type: str) -> str:
+    """`auto` -> bf16 where it is native (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX:
+    oneDNN then runs the convolutions in bf16, 1.6-1.8x faster here), else fp32 (emulated bf16
+    would be slower than fp32)."""
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def deepest_layer(config: TransferConfig) -> str:
@@ -192,7 +205,7 @@ class StyleTransfer(pl.LightningModule):
         image01 = self.image01()
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if self.config.precision == "bf16"
+            if resolve_precision(self.config.precision, self.device.type) == "bf16"
             else nullcontext()
         )
         with autocast:

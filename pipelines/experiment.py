@@ -23,6 +23,7 @@ from pipelines.run import FAILED, FINISHED, KILLED, RunResult
 
 SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep
 SWEEP_TAG, SWEEP_KEY_TAG, RUN_KEY_TAG, VARIED_TAG = "nst.sweep", "nst.sweep_key", "nst.run_key", "nst.varied"
+POINT_TAG, VARIANT_TAG = "nst.point", "nst.variant"  # the run's place in the file; its variant's label
 
 
 @dataclass
@@ -135,7 +136,8 @@ def run_experiment(
         experiment=experiment.name,
         run_name=point.name,
         parent_run_id=parent_id,
-        tags={SWEEP_TAG: experiment.name, VARIED_TAG: json.dumps(list(point.varied))},
+        tags={SWEEP_TAG: experiment.name, VARIED_TAG: json.dumps(list(point.varied)), POINT_TAG: point.index,
+              **({VARIANT_TAG: point.varied["variant"]} if "variant" in point.varied else {})},
         description=f"{experiment.name}: varies {point.name}",
         progress=progress,
         resume_run_id=interrupted.get(point.key),

@@ -68,3 +68,19 @@ def loss_figure(runs: list[RunView], path: Path, title: str, dpi: int = 110) -> 
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def finals_figure(runs: list[RunView], path: Path, dpi: int = 110) -> Path:
+    """The final images side by side, one per run, titled with the run's name."""
+    height, width = runs[0].final.shape[-2:]  # type: ignore[union-attr]
+    cell = 2.0
+    fig, axes = plt.subplots(1, len(runs), squeeze=False, figsize=(cell * len(runs) * width / height, cell + 0.4))
+    for ax, run in zip(axes[0], runs, strict=True):
+        ax.imshow(to_pil(run.final))  # type: ignore[arg-type]
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(run.name.removesuffix(" seed=0"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -18,7 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from nst.images import load_image
 from pipelines.errors import UserError
-from pipelines.experiment import SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
+from pipelines.experiment import POINT_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
 from pipelines.tracking_run import SNAPSHOT_FILE
 
 LOSSES = ("loss/total", "loss/content", "loss/style")
@@ -39,6 +39,11 @@ class RunView:
 
     @property
     def iterations(self) -> int:
+        """Updates the final image had: one more than the last logged step (a pyramid's steps
+        over all its scales; fewer than configured when `stop` ended the run)."""
+        steps = self.history.get("loss/total")
+        if steps:
+            return max(steps) + 1
         return int(self.run.data.params.get("iterations", max(self.snapshots, default=0)))
 
     def loss_at(self, key: str, step: int) -> float | None:
@@ -110,7 +115,7 @@ def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = No
             history = {k: {m.step: m.value for m in client.get_metric_history(rid, k)} for k in LOSSES}
             view = RunView(
                 child, child.info.run_name or rid,
-                {k: child.data.params.get(k, "") for k in varied_keys}, history,
+                {k: child.data.params.get(k, child.data.tags.get(f"nst.{k}", "")) for k in varied_keys}, history,
             )
             for artifact in client.list_artifacts(rid, "images"):
                 match = SNAPSHOT_FILE.match(Path(artifact.path).name)
@@ -120,7 +125,9 @@ def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = No
             view.style = _download_image(client, rid, "style.png", folder)
             view.final = _download_image(client, rid, "final.png", folder)
             views.append(view)
-    views.sort(key=lambda v: [_sort_key(v.varied[k]) for k in varied_keys])
+    # In the experiment file's order when the runs know it (nst.point), else by what they vary.
+    views.sort(key=lambda v: (int(v.run.data.tags.get(POINT_TAG, 10**9)),
+                              [_sort_key(v.varied[k]) for k in varied_keys]))
     return SweepView(parent.data.tags.get(SWEEP_TAG, experiment), parent, spec, views)
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from nst.quality import edge_correlation, mean_abs_change, ssim
+from nst.scales import resize
 from pipelines import verdicts
 from pipelines.errors import UserError
-from pipelines.figures import loss_figure, slide_figure
+from pipelines.figures import finals_figure, loss_figure, slide_figure
 from pipelines.readback import RunView, SweepView, load_sweep
 
 EDGE_SCALE = 4  # coarse edges: the layout a viewer recognizes, not the brush strokes
@@ -40,12 +41,15 @@ def measure(run: RunView) -> list[Row]:
     start = images.get(0)
     rows = []
     for step, image in images.items():
+        # A pyramid's early snapshots are smaller: compare them at their own size.
+        content = resize(run.content, tuple(image.shape[-2:]))  # type: ignore[attr-defined, arg-type]
+        same_size = start is not None and start.shape == image.shape  # type: ignore[attr-defined]
         rows.append(Row(
             run.name, step,
             run.loss_at("loss/content", step), run.loss_at("loss/style", step),
-            mean_abs_change(image, start) if start is not None else None,  # type: ignore[arg-type]
-            ssim(image, run.content),  # type: ignore[arg-type]
-            edge_correlation(image, run.content, EDGE_SCALE),  # type: ignore[arg-type]
+            mean_abs_change(image, start) if same_size else None,  # type: ignore[arg-type]
+            ssim(image, content),  # type: ignore[arg-type]
+            edge_correlation(image, content, EDGE_SCALE),  # type: ignore[arg-type]
         ))
     return rows
 
@@ -125,6 +129,7 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
     title = f"{sweep.experiment}: " + ", ".join(r.name for r in sweep.runs)
     slide_figure(sweep.runs, folder / "slide.png", title, dpi)
     loss_figure(sweep.runs, folder / "losses.png", f"{sweep.experiment}: losses per iteration", dpi)
+    finals_figure(sweep.runs, folder / "finals.png", dpi)
     rows = [row for run in sweep.runs for row in measure(run)]
     with open(folder / "measurements.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -140,6 +145,10 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
         f"Sweep (parent run) `{pid}`, {len(sweep.runs)} finished runs; built "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC from the MLflow store"
         + (f" `{tracking_uri}`" if tracking_uri else "") + " (metrics and image artifacts; nothing re-optimized).",
+        "",
+        "## The final images",
+        "",
+        "![finals](finals.png)",
         "",
         "## The runs, snapshot by snapshot",
         "",
@@ -173,6 +182,6 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
     if notes:
         lines += ["", "## Notes", "", notes]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
-    for name in ("report.md", "slide.png", "losses.png", "measurements.csv"):
+    for name in ("report.md", "slide.png", "losses.png", "finals.png", "measurements.csv"):
         client.log_artifact(pid, str(folder / name), "report")
     return folder / "report.md"

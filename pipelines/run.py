@@ -24,7 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from nst.images import ImageError, load_image, save_image
-from nst.module import StyleTransfer, build_backbone
+from nst.module import StyleTransfer, build_backbone, resolve_precision
 from nst.vgg import WeightsError
 from pipelines import tracking, tracking_run
 from pipelines.config import RunConfig, flatten, run_key, to_dict, to_yaml
@@ -172,7 +172,7 @@ def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experime
         "nst.run_key": run_key(config),
         "nst.weights": config.backbone.weights,
         "nst.device": device,
-        "nst.precision": config.precision,
+        "nst.precision": resolve_precision(config.precision, device),  # what `auto` became here
         **where(),
         **versions(),
         **(tags or {}),

@@ -10,3 +10,12 @@ def test_bench_smoke_writes_every_table(tmp_path) -> None:
     for heading in ("## Overhead", "## Roofline", "## Precision", "## Memory"):
         assert heading in text
     assert text.count("| 32 px |") == 1 and "bf16" in text
+
+
+def test_peer_bench_scores_pastiche_and_nst_by_one_objective(tmp_path) -> None:
+    from benchmarks.peer import main as peer
+
+    out = tmp_path / "BENCHMARKS.md"
+    assert peer(["--size", "32", "--steps", "2", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Peer: pastiche" in text and text.count("| bf16") == 2

@@ -45,7 +45,7 @@ def test_style_layers_as_a_list_get_equal_weights() -> None:
         ({"size": 5000, "max_size": 8192}, None),
         ({"layers": {"content": ["relu9_9"]}}, "unknown VGG-19 layer 'relu9_9'"),
         ({"optimizer": 0.1}, "optimizer: expected a mapping"),
-        ({"precision": "fp8"}, "precision must be one of fp32, bf16"),
+        ({"precision": "fp8"}, "precision must be one of fp32, bf16, auto"),
     ],
 )
 def test_bad_values_name_the_key(data, message) -> None:

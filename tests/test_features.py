@@ -206,3 +206,13 @@ def test_a_pyramid_resumes_mid_scale_bit_identically(pair, tmp_path) -> None:
     trainer(9).fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
     assert resumed.image.shape == whole.image.shape == pair[0].shape
     assert torch.equal(resumed.image, whole.image)
+
+
+def test_init_from_a_file_starts_from_that_image(store, tmp_path) -> None:
+    start = tmp_path / "start.png"
+    Image.new("RGB", (40, 32), (10, 200, 30)).save(start)
+    result = _run(store, init=str(start), iterations=1)
+    client = MlflowClient(store)
+    images = [a.path for a in client.list_artifacts(result.run_id, "images") if a.path.endswith(".png")]
+    first = _tensor(client.download_artifacts(result.run_id, next(p for p in images if "+step+0+" in p)))
+    assert torch.allclose(first, torch.tensor([10, 200, 30]).view(1, 3, 1, 1) / 255.0, atol=1 / 255)

@@ -17,11 +17,14 @@ def test_log_range_spans_the_decades() -> None:
     assert log_range(0.01, 100, 13)[6] == 1.0
 
 
-def test_the_lowest_loss_that_keeps_the_content_wins() -> None:
-    probes = [Probe(0.1, "FINISHED", 9.0, 0.9, 0.95), Probe(1.0, "FINISHED", 3.0, 0.3, 0.7),
+def test_one_step_below_the_fastest_lr_that_keeps_the_content() -> None:
+    probes = [Probe(0.1, "FINISHED", 9.0, 0.9, 0.95), Probe(0.3, "FINISHED", 5.0, 0.5, 0.9),
+              Probe(1.0, "FINISHED", 3.0, 0.3, 0.7), Probe(3.0, "FINISHED", 4.0, 0.4, 0.6),
               Probe(10.0, "FINISHED", 1.0, 0.1, 0.2), Probe(100.0, "FAILED", None, None, None)]
     best, why = recommend(probes)
-    assert best.lr == 1.0 and "keep the content" in why  # lr 10 is lower but lost the photo
+    # lr 10 is lowest but lost the photo; lr 1 is the fastest that kept it; one step below is 0.3.
+    assert best.lr == 0.3 and "one probe below lr 1" in why
+    assert recommend(probes[2:])[0].lr == 1.0  # nothing below the fastest: the fastest itself
 
 
 def test_when_nothing_keeps_the_content_the_smallest_lr_is_the_safe_answer() -> None:
