@@ -10,6 +10,7 @@ The local cluster and server (`local_ray`, `tracking_server`) are also the test 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -67,6 +68,9 @@ def local_ray(num_cpus: int = 2) -> Iterator[str]:
     """A Ray head on loopback (what `ray start --head` makes on a cluster's first host)."""
     port = free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
+    # Ray 2.5x turns on token authentication once any local ray.init has written ~/.ray/auth_token;
+    # this loopback cluster and its clients (this process and its children) run without it.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                     "--num-cpus", str(num_cpus), "--include-dashboard", "false", "--disable-usage-stats",
                     "--object-store-memory", str(200 * 2**20)], check=True, capture_output=True, cwd=ROOT)

@@ -9,6 +9,9 @@ measured in BENCHMARKS.md's precision table). Writes the "Levers" section of BEN
 from __future__ import annotations
 
 import argparse
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -42,6 +45,36 @@ def inplace_relus(module: StyleTransfer) -> None:
             module.vgg.layers[i] = nn.ReLU(inplace=True)
 
 
+def checkpointed(module: StyleTransfer) -> None:
+    """Activation checkpointing per VGG block: keep only block inputs, recompute the rest in backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    vgg = module.vgg
+    blocks: list[list[int]] = [[]]
+    for i, name in enumerate(vgg.names):
+        blocks[-1].append(i)
+        if name.startswith("pool"):
+            blocks.append([])
+
+    def run_block(x: torch.Tensor, indices: list[int], wanted: frozenset[str]) -> tuple[torch.Tensor, dict]:
+        out = {}
+        for i in indices:
+            x = vgg.layers[i](x)
+            if vgg.names[i] in wanted:
+                out[vgg.names[i]] = x
+        return x, out
+
+    def forward(rgb01: torch.Tensor, layers: object) -> dict[str, torch.Tensor]:
+        wanted = frozenset(layers)  # type: ignore[arg-type]
+        x, found = vgg.normalize(rgb01), {}
+        for indices in (b for b in blocks if b):
+            x, out = checkpoint(run_block, x, indices, wanted, use_reentrant=False)
+            found.update(out)
+        return found
+
+    object.__setattr__(vgg, "forward", forward)
+
+
 def compiled(module: StyleTransfer) -> None:
     """torch.compile (inductor, C++ codegen on CPU) of the VGG's forward; compile time counted apart."""
     object.__setattr__(module, "vgg", torch.compile(module.vgg))
@@ -72,17 +105,46 @@ def measure(config: TransferConfig, size: int, steps: int, lever: Lever | None) 
     return _timing(samples), first, total
 
 
+LEVERS: dict[str, Lever | None] = {"baseline": None, "checkpointed": checkpointed}
+ALL: dict[str, tuple[str, Lever | None]] = {
+    "baseline": ("baseline (fp32, NCHW, truncated VGG, frozen weights)", None),
+    "channels_last": ("channels_last", channels_last),
+    "inplace": ("in-place ReLUs", inplace_relus),
+    "checkpointed": ("activation checkpointing per block", checkpointed),
+    "compile": ("torch.compile", compiled),
+}
+
+
+def _rss_child(size: int, lever: str) -> None:
+    config = TransferConfig(iterations=1, precision="fp32")
+    timing, _, _ = measure(config, size, 1, LEVERS[lever])
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, timing.median)
+
+
+def peak_rss(size: int, lever: str) -> tuple[float, float]:
+    """(GiB, s/iteration) of a fresh process running 3 steps with `lever` at `size`."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.levers", "--rss-child", str(size), "--lever", lever],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench-levers", description=__doc__.splitlines()[0])
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lever", default="baseline", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-size", type=int, default=1024)
+    parser.add_argument("--only", help="comma-separated levers (default all): " + ",".join(ALL))
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
-    config = TransferConfig(iterations=args.steps, optimizer=replace(TransferConfig().optimizer, lr=1.0))
-    levers: list[tuple[str, Lever | None]] = [("baseline (fp32, NCHW, truncated VGG, frozen weights)", None),
-                                             ("channels_last", channels_last),
-                                             ("in-place ReLUs", inplace_relus),
-                                             ("torch.compile", compiled)]
+    if args.rss_child:
+        _rss_child(args.rss_child, args.lever)
+        return 0
+    config = TransferConfig(iterations=args.steps, precision="fp32",
+                            optimizer=replace(TransferConfig().optimizer, lr=1.0))
+    chosen = args.only.split(",") if args.only else list(ALL)
+    levers = [(label, lever) for key, (label, lever) in ALL.items() if key in chosen]
     lines = [HEADING, "",
              f"Bare Adam loop at {args.size} px, fp32, {args.steps} timed steps after 2 warm-up steps (the first",
              "step, which pays for compilation, is shown apart).", "",
@@ -93,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         base_time, base_loss = base_time or timing.median, base_loss or loss
         lines.append(f"| {label} | {timing} | {base_time / timing.median:.2f}× | {first:.1f} s "
                      f"| {abs(loss / base_loss - 1):.1e} |")
+        print(lines[-1], flush=True)
+    lines += ["", "Memory, the lever for large images: peak resident memory of a fresh process at",
+              f"{args.memory_size} px (fp32, 3 steps).", "", "| lever | peak memory | s/iteration |", "|---|---|---|"]
+    for lever in LEVERS:
+        gib, seconds = peak_rss(args.memory_size, lever)
+        lines.append(f"| {lever} | {gib:.2f} GiB | {seconds:.1f} s |")
         print(lines[-1], flush=True)
     replace_section(args.out, HEADING, lines)
     return 0

@@ -121,7 +121,9 @@ class TransferConfig:
     # Units of the optimized pixels: 255 is the seed's (and Caffe's) scale; with 1 the same
     # learning rate is a 255x larger step in 0-255 units.
     pixel_scale: float = 255.0
-    precision: str = "fp32"  # "bf16": the VGG runs under autocast; Gram matrices stay fp32
+    # "bf16": the VGG runs under autocast, Gram matrices and losses stay fp32; "auto" (default):
+    # bf16 where the hardware has it natively (1.6-1.8x faster here, final J within 0.6%), else fp32.
+    precision: str = "auto"
     alpha: float = 10.0
     beta: float = 40.0
     gamma: float = 0.0  # total-variation weight

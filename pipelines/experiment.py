@@ -136,7 +136,7 @@ def run_experiment(
         experiment=experiment.name,
         run_name=point.name,
         parent_run_id=parent_id,
-        tags={SWEEP_TAG: experiment.name, VARIED_TAG: json.dumps(list(point.varied)), POINT_TAG: point.index,
+        tags={SWEEP_TAG: experiment.name, VARIED_TAG: json.dumps(list(point.varied)), POINT_TAG: str(point.index),
               **({VARIANT_TAG: point.varied["variant"]} if "variant" in point.varied else {})},
         description=f"{experiment.name}: varies {point.name}",
         progress=progress,

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from pytorch_lightning.callbacks import TQDMProgressBar
 
-from nst.images import ImageError, load_image, save_image
+from nst.images import MIN_SIDE, ImageError, load_image, save_image
 from nst.module import StyleTransfer, build_backbone, resolve_precision
 from nst.vgg import WeightsError
 from pipelines import tracking, tracking_run
@@ -65,6 +65,10 @@ def load_inputs(config: RunConfig, client: MlflowClient | None = None) -> Inputs
     try:
         content = load_image(config.content, config.size)
         height, width = content.shape[-2:]
+        smallest = round(min(height, width) * config.sizes[0] / max(height, width))
+        if smallest < MIN_SIDE:
+            raise UserError(f"scales: at {config.sizes[0]} px the content is {smallest} px on its short side; "
+                            f"VGG-19 needs at least {MIN_SIDE}: start the pyramid at a larger size")
         if config.style_scale is None:
             styles = [load_image(s, (width, height)) for s in config.styles]
         else:
@@ -181,6 +185,8 @@ def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experime
         run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     if description:
         run_tags[MLFLOW_RUN_NOTE] = description
+    # A tracking server takes only strings (protobuf); SQLite would have taken anything.
+    run_tags = {k: str(v) for k, v in run_tags.items()}
     run_id = client.create_run(exp_id, tags=run_tags, run_name=run_name).info.run_id
     tracking.log_params(client, run_id, flatten(to_dict(config)))
     with tempfile.TemporaryDirectory() as tmp:

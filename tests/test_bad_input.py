@@ -84,6 +84,7 @@ def test_bad_images(tmp_path, store, capsys, monkeypatch, kind, needle) -> None:
         ("style_blend=[0.5, 0.3, 0.2]", "style_blend has 3 weights for 1 style images"),
         ("scales=[128, 512]", "scales end at 512 px, above the run's size 256"),
         ("scales=fine", "scales must be one of auto"),
+        ("scales=[16, 64]", "at 16 px the content is 13 px on its short side"),
         ("preserve_color=sepia", "preserve_color must be one of none, luminance, match"),
         ("gram_norm=frobenius", "gram_norm must be one of seed, hw, chw"),
         ("stop.window=0", "stop.window must be > 0"),
