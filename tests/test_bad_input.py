@@ -84,7 +84,6 @@ def test_bad_images(tmp_path, store, capsys, monkeypatch, kind, needle) -> None:
         ("style_blend=[0.5, 0.3, 0.2]", "style_blend has 3 weights for 1 style images"),
         ("scales=[128, 512]", "scales end at 512 px, above the run's size 256"),
         ("scales=fine", "scales must be one of auto"),
-        ("scales=[16, 64]", "at 16 px the content is 13 px on its short side"),
         ("preserve_color=sepia", "preserve_color must be one of none, luminance, match"),
         ("gram_norm=frobenius", "gram_norm must be one of seed, hw, chw"),
         ("stop.window=0", "stop.window must be > 0"),
@@ -94,6 +93,12 @@ def test_bad_settings(store, capsys, setting, needle) -> None:
     argv = ["run", "--content", STYLE, "--style", STYLE, "--set", setting, "--tracking-uri", store]
     _expect_usage_error(capsys, argv, needle)
     assert not Path(store.removeprefix("sqlite:///")).exists()
+
+
+def test_a_pyramid_starting_too_small_for_vgg(store, capsys) -> None:
+    argv = ["run", "--content", STYLE, "--style", STYLE, "--set", "scales=[16, 64]", "--tracking-uri", store]
+    _expect_usage_error(capsys, argv, "at 16 px the content is 13 px on its short side")
+    assert _store_is_empty(store)  # checked with the images, before any run exists
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path, store, capsys) -> None:
