@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -59,11 +60,16 @@ def _pair(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return content, load_image(STYLE, (content.shape[3], content.shape[2]))
 
 
-def bare_loop(config: TransferConfig, size: int, steps: int, warmup: int = 2) -> tuple[Timing, float]:
-    """s/iteration of the same math without Lightning or MLflow, and the final J."""
+def bare_loop(config: TransferConfig, size: int, steps: int, warmup: int = 2,
+              lever: Callable[[StyleTransfer], None] | None = None) -> tuple[Timing, float, float]:
+    """s/iteration of the same math without Lightning or MLflow, the final J, and the seconds of
+    the first step (which pays for any compilation). `lever` may change the module first."""
+    torch.manual_seed(0)
     module = StyleTransfer(*_pair(size), config)
+    if lever is not None:
+        lever(module)
     optimizer = torch.optim.Adam([module.image], lr=config.optimizer.lr)
-    samples, total = [], float("nan")
+    samples, total, first = [], float("nan"), 0.0
     for i in range(warmup + steps):
         start = time.perf_counter()
         optimizer.zero_grad()
@@ -73,9 +79,11 @@ def bare_loop(config: TransferConfig, size: int, steps: int, warmup: int = 2) ->
         with torch.no_grad():
             module.image.clamp_(0, config.pixel_scale)
         total = float(loss.detach())
+        elapsed = time.perf_counter() - start
+        first = first or elapsed
         if i >= warmup:
-            samples.append(time.perf_counter() - start)
-    return _timing(samples), total
+            samples.append(elapsed)
+    return _timing(samples), total, first
 
 
 def _tracked(size: int, steps: int) -> tuple[float, float]:
@@ -139,7 +147,7 @@ def peak_rss(size: int, precision: str, steps: int = 2) -> tuple[float, float]:
 
 def _rss_child(size: int, precision: str, steps: int) -> None:
     config = TransferConfig(iterations=steps, precision=precision)
-    timing, _ = bare_loop(config, size, steps, warmup=0)
+    timing, _, _ = bare_loop(config, size, steps, warmup=0)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, timing.median)
 
 
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|",
     ]
     for size in sizes:
-        bare, _ = bare_loop(base, size, steps * repeats)
+        bare, _, _ = bare_loop(base, size, steps * repeats)
         tracked, start_up, logging_share = tracked_run(size, steps, repeats)
         overhead = tracked.median / bare.median - 1
         lines.append(f"| {size} px | {bare} | {tracked} | {overhead:+.1%} | {start_up:.2f} s "
@@ -207,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         flops = conv_flops(base, *content.shape[-2:])
         results = {}
         for precision, peak in (("fp32", fp32_peak), ("bf16", bf16_peak)):
-            timing, final = bare_loop(replace(base, precision=precision), size, 2 if smoke else 10)
+            timing, final, _ = bare_loop(replace(base, precision=precision), size, 2 if smoke else 10)
             results[precision] = (timing, final)
             rate = flops / timing.median / 1e9
             lines.append(f"| {size} px | {precision} | {flops / 1e9:.1f} | {timing} | {rate:.0f} | {rate / peak:.0%} |")

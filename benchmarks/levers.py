@@ -12,7 +12,6 @@ import argparse
 import resource
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.bench import Timing, _pair, _timing
+from benchmarks.bench import bare_loop
 from benchmarks.markdown import replace_section
 from nst.config import TransferConfig
 from nst.module import StyleTransfer
@@ -80,31 +79,6 @@ def compiled(module: StyleTransfer) -> None:
     object.__setattr__(module, "vgg", torch.compile(module.vgg))
 
 
-def measure(config: TransferConfig, size: int, steps: int, lever: Lever | None) -> tuple[Timing, float, float]:
-    """(s/iteration after the first steps, seconds of the first step, final J)."""
-    torch.manual_seed(0)
-    module = StyleTransfer(*_pair(size), config)
-    if lever is not None:
-        lever(module)
-    optimizer = torch.optim.Adam([module.image], lr=config.optimizer.lr)
-    samples, first, total = [], 0.0, float("nan")
-    for i in range(steps + 2):
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        loss = module.losses()["loss/total"]
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            module.image.clamp_(0, config.pixel_scale)
-        total = float(loss.detach())
-        elapsed = time.perf_counter() - start
-        if i == 0:
-            first = elapsed
-        elif i >= 2:
-            samples.append(elapsed)
-    return _timing(samples), first, total
-
-
 LEVERS: dict[str, Lever | None] = {"baseline": None, "checkpointed": checkpointed}
 ALL: dict[str, tuple[str, Lever | None]] = {
     "baseline": ("baseline (fp32, NCHW, truncated VGG, frozen weights)", None),
@@ -117,7 +91,7 @@ ALL: dict[str, tuple[str, Lever | None]] = {
 
 def _rss_child(size: int, lever: str) -> None:
     config = TransferConfig(iterations=1, precision="fp32")
-    timing, _, _ = measure(config, size, 1, LEVERS[lever])
+    timing, _, _ = bare_loop(config, size, 1, lever=LEVERS[lever])
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, timing.median)
 
 
@@ -151,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
              "| lever | s/iteration | vs baseline | first step | final-J difference |", "|---|---|---|---|---|"]
     base_time, base_loss = None, None
     for label, lever in levers:
-        timing, first, loss = measure(config, args.size, args.steps, lever)
+        timing, loss, first = bare_loop(config, args.size, args.steps, lever=lever)
         base_time, base_loss = base_time or timing.median, base_loss or loss
         lines.append(f"| {label} | {timing} | {base_time / timing.median:.2f}× | {first:.1f} s "
                      f"| {abs(loss / base_loss - 1):.1e} |")
