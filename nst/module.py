@@ -32,9 +32,10 @@ from torch.utils.data import DataLoader
 
 from nst import color
 from nst.config import TransferConfig, blend_weights
-from nst.losses import gram, style_transfer_losses
-from nst.scales import pyramid, resize, resize_long_side
-from nst.vgg import LAYER_INDEX, VGGFeatures, load_vgg19
+from nst.losses import style_transfer_losses
+from nst.scales import pyramid, resize
+from nst.targets import build_backbone, initial_image, scale_targets
+from nst.vgg import VGGFeatures
 
 
 class DivergedError(RuntimeError):
@@ -55,34 +56,6 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if device_type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-
-
-def deepest_layer(config: TransferConfig) -> str:
-    return max([*config.layers.content, *config.layers.style], key=LAYER_INDEX.__getitem__)
-
-
-def build_backbone(config: TransferConfig) -> VGGFeatures:
-    """The VGG-19 for this config, cut after the deepest layer its losses read."""
-    b = config.backbone
-    return load_vgg19(b.weights, b.pooling, deepest_layer(config), b.convention)
-
-
-def initial_image(config: TransferConfig, content01: Tensor, mean01: Tensor, init01: Tensor | None) -> Tensor:
-    """The starting image in 0-1 units.
-
-    content+noise (the seed): mean + r * U(-R, R) + (1 - r) * (content - mean), with the
-    backbone's mean pixel, r = noise_ratio and R = noise_range / 255; "noise" is r = 1,
-    "content" is r = 0; a file is used as it is.
-    """
-    if init01 is not None:
-        return init01.clone()
-    if config.init == "content":
-        return content01.clone()
-    ratio = 1.0 if config.init == "noise" else config.noise_ratio
-    generator = torch.Generator().manual_seed(config.seed)
-    noise = (torch.rand(content01.shape, generator=generator) * 2 - 1) * (config.noise_range / 255.0)
-    image = mean01 + ratio * noise + (1 - ratio) * (content01 - mean01)
-    return image.clamp(0, 1)
 
 
 class _Steps(torch.utils.data.Dataset[int]):
@@ -152,30 +125,14 @@ class StyleTransfer(pl.LightningModule):
 
     def _set_targets(self, index: int) -> None:
         """Content features and blended style Grams at scale `index` (buffers, never saved)."""
-        size = self.sizes[index]
-        content = resize_long_side(self.content_full, size)
-        factor = size / max(self.content_full.shape[-2:])
-        layers = self.style_weights
-        with torch.no_grad():
-            both = self.vgg(content, [*self.content_layers, *layers])
-            feats = {n: both[n] for n in self.content_layers}
-            positions = {n: both[n].shape[-1] * both[n].shape[-2] for n in layers}
-            grams: dict[str, Tensor] = {}
-            for i, weight in enumerate(self.blend):
-                full = getattr(self, f"style_full_{i}")
-                style = resize(full, (max(16, round(full.shape[-2] * factor)), max(16, round(full.shape[-1] * factor))))
-                for name, f in self.vgg(style, layers).items():
-                    g = gram(f)
-                    if f.shape[-1] * f.shape[-2] != positions[name]:
-                        # An unnormalized Gram sums over positions: bring a style image of
-                        # another size to the generated image's count, so J_style compares like with like.
-                        g = g * (positions[name] / (f.shape[-1] * f.shape[-2]))
-                    grams[name] = grams[name] + weight * g if name in grams else weight * g
-        for name, value in feats.items():
-            self.register_buffer(f"content_target_{name}", value.float(), persistent=False)
-        for name, value in grams.items():
+        styles = [getattr(self, f"style_full_{i}") for i in range(self.n_styles)]
+        targets = scale_targets(self.vgg, self.content_full, styles, self.blend, self.sizes[index],
+                                self.content_layers, list(self.style_weights))
+        for name, value in targets.features.items():
+            self.register_buffer(f"content_target_{name}", value, persistent=False)
+        for name, value in targets.grams.items():
             self.register_buffer(f"style_gram_{name}", value, persistent=False)
-        self.register_buffer("content01", content, persistent=False)
+        self.register_buffer("content01", targets.content01, persistent=False)
         self.scale_index = index
 
     def _enter_scale(self, index: int) -> None:

@@ -8,7 +8,8 @@ import torch
 
 from nst.config import LayersConfig, OptimizerConfig, TransferConfig
 from nst.images import load_image
-from nst.module import DivergedError, StyleTransfer, build_backbone
+from nst.module import DivergedError, StyleTransfer
+from nst.targets import build_backbone
 
 CONFIG = TransferConfig(iterations=4, layers=LayersConfig(content=("relu3_1",), style={"relu1_1": 0.5, "relu2_1": 0.5}))
 

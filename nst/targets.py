@@ -1,0 +1,75 @@
+"""What the losses compare against, and where the image starts.
+
+The backbone cut after the deepest layer the losses read; the content features and the
+blended style Gram targets at one scale of the pyramid; the starting image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nst.config import TransferConfig
+from nst.losses import gram
+from nst.scales import resize, resize_long_side
+from nst.vgg import LAYER_INDEX, VGGFeatures, load_vgg19
+
+
+def deepest_layer(config: TransferConfig) -> str:
+    return max([*config.layers.content, *config.layers.style], key=LAYER_INDEX.__getitem__)
+
+
+def build_backbone(config: TransferConfig) -> VGGFeatures:
+    """The VGG-19 for this config, cut after the deepest layer its losses read."""
+    b = config.backbone
+    return load_vgg19(b.weights, b.pooling, deepest_layer(config), b.convention)
+
+
+@dataclass(frozen=True)
+class Targets:
+    content01: Tensor  # the content photo at this scale
+    features: dict[str, Tensor]  # content layer -> its activations (fp32)
+    grams: dict[str, Tensor]  # style layer -> the blended Gram target
+
+
+def scale_targets(vgg: VGGFeatures, content_full: Tensor, styles_full: Sequence[Tensor], blend: Sequence[float],
+                  size: int, content_layers: Sequence[str], style_layers: Sequence[str]) -> Targets:
+    """The targets at long side `size`: content resized to it, each style resized by the same
+    factor, their Grams blended by `blend`."""
+    content = resize_long_side(content_full, size)
+    factor = size / max(content_full.shape[-2:])
+    with torch.no_grad():
+        both = vgg(content, [*content_layers, *style_layers])
+        positions = {n: both[n].shape[-1] * both[n].shape[-2] for n in style_layers}
+        grams: dict[str, Tensor] = {}
+        for weight, full in zip(blend, styles_full, strict=True):
+            style = resize(full, (max(16, round(full.shape[-2] * factor)), max(16, round(full.shape[-1] * factor))))
+            for name, f in vgg(style, style_layers).items():
+                g = gram(f)
+                if f.shape[-1] * f.shape[-2] != positions[name]:
+                    # An unnormalized Gram sums over positions: bring a style image of
+                    # another size to the generated image's count, so J_style compares like with like.
+                    g = g * (positions[name] / (f.shape[-1] * f.shape[-2]))
+                grams[name] = grams[name] + weight * g if name in grams else weight * g
+    return Targets(content, {n: both[n].float() for n in content_layers}, grams)
+
+
+def initial_image(config: TransferConfig, content01: Tensor, mean01: Tensor, init01: Tensor | None) -> Tensor:
+    """The starting image in 0-1 units.
+
+    content+noise (the seed): mean + r * U(-R, R) + (1 - r) * (content - mean), with the
+    backbone's mean pixel, r = noise_ratio and R = noise_range / 255; "noise" is r = 1,
+    "content" is r = 0; a file is used as it is.
+    """
+    if init01 is not None:
+        return init01.clone()
+    if config.init == "content":
+        return content01.clone()
+    ratio = 1.0 if config.init == "noise" else config.noise_ratio
+    generator = torch.Generator().manual_seed(config.seed)
+    noise = (torch.rand(content01.shape, generator=generator) * 2 - 1) * (config.noise_range / 255.0)
+    image = mean01 + ratio * noise + (1 - ratio) * (content01 - mean01)
+    return image.clamp(0, 1)
