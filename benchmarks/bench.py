@@ -6,8 +6,9 @@
   deepest layer used) against this machine's measured fp32 / bf16 matmul peak;
 - precision: fp32 against bf16 autocast (Gram matrices and losses stay fp32): speed ratio and
   the difference in final loss;
-- memory: peak RSS of a fresh process at 512, 1024 and 2048 px.
-Writes BENCHMARKS.md (or --out) with the machine, versions, date, medians and spread.
+- memory: peak RSS of a fresh process at 512, 1024 and 2048 px (peak GPU memory on a GPU).
+Writes BENCHMARKS.md (or --out) with the machine, versions, date, medians and spread;
+`--device cuda` (or `auto` where one is visible) runs the same on a GPU into BENCHMARKS-cuda.md.
 `--smoke` runs every code path at toy sizes in seconds (CI); its numbers mean nothing.
 """
 
@@ -17,7 +18,6 @@ import argparse
 import datetime
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,15 +30,18 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.device import add_device_argument, describe, memory_kind, peak_memory_gib, pick, reset_peak, sync
 from benchmarks.markdown import keep_others
 from nst.config import TransferConfig
 from nst.images import load_image
-from nst.module import StyleTransfer, build_backbone
+from nst.module import StyleTransfer
+from nst.targets import build_backbone
 from pipelines.config import run_config
 from pipelines.run import execute, quiet_lightning
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 CONTENT, STYLE = IMAGES / "grace_hopper.jpg", IMAGES / "starry_night.jpg"
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -61,16 +64,19 @@ def _pair(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def bare_loop(config: TransferConfig, size: int, steps: int, warmup: int = 2,
-              lever: Callable[[StyleTransfer], None] | None = None) -> tuple[Timing, float, float]:
+              lever: Callable[[StyleTransfer], None] | None = None,
+              device: torch.device = CPU) -> tuple[Timing, float, float]:
     """s/iteration of the same math without Lightning or MLflow, the final J, and the seconds of
     the first step (which pays for any compilation). `lever` may change the module first."""
     torch.manual_seed(0)
-    module = StyleTransfer(*_pair(size), config)
+    module = StyleTransfer(*_pair(size), config).to(device)
+    module.vgg.to(device)  # held outside the module's registry (never saved), so moved apart
     if lever is not None:
         lever(module)
     optimizer = torch.optim.Adam([module.image], lr=config.optimizer.lr)
     samples, total, first = [], float("nan"), 0.0
     for i in range(warmup + steps):
+        sync(device)
         start = time.perf_counter()
         optimizer.zero_grad()
         loss = module.losses()["loss/total"]
@@ -78,7 +84,8 @@ def bare_loop(config: TransferConfig, size: int, steps: int, warmup: int = 2,
         optimizer.step()
         with torch.no_grad():
             module.image.clamp_(0, config.pixel_scale)
-        total = float(loss.detach())
+        total = float(loss.detach())  # waits for the step's kernels on a GPU as well
+        sync(device)
         elapsed = time.perf_counter() - start
         first = first or elapsed
         if i >= warmup:
@@ -86,24 +93,24 @@ def bare_loop(config: TransferConfig, size: int, steps: int, warmup: int = 2,
     return _timing(samples), total, first
 
 
-def _tracked(size: int, steps: int) -> tuple[float, float]:
+def _tracked(size: int, steps: int, device: torch.device) -> tuple[float, float]:
     """(seconds, seconds spent logging per-step metrics) of one `nst run` into a fresh store."""
     with tempfile.TemporaryDirectory() as tmp:
         config = run_config({"content": str(CONTENT), "style": str(STYLE), "size": size, "iterations": steps,
-                             "snapshots": [0, steps // 2], "checkpoint_every": 100})
+                             "snapshots": [0, steps // 2], "checkpoint_every": 100, "device": device.type})
         result = execute(config, tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="bench", progress=False)
         return result.seconds, result.logging_seconds
 
 
-def tracked_run(size: int, steps: int, repeats: int) -> tuple[Timing, float, float]:
+def tracked_run(size: int, steps: int, repeats: int, device: torch.device) -> tuple[Timing, float, float]:
     """`nst run` (everything tracked) into temporary SQLite stores at `steps` and 3x`steps`:
     the marginal s/iteration (the difference of the two over 2x`steps` steps, so start-up
     and the last flush cancel out), the start-up cost in s, and the share of the run spent
     logging per-step metrics (buffering + SQLite writes)."""
     marginal, fixed, shares = [], [], []
     for _ in range(repeats):
-        short, _ = _tracked(size, steps)
-        long, logging = _tracked(size, 3 * steps)
+        short, _ = _tracked(size, steps, device)
+        long, logging = _tracked(size, 3 * steps, device)
         per_step = (long - short) / (2 * steps)
         marginal.append(per_step)
         fixed.append(short - steps * per_step)
@@ -124,34 +131,38 @@ def conv_flops(config: TransferConfig, height: int, width: int) -> float:
     return 2 * flops
 
 
-def matmul_peak(dtype: torch.dtype, n: int, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, n: int, device: torch.device, repeats: int = 5) -> float:
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     torch.mm(a, b)
     samples = []
     for _ in range(repeats):
+        sync(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        sync(device)
         samples.append(time.perf_counter() - start)
     return 2 * n**3 / min(samples) / 1e9
 
 
-def peak_rss(size: int, precision: str, steps: int = 2) -> tuple[float, float]:
-    """(peak resident memory in GiB, s/iteration) of `steps` bare iterations at `size`, measured
-    in a fresh process so that nothing else this benchmark did counts."""
+def peak_rss(size: int, precision: str, device: torch.device, steps: int = 2) -> tuple[float, float]:
+    """(peak memory in GiB, s/iteration) of `steps` bare iterations at `size`, measured in a
+    fresh process so that nothing else this benchmark did counts."""
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench", "--rss", str(size), "--precision", precision, "--steps", str(steps)],
+        [sys.executable, "-m", "benchmarks.bench", "--rss", str(size), "--precision", precision, "--steps", str(steps),
+         "--device", device.type],
         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
     ).stdout.split()
     return float(out[-2]), float(out[-1])
 
 
-def _rss_child(size: int, precision: str, steps: int) -> None:
+def _rss_child(size: int, precision: str, steps: int, device: torch.device) -> None:
     config = TransferConfig(iterations=steps, precision=precision)
-    timing, _, _ = bare_loop(config, size, steps, warmup=0)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, timing.median)
+    reset_peak(device)
+    timing, _, _ = bare_loop(config, size, steps, warmup=0, device=device)
+    print(peak_memory_gib(device), timing.median)
 
 
-def machine() -> str:
+def machine(device: torch.device = CPU) -> str:
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -162,19 +173,20 @@ def machine() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"pytorch-lightning {version('pytorch-lightning')}, mlflow {version('mlflow')}, "
-            f"Python {platform.python_version()}")
+            f"Python {platform.python_version()}{describe(device)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="toy sizes, seconds; checks the code, not the speed")
-    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    add_device_argument(parser)
     parser.add_argument("--rss", type=int, help=argparse.SUPPRESS)  # child process of the memory table
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    device = pick(parser, args)
     if args.rss:
-        _rss_child(args.rss, args.precision, args.steps)
+        _rss_child(args.rss, args.precision, args.steps, device)
         return 0
     quiet_lightning()
     smoke = args.smoke
@@ -183,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     base = TransferConfig(iterations=steps, optimizer=replace(TransferConfig().optimizer, lr=1.0))
     lines = [
         "# Benchmarks", "",
-        f"`make bench`, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Machine: {machine()}.",
+        f"`make bench`, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Machine: {machine(device)}.",
         "Times are per iteration: median of the samples (min–max in brackets).", "",
         "## Overhead: tracked run against a bare loop", "",
         "The tracked run is `nst run` as users run it: Lightning's loop, every metric of every step logged to",
@@ -195,27 +207,29 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|",
     ]
     for size in sizes:
-        bare, _, _ = bare_loop(base, size, steps * repeats)
-        tracked, start_up, logging_share = tracked_run(size, steps, repeats)
+        bare, _, _ = bare_loop(base, size, steps * repeats, device=device)
+        tracked, start_up, logging_share = tracked_run(size, steps, repeats, device)
         overhead = tracked.median / bare.median - 1
         lines.append(f"| {size} px | {bare} | {tracked} | {overhead:+.1%} | {start_up:.2f} s "
                      f"| {logging_share:.2%} of the run |")
-    fp32_peak = matmul_peak(torch.float32, 256 if smoke else 2048)
-    bf16_peak = matmul_peak(torch.bfloat16, 256 if smoke else 2048)
+    n = 256 if smoke else 8192 if device.type == "cuda" else 2048  # a GPU needs a larger product to saturate
+    fp32_peak = matmul_peak(torch.float32, n, device)
+    bf16_peak = matmul_peak(torch.bfloat16, n, device)
     lines += ["", "## Roofline", "",
-              f"Measured matmul peak (2048×2048): fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s.", "",
+              f"Measured matmul peak ({n}×{n}): fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s.", "",
               "| size | precision | conv GFLOP/iteration | s/iteration | GFLOP/s | of the matmul peak |",
               "|---|---|---|---|---|---|"]
     notes = ["", "GFLOP/s counts a direct convolution's multiply-adds (2 FLOPs each) for the forward pass and",
              "again for the gradient with respect to the input (the weights are frozen). A share above 100% means",
-             "the convolution kernels beat torch.mm's GEMM at the same precision on this CPU."]
+             "the convolution kernels beat torch.mm's GEMM at the same precision on this device (on a GPU,",
+             "cuDNN's fp32 convolutions use TF32 by default while torch.mm's fp32 does not)."]
     precision_rows = []
     for size in ((48, 64) if smoke else (256, 512)):
         content = load_image(CONTENT, size)
         flops = conv_flops(base, *content.shape[-2:])
         results = {}
         for precision, peak in (("fp32", fp32_peak), ("bf16", bf16_peak)):
-            timing, final, _ = bare_loop(replace(base, precision=precision), size, 2 if smoke else 10)
+            timing, final, _ = bare_loop(replace(base, precision=precision), size, 2 if smoke else 10, device=device)
             results[precision] = (timing, final)
             rate = flops / timing.median / 1e9
             lines.append(f"| {size} px | {precision} | {flops / 1e9:.1f} | {timing} | {rate:.0f} | {rate / peak:.0%} |")
@@ -227,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
               "Same start, same steps; the loss is J after the last step of each.", "",
               "| size | fp32 | bf16 | speed-up | final-loss difference |", "|---|---|---|---|---|", *precision_rows]
     lines += ["", "## Memory", "",
-              "Peak resident memory (ru_maxrss) of a fresh process doing two bare iterations at each size, the",
+              f"The {memory_kind(device)} of a fresh process doing two bare iterations at each size, the",
               "style image resized to the content's size (Grace Hopper: 437×512, so `size` is the height).", "",
               "| size | precision | peak memory | s/iteration |", "|---|---|---|---|"]
     for size in ((64, 96) if smoke else (512, 1024, 2048)):
         for precision in ("fp32", "bf16"):
-            gib, seconds = peak_rss(size, precision, 1 if smoke else 2)
+            gib, seconds = peak_rss(size, precision, device, 1 if smoke else 2)
             lines.append(f"| {size} px | {precision} | {gib:.1f} GiB | {seconds:.1f} s |")
     args.out.write_text(keep_others(args.out, "\n".join(lines) + "\n"))
     print("\n".join(lines))

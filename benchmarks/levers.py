@@ -3,13 +3,13 @@
 Each lever is applied to the VGG of an otherwise identical bare Adam loop (the math of a run, no
 Lightning, no MLflow) at the same size, and reported as s/iteration against the baseline, with
 the final-loss difference (a lever must not change the result beyond float noise; bf16 is
-measured in BENCHMARKS.md's precision table). Writes the "Levers" section of BENCHMARKS.md.
+measured in BENCHMARKS.md's precision table). Writes the "Levers" section of BENCHMARKS.md
+(BENCHMARKS-cuda.md on a GPU: `--device`).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from benchmarks.bench import bare_loop
+from benchmarks.device import add_device_argument, memory_kind, peak_memory_gib, pick, reset_peak
 from benchmarks.markdown import replace_section
 from nst.config import TransferConfig
 from nst.module import StyleTransfer
@@ -89,16 +90,17 @@ ALL: dict[str, tuple[str, Lever | None]] = {
 }
 
 
-def _rss_child(size: int, lever: str) -> None:
+def _rss_child(size: int, lever: str, device: torch.device) -> None:
     config = TransferConfig(iterations=1, precision="fp32")
-    timing, _, _ = bare_loop(config, size, 1, lever=LEVERS[lever])
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, timing.median)
+    reset_peak(device)
+    timing, _, _ = bare_loop(config, size, 1, lever=LEVERS[lever], device=device)
+    print(peak_memory_gib(device), timing.median)
 
 
-def peak_rss(size: int, lever: str) -> tuple[float, float]:
+def peak_rss(size: int, lever: str, device: torch.device) -> tuple[float, float]:
     """(GiB, s/iteration) of a fresh process running 3 steps with `lever` at `size`."""
-    out = subprocess.run([sys.executable, "-m", "benchmarks.levers", "--rss-child", str(size), "--lever", lever],
-                         capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
+    out = subprocess.run([sys.executable, "-m", "benchmarks.levers", "--rss-child", str(size), "--lever", lever,
+                          "--device", device.type], capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
     return float(out[-2]), float(out[-1])
 
 
@@ -110,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated levers (default all): " + ",".join(ALL))
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
+    device = pick(parser, args)
     if args.rss_child:
-        _rss_child(args.rss_child, args.lever)
+        _rss_child(args.rss_child, args.lever, device)
         return 0
     config = TransferConfig(iterations=args.steps, precision="fp32",
                             optimizer=replace(TransferConfig().optimizer, lr=1.0))
@@ -125,15 +128,15 @@ def main(argv: list[str] | None = None) -> int:
              "| lever | s/iteration | vs baseline | first step | final-J difference |", "|---|---|---|---|---|"]
     base_time, base_loss = None, None
     for label, lever in levers:
-        timing, loss, first = bare_loop(config, args.size, args.steps, lever=lever)
+        timing, loss, first = bare_loop(config, args.size, args.steps, lever=lever, device=device)
         base_time, base_loss = base_time or timing.median, base_loss or loss
         lines.append(f"| {label} | {timing} | {base_time / timing.median:.2f}× | {first:.1f} s "
                      f"| {abs(loss / base_loss - 1):.1e} |")
         print(lines[-1], flush=True)
-    lines += ["", "Memory, the lever for large images: peak resident memory of a fresh process at",
+    lines += ["", f"Memory, the lever for large images: {memory_kind(device)} of a fresh process at",
               f"{args.memory_size} px (fp32, 3 steps).", "", "| lever | peak memory | s/iteration |", "|---|---|---|"]
     for lever in LEVERS:
-        gib, seconds = peak_rss(args.memory_size, lever)
+        gib, seconds = peak_rss(args.memory_size, lever, device)
         lines.append(f"| {lever} | {gib:.2f} GiB | {seconds:.1f} s |")
         print(lines[-1], flush=True)
     replace_section(args.out, HEADING, lines)

