@@ -34,7 +34,7 @@ from benchmarks.device import add_device_argument, describe, memory_kind, peak_m
 from benchmarks.markdown import keep_others
 from nst.config import TransferConfig
 from nst.images import load_image
-from nst.module import StyleTransfer
+from nst.module import StyleTransfer, resolve_precision
 from nst.targets import build_backbone
 from pipelines.config import run_config
 from pipelines.run import execute, quiet_lightning
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         "SQLite (buffered), snapshots and checkpoints. Its s/iteration is marginal: runs of N and 3N steps,",
         "differenced, so the one-off start-up (Trainer set-up, first snapshot, last flush) is shown apart.",
         "The bare loop is the same math with torch alone. Metric logging is the share of the 3N-step run",
-        "spent buffering and writing the per-step metrics.", "",
+        "spent buffering and writing the per-step metrics. Both run at the default `precision: auto`",
+        f"({resolve_precision('auto', device.type)} on this machine).", "",
         "| size | bare loop | tracked run | overhead per iteration | start-up, once | metric logging |",
         "|---|---|---|---|---|---|",
     ]

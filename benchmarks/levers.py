@@ -1,5 +1,7 @@
 """`make bench-levers`: what each speed lever buys, measured side by side on the same bare loop.
 
+The last two rows undo choices already built in (truncation, frozen weights) to show their worth.
+
 Each lever is applied to the VGG of an otherwise identical bare Adam loop (the math of a run, no
 Lightning, no MLflow) at the same size, and reported as s/iteration against the baseline, with
 the final-loss difference (a lever must not change the result beyond float noise; bf16 is
@@ -24,6 +26,7 @@ from benchmarks.device import add_device_argument, memory_kind, peak_memory_gib,
 from benchmarks.markdown import replace_section
 from nst.config import TransferConfig
 from nst.module import StyleTransfer
+from nst.vgg import LAYER_NAMES, load_vgg19
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Levers"
@@ -75,6 +78,30 @@ def checkpointed(module: StyleTransfer) -> None:
     object.__setattr__(vgg, "forward", forward)
 
 
+def untruncated(module: StyleTransfer) -> None:
+    """Undone on purpose: the whole VGG-19 features (to pool5), every layer run on every pass,
+    as a network built for classification would; shows what cutting after the deepest layer buys."""
+    vgg = load_vgg19(module.config.backbone.weights, module.config.backbone.pooling, LAYER_NAMES[-1],
+                     module.config.backbone.convention).to(module.image.device)
+
+    def forward(rgb01: torch.Tensor, layers: object) -> dict[str, torch.Tensor]:
+        wanted, found, x = set(layers), {}, vgg.normalize(rgb01)  # type: ignore[call-overload]
+        for name, layer in zip(vgg.names, vgg.layers, strict=True):
+            x = layer(x)
+            if name in wanted:
+                found[name] = x
+        return found
+
+    object.__setattr__(vgg, "forward", forward)
+    object.__setattr__(module, "vgg", vgg)
+
+
+def unfrozen(module: StyleTransfer) -> None:
+    """Undone on purpose: the VGG's weights require grad, so every backward also computes their
+    gradients (the optimizer still moves only the image); shows what freezing them buys."""
+    module.vgg.requires_grad_(True)
+
+
 def compiled(module: StyleTransfer) -> None:
     """torch.compile (inductor, C++ codegen on CPU) of the VGG's forward; compile time counted apart."""
     object.__setattr__(module, "vgg", torch.compile(module.vgg))
@@ -87,6 +114,8 @@ ALL: dict[str, tuple[str, Lever | None]] = {
     "inplace": ("in-place ReLUs", inplace_relus),
     "checkpointed": ("activation checkpointing per block", checkpointed),
     "compile": ("torch.compile", compiled),
+    "untruncated": ("without truncation: all of VGG-19's layers every pass", untruncated),
+    "unfrozen": ("without frozen weights: their gradients computed too", unfrozen),
 }
 
 

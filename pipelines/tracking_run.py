@@ -93,13 +93,16 @@ class Snapshots(pl.Callback):
         self.logger, self.probe = logger, probe
 
     def _log(self, module: pl.LightningModule, step: int) -> None:
+        sizes, per_scale = module.sizes, module.config.iterations  # type: ignore[attr-defined]
+        scale_end = len(sizes) > 1 and step and step % per_scale == 0
+        if step not in self.steps and not scale_end:
+            return  # most steps: no image is read out (that costs a clamp and a copy)
         image01 = module.result01()  # type: ignore[operator]
         if step in self.steps:
             self.client.log_image(self.run_id, to_pil(image01), key="generated", step=step)
             if self.probe is not None:
                 self.logger.log_metrics(self.probe(image01), step)
-        sizes, per_scale = module.sizes, module.config.iterations  # type: ignore[attr-defined]
-        if len(sizes) > 1 and step and step % per_scale == 0:
+        if scale_end:
             index = step // per_scale - 1
             self.client.log_image(self.run_id, to_pil(image01), f"scales/{index + 1}_{sizes[index]}px.png")
 
