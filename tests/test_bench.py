@@ -35,11 +35,12 @@ def test_levers_bench_runs_each_cheap_lever(tmp_path) -> None:
 
     out = tmp_path / "BENCHMARKS.md"
     args = ["--size", "32", "--steps", "1", "--memory-size", "32",
-            "--only", "baseline,channels_last,inplace,checkpointed,untruncated,unfrozen"]
+            "--only", "baseline,nchw,inplace,checkpointed,untruncated,unfrozen"]
     assert levers([*args, "--out", str(out)]) == 0
     text = out.read_text()
     assert "## Levers" in text and "| activation checkpointing per block |" in text and "| checkpointed |" in text
-    assert "| without truncation: all of VGG-19's layers every pass |" in text and "| without frozen weights" in text
+    assert "| without truncation: all 16 of VGG-19's convolutions every pass |" in text
+    assert "| without frozen weights" in text
 
 
 @pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers"])
