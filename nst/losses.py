@@ -27,8 +27,9 @@ Features = Mapping[str, Tensor]
 def gram(features: Tensor) -> Tensor:
     """Unnormalized Gram matrix F F^T of a (B, C, H, W) map, in fp32: shape (B, C, C)."""
     b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w).float()
-    return flat @ flat.transpose(1, 2)
+    # (B, HW, C) is a view of a channels_last map (the layout of nst's VGG), so no copy is made.
+    flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c).float()
+    return flat.transpose(1, 2) @ flat
 
 
 def content_layer_loss(generated: Tensor, target: Tensor) -> Tensor:
