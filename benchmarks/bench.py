@@ -34,7 +34,8 @@ from benchmarks.device import add_device_argument, describe, memory_kind, peak_m
 from benchmarks.markdown import keep_others
 from nst.config import TransferConfig
 from nst.images import load_image
-from nst.module import StyleTransfer, resolve_precision
+from nst.module import StyleTransfer
+from nst.precision import resolve_precision
 from nst.targets import build_backbone
 from pipelines.config import run_config
 from pipelines.run import execute, quiet_lightning

@@ -19,7 +19,6 @@ Deviations from Gatys et al., on purpose:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -33,6 +32,8 @@ from torch.utils.data import DataLoader
 from nst import color
 from nst.config import TransferConfig, blend_weights
 from nst.losses import style_transfer_losses
+from nst.optimizers import make_optimizers
+from nst.precision import resolve_precision
 from nst.scales import pyramid, resize
 from nst.targets import build_backbone, initial_image, scale_targets
 from nst.vgg import VGGFeatures
@@ -44,18 +45,6 @@ class DivergedError(RuntimeError):
     def __init__(self, step: int, value: float) -> None:
         super().__init__(f"diverged at step {step} (loss/total = {value})")
         self.step = step
-
-
-@functools.cache  # asked every step; the hardware does not change
-def resolve_precision(precision: str, device_type: str) -> str:
-    """`auto` -> bf16 where it is native (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX:
-    oneDNN then runs the convolutions in bf16, 1.6-1.8x faster here), else fp32 (emulated bf16
-    would be slower than fp32)."""
-    if precision != "auto":
-        return precision
-    if device_type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 class _Steps(torch.utils.data.Dataset[int]):
@@ -280,23 +269,4 @@ class StyleTransfer(pl.LightningModule):
         self._history.extend(checkpoint.get("nst_history", []))
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]  # Lightning's union type
-        o = self.config.optimizer
-        params = [self.image]
-        if o.name == "adam":
-            optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr)
-        elif o.name == "sgd":
-            optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum)
-        else:
-            # No early stop (tolerances 0): a run lasts exactly `iterations` steps.
-            optimizer = torch.optim.LBFGS(
-                params, lr=o.lr, max_iter=1, history_size=100, tolerance_grad=0.0, tolerance_change=0.0
-            )
-        if o.schedule == "constant":
-            return optimizer
-        if o.schedule == "cosine":
-            scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=self.config.iterations  # per scale: each scale starts a new schedule
-            )
-        else:
-            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=o.gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return make_optimizers(self.config.optimizer, self.image, self.config.iterations)

@@ -24,7 +24,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from nst.images import MIN_SIDE, ImageError, load_image, save_image
-from nst.module import StyleTransfer, resolve_precision
+from nst.module import StyleTransfer
+from nst.precision import resolve_precision
 from nst.targets import build_backbone
 from nst.vgg import WeightsError
 from pipelines import tracking, tracking_run

@@ -150,7 +150,7 @@ def test_lr_schedules_lower_the_logged_lr(pair, schedule) -> None:
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it() -> None:
-    from nst.module import resolve_precision
+    from nst.precision import resolve_precision
 
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()

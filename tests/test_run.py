@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from nst.module import resolve_precision
+from nst.precision import resolve_precision
 from pipelines.cli import main
 
 STEPS = 30
