@@ -11,7 +11,7 @@ DEVICE  ?= auto
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install browser postgres server test lint experiment run report reproduce bench bench-cluster bench-peer bench-levers lr-find-check docs ui clean
+.PHONY: help install browser postgres server test test-gpu gpu-check lint experiment run report reproduce bench bench-cluster bench-peer bench-levers lr-find-check docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,12 @@ server: install $(if $(filter postgresql,$(DB)),postgres)  ## tracking server fo
 test: install browser postgres  ## lint and run the test suite (installs .venv, chromium and postgresql first when missing)
 	$(VENV)/bin/ruff check nst pipelines tests benchmarks
 	$(VENV)/bin/pytest -q
+
+test-gpu: install  ## the test suite on a CUDA GPU: every test that performs a transfer runs there (NST_TEST_DEVICE=cuda)
+	NST_TEST_DEVICE=cuda $(VENV)/bin/pytest -q -rs -n 6 --dist loadfile
+
+gpu-check: install  ## on a GPU: test lane, lr sweep + report, make bench -> reports/gpu_check/, BENCHMARKS-cuda.md (~8 min)
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check nst pipelines tests benchmarks

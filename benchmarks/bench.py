@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -27,18 +28,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from benchmarks.device import add_device_argument, describe, memory_kind, peak_memory_gib, pick, reset_peak, sync
 from benchmarks.markdown import keep_others
 from nst.config import TransferConfig
+from nst.determinism import deterministic
 from nst.images import load_image
 from nst.module import StyleTransfer
 from nst.precision import resolve_precision
 from nst.targets import build_backbone
 from pipelines.config import run_config
-from pipelines.run import execute, quiet_lightning
+from pipelines.run import FINISHED, RunResult, execute, quiet_lightning
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 CONTENT, STYLE = IMAGES / "grace_hopper.jpg", IMAGES / "starry_night.jpg"
@@ -64,14 +67,31 @@ def _pair(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return content, load_image(STYLE, (content.shape[3], content.shape[2]))
 
 
+class BenchmarkError(SystemExit):
+    """A measured run did not finish: its timing would mean nothing, so the benchmark stops with why."""
+
+
+def require_finished(result: RunResult, what: str) -> RunResult:
+    if result.status != FINISHED:
+        raise BenchmarkError(f"bench: {what} ended {result.status}, not timed: {result.error}")
+    return result
+
+
+class Loop(NamedTuple):
+    timing: Timing  # s/iteration after the warm-up
+    loss: float  # J after the last step
+    first: float  # seconds of the first step (which pays for any compilation)
+    image: torch.Tensor  # the final image, on the CPU
+
+
 def bare_loop(config: TransferConfig, size: int, steps: int, warmup: int = 2,
               lever: Callable[[StyleTransfer], None] | None = None,
-              device: torch.device = CPU) -> tuple[Timing, float, float]:
-    """s/iteration of the same math without Lightning or MLflow, the final J, and the seconds of
-    the first step (which pays for any compilation). `lever` may change the module first."""
+              device: torch.device = CPU) -> Loop:
+    """The same math as a run without Lightning or MLflow, timed. `lever` may change the module first."""
     torch.manual_seed(0)
-    module = StyleTransfer(*_pair(size), config).to(device)
-    module.vgg.to(device)  # held outside the module's registry (never saved), so moved apart
+    content, style = _pair(size)
+    # Built on the device, as `nst run` builds it (the VGG is held outside the module's registry).
+    module = StyleTransfer(content.to(device), style.to(device), config, backbone=build_backbone(config).to(device))
     if lever is not None:
         lever(module)
     optimizer = torch.optim.Adam([module.image], lr=config.optimizer.lr)
@@ -89,9 +109,11 @@ def bare_loop(config: TransferConfig, size: int, steps: int, warmup: int = 2,
         sync(device)
         elapsed = time.perf_counter() - start
         first = first or elapsed
+        if not math.isfinite(total):
+            raise BenchmarkError(f"bench: the bare loop at {size} px diverged at step {i} (J = {total}), not timed")
         if i >= warmup:
             samples.append(elapsed)
-    return _timing(samples), total, first
+    return Loop(_timing(samples), total, first, module.image.detach().cpu())
 
 
 def _tracked(size: int, steps: int, device: torch.device) -> tuple[float, float]:
@@ -100,6 +122,7 @@ def _tracked(size: int, steps: int, device: torch.device) -> tuple[float, float]
         config = run_config({"content": str(CONTENT), "style": str(STYLE), "size": size, "iterations": steps,
                              "snapshots": [0, steps // 2], "checkpoint_every": 100, "device": device.type})
         result = execute(config, tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="bench", progress=False)
+        require_finished(result, f"the tracked run at {size} px")
         return result.seconds, result.logging_seconds
 
 
@@ -117,6 +140,21 @@ def tracked_run(size: int, steps: int, repeats: int, device: torch.device) -> tu
         fixed.append(short - steps * per_step)
         shares.append(logging / long)
     return _timing(marginal), statistics.median(fixed), statistics.median(shares)
+
+
+def determinism(config: TransferConfig, size: int, steps: int, device: torch.device) -> list[str]:
+    """Two bare runs from the same seed, with the default kernels and with `deterministic: true`:
+    are their final images the same bits, and what do deterministic kernels cost per iteration."""
+    rows, default = [], None
+    for enabled in (False, True):
+        with deterministic(enabled):
+            first, second = (bare_loop(config, size, steps, device=device) for _ in range(2))
+        gap = float((first.image - second.image).abs().max())  # 0-255 units
+        same = "yes" if torch.equal(first.image, second.image) else f"no: up to {gap:.2g} of 255 apart"
+        default = default or first.timing.median
+        rows.append(f"| {'deterministic: true' if enabled else 'default'} | {first.timing} | {second.timing} "
+                    f"| {first.timing.median / default:.2f}× | {same} |")
+    return rows
 
 
 def conv_flops(config: TransferConfig, height: int, width: int) -> float:
@@ -159,7 +197,7 @@ def peak_rss(size: int, precision: str, device: torch.device, steps: int = 2) ->
 def _rss_child(size: int, precision: str, steps: int, device: torch.device) -> None:
     config = TransferConfig(iterations=steps, precision=precision)
     reset_peak(device)
-    timing, _, _ = bare_loop(config, size, steps, warmup=0, device=device)
+    timing = bare_loop(config, size, steps, warmup=0, device=device).timing
     print(peak_memory_gib(device), timing.median)
 
 
@@ -209,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|",
     ]
     for size in sizes:
-        bare, _, _ = bare_loop(base, size, steps * repeats, device=device)
+        bare = bare_loop(base, size, steps * repeats, device=device).timing
         tracked, start_up, logging_share = tracked_run(size, steps, repeats, device)
         overhead = tracked.median / bare.median - 1
         lines.append(f"| {size} px | {bare} | {tracked} | {overhead:+.1%} | {start_up:.2f} s "
@@ -231,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         flops = conv_flops(base, *content.shape[-2:])
         results = {}
         for precision, peak in (("fp32", fp32_peak), ("bf16", bf16_peak)):
-            timing, final, _ = bare_loop(replace(base, precision=precision), size, 2 if smoke else 10, device=device)
+            timing, final, _, _ = bare_loop(replace(base, precision=precision), size, 2 if smoke else 10,
+                                            device=device)
             results[precision] = (timing, final)
             rate = flops / timing.median / 1e9
             lines.append(f"| {size} px | {precision} | {flops / 1e9:.1f} | {timing} | {rate:.0f} | {rate / peak:.0%} |")
@@ -250,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         for precision in ("fp32", "bf16"):
             gib, seconds = peak_rss(size, precision, device, 1 if smoke else 2)
             lines.append(f"| {size} px | {precision} | {gib:.1f} GiB | {seconds:.1f} s |")
+    size = 48 if smoke else 256
+    lines += ["", "## Determinism", "",
+              f"Two bare runs of {steps} steps at {size} px from the same seed, run after run in one process, at",
+              "the default precision: the final images compared bit for bit, and the time per iteration with",
+              "torch's deterministic kernels (`deterministic: true`: nst.determinism) against the default ones.", "",
+              "| kernels | first run | second run | time vs default | bit-identical |", "|---|---|---|---|---|",
+              *determinism(base, size, steps, device)]
     args.out.write_text(keep_others(args.out, "\n".join(lines) + "\n"))
     print("\n".join(lines))
     return 0

@@ -123,7 +123,7 @@ ALL: dict[str, tuple[str, Lever | None]] = {
 def _rss_child(size: int, lever: str, device: torch.device) -> None:
     config = TransferConfig(iterations=1, precision="fp32")
     reset_peak(device)
-    timing, _, _ = bare_loop(config, size, 1, lever=LEVERS[lever], device=device)
+    timing = bare_loop(config, size, 1, lever=LEVERS[lever], device=device).timing
     print(peak_memory_gib(device), timing.median)
 
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     # showed the baseline losing to the untruncated VGG), a warm-up of the process, not of the lever.
     bare_loop(config, args.size, 2, device=device)
     for label, lever in levers:
-        timing, loss, first = bare_loop(config, args.size, args.steps, lever=lever, device=device)
+        timing, loss, first, _ = bare_loop(config, args.size, args.steps, lever=lever, device=device)
         base_time, base_loss = base_time or timing.median, base_loss or loss
         lines.append(f"| {label} | {timing} | {base_time / timing.median:.2f}× | {first:.1f} s "
                      f"| {abs(loss / base_loss - 1):.1e} |")

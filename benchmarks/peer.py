@@ -26,6 +26,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from benchmarks.bench import require_finished
 from benchmarks.device import add_device_argument, pick
 from benchmarks.markdown import replace_section
 from pipelines.config import RunConfig, run_config
@@ -76,7 +77,8 @@ def run_nst(config: RunConfig, fraction: float, start_loss: float | None, store:
     """A tracked run; when J (at the full size: a pyramid's last scale) first falls to `fraction` of
     `start_loss` (default: this run's own J at step 0), and how long that took."""
     start = time.time()
-    result = execute(config, tracking_uri=store, experiment="peer", progress=False)
+    result = require_finished(execute(config, tracking_uri=store, experiment="peer", progress=False),
+                              f"nst at {config.size} px ({config.precision})")
     wall = time.time() - start
     history = sorted(MlflowClient(store).get_metric_history(result.run_id, "loss/total"), key=lambda m: m.step)
     start_loss = start_loss or history[0].value

@@ -4,6 +4,7 @@ A pure library: no MLflow, no YAML. `pipelines` adds config files, tracking and 
 """
 
 from nst.config import BackboneConfig, LayersConfig, OptimizerConfig, TransferConfig
+from nst.determinism import deterministic
 from nst.images import ImageError, load_image, save_image
 from nst.module import DivergedError, StyleTransfer
 from nst.vgg import LAYER_NAMES, WeightsError, load_vgg19
@@ -18,6 +19,7 @@ __all__ = [
     "StyleTransfer",
     "TransferConfig",
     "WeightsError",
+    "deterministic",
     "load_image",
     "load_vgg19",
     "save_image",

@@ -56,7 +56,7 @@ def match_color(style01: Tensor, content01: Tensor) -> Tensor:
     s = style01.reshape(3, -1).double()
     c = content01.reshape(3, -1).double()
     mu_s, mu_c = s.mean(1, keepdim=True), c.mean(1, keepdim=True)
-    eye = 1e-5 * torch.eye(3, dtype=torch.float64)
+    eye = 1e-5 * torch.eye(3, dtype=torch.float64, device=s.device)
     cov_s = torch.cov(s) + eye
     cov_c = torch.cov(c) + eye
     transform = _sqrt_matrix(cov_c) @ _sqrt_matrix(cov_s, inverse=True)

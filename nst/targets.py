@@ -69,7 +69,9 @@ def initial_image(config: TransferConfig, content01: Tensor, mean01: Tensor, ini
     if config.init == "content":
         return content01.clone()
     ratio = 1.0 if config.init == "noise" else config.noise_ratio
+    # Drawn on the CPU whatever the device: the same seed gives the same start on a CPU and a GPU.
     generator = torch.Generator().manual_seed(config.seed)
-    noise = (torch.rand(content01.shape, generator=generator) * 2 - 1) * (config.noise_range / 255.0)
+    noise = torch.rand(content01.shape, generator=generator).to(content01.device)
+    noise = (noise * 2 - 1) * (config.noise_range / 255.0)
     image = mean01 + ratio * noise + (1 - ratio) * (content01 - mean01)
     return image.clamp(0, 1)

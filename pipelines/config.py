@@ -45,6 +45,8 @@ class RunConfig(TransferConfig):
     snapshots: tuple[int, ...] = DEFAULT_SNAPSHOTS
     device: str = "auto"
     checkpoint_every: int = 100  # steps between resumable checkpoints (0: none)
+    # Deterministic GPU kernels: bit-identical runs and resumes on one GPU (nst.determinism).
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -283,7 +285,7 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 #: Keys that change how a run is carried out, not what it computes.
-_NOT_IN_RUN_KEY = ("checkpoint_every",)
+_NOT_IN_RUN_KEY = ("checkpoint_every", "deterministic")
 #: Keys added after runs were first keyed: at their default they leave the key as it was, so a
 #: store's finished runs stay finished for a sweep run again.
 _KEYED_WHEN_SET = ("gram_norm", "style_blend", "preserve_color", "scales", "stop")

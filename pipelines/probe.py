@@ -4,6 +4,9 @@
 - `quality/gram_distance`: distance of its style statistics to the style image(s)' on a fixed
   layer set (nst.quality.QUALITY_LAYERS, Caffe VGG-19, max pooling), blended as the run blends.
 Both ignore the run's own loss settings (layers, weights, normalization, colour mode).
+
+The probe works on whatever device the image it is given lies on: its network and targets follow
+the image when it is called (the Trainer moves the module to a GPU after the probe is built).
 """
 
 from __future__ import annotations
@@ -28,22 +31,29 @@ def _quality_vgg(module: StyleTransfer, config: RunConfig) -> VGGFeatures:
     b = config.backbone
     if (b.weights, b.pooling, b.convention) == ("caffe", "max", None) and QUALITY_LAYERS[-1] in module.vgg.names:
         return module.vgg
-    return load_vgg19("caffe", "max", QUALITY_LAYERS[-1]).to(module.vgg._mean.device)
+    return load_vgg19("caffe", "max", QUALITY_LAYERS[-1])
 
 
 def quality_probe(module: StyleTransfer, content01: Tensor, styles01: list[Tensor], config: RunConfig) -> Probe:
     vgg = _quality_vgg(module, config)
-    device = vgg._mean.device
-    target: dict[str, Tensor] = {}
-    for weight, style in zip(blend_weights(config.style_blend, len(styles01)), styles01, strict=True):
-        for name, g in position_grams(vgg, style.to(device)).items():
-            target[name] = target[name] + weight * g if name in target else weight * g
+    weights = blend_weights(config.style_blend, len(styles01))
+    targets: dict[torch.device, dict[str, Tensor]] = {}  # style Grams, computed once per device
+
+    def style_target(device: torch.device) -> dict[str, Tensor]:
+        if device not in targets:
+            target: dict[str, Tensor] = {}
+            for weight, style in zip(weights, styles01, strict=True):
+                for name, g in position_grams(vgg, style.to(device)).items():
+                    target[name] = target[name] + weight * g if name in target else weight * g
+            targets[device] = target
+        return targets[device]
 
     def probe(image01: Tensor) -> dict[str, float]:
-        image01 = image01.detach().to(device)
-        content = resize(content01.to(device), tuple(image01.shape[-2:]))  # a pyramid's early scales
+        image01 = image01.detach()
+        vgg.to(image01.device)  # a no-op once there (the run's own VGG already is)
+        content = resize(content01.to(image01.device), tuple(image01.shape[-2:]))  # a pyramid's early scales
         with torch.no_grad():
             return {"quality/ssim_content": ssim(image01, content),
-                    "quality/gram_distance": gram_distance(position_grams(vgg, image01), target)}
+                    "quality/gram_distance": gram_distance(position_grams(vgg, image01), style_target(image01.device))}
 
     return probe

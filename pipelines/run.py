@@ -23,15 +23,17 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from nst.determinism import deterministic
 from nst.images import MIN_SIDE, ImageError, load_image, save_image
 from nst.module import StyleTransfer
 from nst.precision import resolve_precision
 from nst.targets import build_backbone
-from nst.vgg import WeightsError
+from nst.vgg import VGGFeatures, WeightsError
 from pipelines import tracking, tracking_run
 from pipelines.config import RunConfig, flatten, run_key, to_dict, to_yaml
 from pipelines.errors import UserError
-from pipelines.probe import Probe, quality_probe
+from pipelines.failures import describe_failure, release_memory
+from pipelines.probe import quality_probe
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 
@@ -149,24 +151,39 @@ def execute(
         backbone = build_backbone(config)
     except WeightsError as exc:
         raise UserError(str(exc)) from None
-    torch.manual_seed(config.seed)
-    module = StyleTransfer(inputs.content, inputs.styles, config, backbone=backbone, init01=inputs.init)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint, skip_through, snapshots_done = None, -1, set()
+        resume = Resume()
         if resume_run_id:
             run_id = resume_run_id
-            checkpoint = tracking_run.download_checkpoint(client, run_id, Path(tmp))
-            skip_through = tracking_run.last_logged_step(client, run_id)
-            snapshots_done = tracking_run.logged_snapshot_steps(client, run_id)
+            resume = Resume(tracking_run.download_checkpoint(client, run_id, Path(tmp)),
+                            tracking_run.last_logged_step(client, run_id),
+                            tracking_run.logged_snapshot_steps(client, run_id))
             client.update_run(run_id, status="RUNNING")
             for key, value in where().items():
                 client.set_tag(run_id, key, value)
         else:
             run_id = _start_run(client, config, inputs, experiment, tracking_uri, device, run_name, parent_run_id,
                                 tags, description)
-        resume = Resume(checkpoint, skip_through, snapshots_done)
-        probe = quality_probe(module, inputs.content, inputs.styles, config)
-        return _fit(client, run_id, config, module, tracking_uri, device, progress, resume, probe)
+        # From here on the run exists: whatever happens, it ends FINISHED, FAILED or KILLED, never RUNNING.
+        start = time.perf_counter()
+        try:
+            with deterministic(config.deterministic):
+                return _fit(client, run_id, config, inputs, backbone, tracking_uri, device, progress, resume)
+        except KeyboardInterrupt:
+            _end(client, run_id, KILLED, "interrupted (Ctrl-C)")
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed run must not stop the sweep
+            error = describe_failure(exc, config, device)
+            _end(client, run_id, FAILED, error)
+            return RunResult(run_id, FAILED, time.perf_counter() - start, error=error)
+        finally:
+            release_memory(device)
+
+
+def _end(client: MlflowClient, run_id: str, status: str, error: str) -> None:
+    """Mark a run that stopped outside Lightning's loop (which ends its own runs)."""
+    client.set_tag(run_id, "nst.error", error)
+    client.set_terminated(run_id, status)
 
 
 def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experiment: str, tracking_uri: str,
@@ -222,14 +239,20 @@ class Resume:
     snapshots_done: set[int] = field(default_factory=set)
 
 
-def _fit(client: MlflowClient, run_id: str, config: RunConfig, module: StyleTransfer, tracking_uri: str,
-         device: str, progress: bool, resume: Resume, probe: Probe) -> RunResult:
+def _fit(client: MlflowClient, run_id: str, config: RunConfig, inputs: Inputs, backbone: VGGFeatures,
+         tracking_uri: str, device: str, progress: bool, resume: Resume) -> RunResult:
+    torch.manual_seed(config.seed)
+    # Built where it runs: the targets are computed on the GPU, not on the CPU and then moved.
+    on = torch.device(device)
+    module = StyleTransfer(inputs.content.to(on), [s.to(on) for s in inputs.styles], config,
+                           backbone=backbone.to(on), init01=None if inputs.init is None else inputs.init.to(on))
+    probe = quality_probe(module, inputs.content, inputs.styles, config)
     logger = tracking_run.BufferedMLFlowLogger(
         tracking_uri=tracking_uri, run_id=run_id, skip_through=resume.skip_through)
     callbacks: list[pl.Callback] = [
         tracking_run.StepMetrics(logger),
         tracking_run.Snapshots(client, run_id, config.snapshot_steps, resume.snapshots_done, logger, probe),
-        tracking_run.RunStatus(client, run_id, logger),
+        tracking_run.RunStatus(client, run_id, logger, lambda exc: describe_failure(exc, config, device)),
     ]
     if config.checkpoint_every:
         callbacks.append(tracking_run.Checkpoints(client, run_id, config.checkpoint_every, logger))
@@ -256,9 +279,6 @@ def _fit(client: MlflowClient, run_id: str, config: RunConfig, module: StyleTran
         if logger.status_override == KILLED:
             raise KeyboardInterrupt from None
         raise
-    except Exception as exc:  # noqa: BLE001 - a failed run must not stop the sweep
-        # Lightning already finalized the logger as FAILED, with the reason in `nst.error`.
-        return RunResult(run_id, FAILED, time.perf_counter() - start, error=str(exc))
     seconds = time.perf_counter() - start
     losses = {k: v for k, v in module.last_metrics.items() if k.startswith("loss/")}
     final = _log_final(client, run_id, module)

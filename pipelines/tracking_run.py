@@ -117,15 +117,16 @@ class Snapshots(pl.Callback):
 class RunStatus(pl.Callback):
     """Records why a run stopped: KILLED on Ctrl-C, the error as the `nst.error` tag."""
 
-    def __init__(self, client: MlflowClient, run_id: str, logger: BufferedMLFlowLogger) -> None:
-        self.client, self.run_id, self.logger = client, run_id, logger
+    def __init__(self, client: MlflowClient, run_id: str, logger: BufferedMLFlowLogger,
+                 describe: Callable[[BaseException], str] = lambda exc: f"{type(exc).__name__}: {exc}") -> None:
+        self.client, self.run_id, self.logger, self.describe = client, run_id, logger, describe
 
     def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):
             self.logger.status_override = "KILLED"
             self.client.set_tag(self.run_id, "nst.error", "interrupted (Ctrl-C)")
             return
-        self.client.set_tag(self.run_id, "nst.error", f"{type(exception).__name__}: {exception}"[:5000])
+        self.client.set_tag(self.run_id, "nst.error", self.describe(exception))
         if isinstance(exception, DivergedError):
             # The loss went non-finite before the step, so the image is still the last finite one.
             self.client.log_image(self.run_id, to_pil(module.result01()), "last_finite.png")  # type: ignore[operator]

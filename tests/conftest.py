@@ -1,10 +1,53 @@
-"""Shared fixtures: the shipped sample images, a temporary MLflow store, a tiny config."""
+"""Shared fixtures: the shipped sample images, a temporary MLflow store, a tiny config; the test
+lane (tests/lane.py): the CPU, or the GPU under NST_TEST_DEVICE=cuda."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+
+from tests.lane import DEVICE, ON_GPU
+
+if DEVICE == "cpu":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch looks: `auto` is the CPU, in subprocesses too
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if DEVICE not in ("cpu", "cuda"):
+        _refuse(f"NST_TEST_DEVICE={DEVICE}: use cuda (the GPU lane) or leave it unset (the CPU)")
+    if ON_GPU:
+        import torch
+
+        if not torch.cuda.is_available():
+            _refuse("NST_TEST_DEVICE=cuda: no CUDA GPU is visible on this machine; run `make test` (the CPU lane)")
+
+
+def _refuse(message: str) -> None:
+    """One line and exit status 2, before pytest prints anything."""
+    print(f"tests: {message}", file=sys.stderr)
+    os._exit(2)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The GPU lane skips the tests that run no transfer on a device of their own choosing."""
+    if not ON_GPU:
+        return
+    for item in items:
+        marker = item.get_closest_marker("cpu_only")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"CPU lane only: {marker.args[0]}"))
+        elif item.get_closest_marker("browser") is not None:
+            item.add_marker(pytest.mark.skip(reason="CPU lane only: the UI test drives chromium over a store; "
+                                             "its runs' device does not change what the browser shows"))
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """Where this lane's transfers run: "cpu" or "cuda"."""
+    return DEVICE
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "experiments" / "images"

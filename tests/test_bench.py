@@ -16,7 +16,7 @@ def test_bench_smoke_writes_every_table(tmp_path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     assert main(["--smoke", "--out", str(out)]) == 0
     text = out.read_text()
-    for heading in ("## Overhead", "## Roofline", "## Precision", "## Memory"):
+    for heading in ("## Overhead", "## Roofline", "## Precision", "## Memory", "## Determinism"):
         assert heading in text
     assert text.count("| 32 px |") == 1 and "bf16" in text
 

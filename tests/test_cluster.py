@@ -48,6 +48,7 @@ def _children(uri: str, name: str) -> tuple[list, list]:
     return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
 
+@pytest.mark.cpu_only("Ray's default 1-CPU tasks see no GPU, so its runs and the local ones ran on different devices")
 def test_ray_grid_logs_to_postgres_server_and_matches_local(server, cluster, tmp_path) -> None:
     grid = grid_file(tmp_path, "ray_grid", size=32, iterations=20)
     done = _nst("experiment", str(grid), "--executor", "ray", "--ray-address", cluster,

@@ -11,6 +11,7 @@ from PIL import Image
 
 from nst import color
 from nst.config import LayersConfig, StopConfig, TransferConfig
+from nst.determinism import deterministic
 from nst.images import load_image
 from nst.losses import style_layer_loss
 from nst.module import StyleTransfer
@@ -18,6 +19,7 @@ from nst.scales import pyramid
 from pipelines.cli import main
 from pipelines.config import run_config
 from pipelines.run import FINISHED, execute
+from tests.lane import ACCELERATOR
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 CONTENT, STARRY, SCREAM = IMAGES / "grace_hopper.jpg", IMAGES / "starry_night.jpg", IMAGES / "the_scream.jpg"
@@ -194,16 +196,17 @@ def test_a_pyramid_resumes_mid_scale_bit_identically(pair, tmp_path) -> None:
 
     def trainer(steps: int) -> pl.Trainer:
         return pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+                          enable_model_summary=False, accelerator=ACCELERATOR, default_root_dir=tmp_path)
 
-    whole = StyleTransfer(*pair, config)
-    trainer(9).fit(whole)
-    first = StyleTransfer(*pair, config)
-    cut = trainer(4)  # stops one step into the second scale
-    cut.fit(first)
-    cut.save_checkpoint(tmp_path / "mid.ckpt")
-    resumed = StyleTransfer(*pair, config)
-    trainer(9).fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
+    with deterministic():  # bit-identical on a GPU too
+        whole = StyleTransfer(*pair, config)
+        trainer(9).fit(whole)
+        first = StyleTransfer(*pair, config)
+        cut = trainer(4)  # stops one step into the second scale
+        cut.fit(first)
+        cut.save_checkpoint(tmp_path / "mid.ckpt")
+        resumed = StyleTransfer(*pair, config)
+        trainer(9).fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
     assert resumed.image.shape == whole.image.shape == pair[0].shape
     assert torch.equal(resumed.image, whole.image)
 

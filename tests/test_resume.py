@@ -1,6 +1,7 @@
 """kill -9 in the middle of a sweep, then the same command again: finished runs are skipped,
 the killed run resumes from its checkpoint in the same MLflow run, with every step logged
-exactly once and a final image bit-identical to an uninterrupted run."""
+exactly once and a final image bit-identical to an uninterrupted run. On a GPU (the GPU lane) the
+runs ask for deterministic kernels, as a user who needs bit-identical resumes there does."""
 
 import os
 import signal
@@ -14,9 +15,11 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from pipelines.cli import main
+from tests.lane import ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
-STEPS = 160
+# Long enough to catch a run in the middle: a GPU steps through 160 tiny steps in about a second.
+STEPS = 480 if ON_GPU else 160
 SWEEP = f"""
 name: resumable
 description: two points, checkpoints every 20 steps
@@ -27,6 +30,7 @@ base:
   iterations: {STEPS}
   snapshots: [0, 50, 120]
   checkpoint_every: 20
+  deterministic: {"true" if ON_GPU else "false"}
 grid:
   optimizer.lr: [1.0, 0.5]
 """

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from nst.precision import resolve_precision
 from pipelines.cli import main
+from tests.lane import DEVICE
 
 STEPS = 30
 METRICS = ["loss/total", "loss/content", "loss/style", "loss/tv", "lr"] + [
@@ -53,8 +54,8 @@ def test_params_tags_and_status(tracked_run) -> None:
     assert params["optimizer.lr"] == "2.0" and params["size"] == "64" and params["iterations"] == str(STEPS)
     assert params["seed"] == "0" and params["layers.style.relu1_1"] == "0.2"
     tags = run.data.tags
-    assert tags["nst.weights"] == "caffe" and tags["nst.device"] == "cpu"
-    assert tags["nst.precision"] == resolve_precision("auto", "cpu")  # what `auto` became on this machine
+    assert tags["nst.weights"] == "caffe" and tags["nst.device"] == DEVICE  # what `auto` found
+    assert tags["nst.precision"] == resolve_precision("auto", DEVICE)  # what `auto` became on this machine
     assert tags["nst.version.torch"].startswith("2.") and len(tags["nst.run_key"]) == 16
 
 

@@ -1,0 +1,71 @@
+"""What a failed run says: one line naming the cause and the way out, for the `nst.error` tag,
+the sweep's table and the terminal.
+
+Out of memory names the size, the precision and the memory the device has; a CUDA error says that
+the GPU is lost to this process and how to pick up where the sweep stopped. Anything else is the
+exception's type and message, as before.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from nst.module import DivergedError
+from nst.precision import resolve_precision
+from pipelines.config import RunConfig
+
+GIB = 2**30
+
+
+def _cpu_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError | MemoryError) and (
+        isinstance(exc, MemoryError) or "can't allocate memory" in str(exc))
+
+
+def _gpu_memory(device: torch.device) -> str:
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+        name = torch.cuda.get_device_name(device)
+    except (RuntimeError, ValueError, AssertionError):  # no GPU here (a forced fault), or its context is gone
+        return "the GPU"
+    return f"{name} ({total / GIB:.0f} GiB, {free / GIB:.1f} GiB free after the failure)"
+
+
+def _ways_out(config: RunConfig, precision: str, where: str) -> str:
+    ways = ["precision: bf16"] if precision == "fp32" else []
+    ways.append(f"a smaller size (e.g. size={max(16, round(config.size * 0.7))})")
+    ways.append(f"fewer runs on this {where} at once (with Ray: a larger num_gpus or memory per run)")
+    return ", ".join(ways)
+
+
+def describe_failure(exc: BaseException, config: RunConfig, device: str) -> str:
+    """The run's error in one line; memory and device errors name what to do about them."""
+    precision = resolve_precision(config.precision, device)
+    if isinstance(exc, torch.OutOfMemoryError):
+        return (f"out of GPU memory at {config.size} px ({precision}) on {_gpu_memory(torch.device(device))}; "
+                f"try {_ways_out(config, precision, 'GPU')}")
+    if _cpu_out_of_memory(exc):
+        return (f"out of memory at {config.size} px ({precision}) on the CPU; "
+                f"try {_ways_out(config, precision, 'machine')}")
+    if isinstance(exc, torch.AcceleratorError) or "CUDA error" in str(exc):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"{first} — the GPU is unusable in this process: run the same command again "
+                "(finished runs are skipped, this one resumes from its last checkpoint)")
+    if isinstance(exc, DivergedError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"[:5000]
+
+
+def release_memory(device: str) -> None:
+    """Give a finished or failed run's GPU memory back before the next run: Lightning's objects hold
+    each other in cycles that only the cyclic collector frees, and an out-of-memory run leaves
+    cached blocks the next run may need."""
+    if device != "cuda":
+        return
+    gc.collect()
+    try:
+        torch.cuda.empty_cache()
+    except RuntimeError:  # a broken context: the next run says so itself
+        pass

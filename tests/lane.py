@@ -1,0 +1,14 @@
+"""Which device the suite runs its transfers on: `NST_TEST_DEVICE=cuda` (`make test-gpu`) or the CPU.
+
+The CPU lane (`make test`, CI) hides any GPU from the tests and the processes they start, so that
+`device: auto` means the CPU wherever it runs. The GPU lane leaves it visible: every run the tests
+start with `device: auto` lands on it, and the tests that build a module themselves put it there.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEVICE = os.environ.get("NST_TEST_DEVICE", "cpu")
+ON_GPU = DEVICE == "cuda"
+ACCELERATOR = "gpu" if ON_GPU else "cpu"  # Lightning's name for the device
