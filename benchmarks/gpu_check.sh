@@ -41,7 +41,7 @@ for p in "${phases[@]}"; do
       workers=$("$PYTHON" -c 'import xdist' 2>/dev/null && echo "-n 6 --dist loadfile")
       phase tests 300 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rs $workers tests ;;
     sweep)
-      store="sqlite:///$(realpath "$OUT")/store/mlflow.db"
+      store="sqlite:///$(mktemp -d)/mlflow.db"  # not under $OUT: only the report's files come back
       phase sweep 180 "$PYTHON" -m pipelines.cli experiment lr_sweep.yaml --tracking-uri "$store" --quiet
       phase report 90 "$PYTHON" -m pipelines.cli report lr_sweep --tracking-uri "$store" --out "$OUT/lr_sweep" --dpi 60
       grep -E '^\| (lr|run)|PASS|FAIL' "$OUT/lr_sweep/report.md" | head -n 12 >>"$summary" ;;

@@ -72,9 +72,10 @@ class StyleTransfer(pl.LightningModule):
         super().__init__()
         self.config = config
         self.automatic_optimization = False  # one optimizer step per iteration, clamp after it
-        vgg = backbone if backbone is not None else build_backbone(config)
+        vgg = (backbone if backbone is not None else build_backbone(config)).to(content01.device)
         # Plain attribute through object.__setattr__: nn.Module would register it as a
         # submodule and its 20M weights would land in state_dict() and checkpoints.
+        # `_apply` below still takes it wherever the module goes.
         object.__setattr__(self, "vgg", vgg)
         styles = [style01] if isinstance(style01, Tensor) else list(style01)
         self.blend = blend_weights(config.style_blend, len(styles))
@@ -170,13 +171,14 @@ class StyleTransfer(pl.LightningModule):
             c.gram_norm,
         )
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # nn.Module's own signature
+        """`.to()`, `.cuda()`, `.cpu()` all come here: the unregistered VGG moves with the module
+        (Lightning moves it to the GPU before fit and back to the CPU after)."""
+        super()._apply(fn, recurse)
+        self.vgg._apply(fn, recurse)
+        return self
+
     # -- Lightning hooks ----------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        self.vgg.to(self.device)
-
-    def on_fit_start(self) -> None:
-        self.vgg.to(self.device)  # the Trainer moves the module after setup()
-
     def train_dataloader(self) -> DataLoader[int]:
         return DataLoader(_Steps(self.total_steps), batch_size=None)
 

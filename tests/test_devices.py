@@ -71,8 +71,8 @@ def test_the_probe_follows_the_module_to_the_gpu() -> None:
     content, style = load_image(config.content, 48), load_image(config.style, 48)
     module = StyleTransfer(content, style, config)
     probe = quality_probe(module, content, [style], config)
-    module.to("cuda")
-    module.vgg.to("cuda")
+    module.to("cuda")  # the VGG goes with it
+    assert module.vgg.layers[0].weight.is_cuda
     measures = probe(module.result01())
     assert 0 < measures["quality/ssim_content"] <= 1 and measures["quality/gram_distance"] > 0
 
