@@ -40,8 +40,8 @@ from nst.images import load_image
 from nst.module import StyleTransfer
 from nst.precision import resolve_precision
 from nst.targets import build_backbone
-from pipelines.config import run_config
-from pipelines.run import FINISHED, RunResult, execute, quiet_lightning
+from pipelines.config.runs import run_config
+from pipelines.execution.run import FINISHED, RunResult, execute, quiet_lightning
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 CONTENT, STYLE = IMAGES / "grace_hopper.jpg", IMAGES / "starry_night.jpg"

@@ -22,12 +22,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.markdown import replace_section
-from pipelines.config import run_config
-from pipelines.executors import Executor, run_local
-from pipelines.experiment import run_experiment
-from pipelines.grid import load_experiment
-from pipelines.run import execute, quiet_lightning
-from pipelines.server import Postgres, mlflow_server_command, start_mlflow_server, stop_mlflow_server, wait_until_up
+from pipelines.config.grid import load_experiment
+from pipelines.config.runs import run_config
+from pipelines.execution.executors import Executor, run_local
+from pipelines.execution.run import execute, quiet_lightning
+from pipelines.execution.sweep import run_experiment
+from pipelines.tracking.server import (
+    Postgres,
+    mlflow_server_command,
+    start_mlflow_server,
+    stop_mlflow_server,
+    wait_until_up,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "experiments" / "images"
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=100)
     args = parser.parse_args(argv)
     quiet_lightning()
-    from pipelines.ray_executor import ray_executor
+    from pipelines.execution.ray_executor import ray_executor
 
     lines = [HEADING, "",
              f"One grid of 4 runs ({args.size} px, {args.iterations} Adam steps each, 2 learning rates × 2 seeds),",

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from pipelines.experiment import run_experiment
-from pipelines.grid import find_config, load_experiment
+from pipelines.config.grid import find_config, load_experiment
+from pipelines.execution.run import quiet_lightning
+from pipelines.execution.sweep import run_experiment
 from pipelines.lr_find import _probe, ascii_plot, fastest_keeping_content, find_lr, log_range, plot
-from pipelines.run import quiet_lightning
-from pipelines.tracking import resolve_tracking_uri
+from pipelines.tracking.store import resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 

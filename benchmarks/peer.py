@@ -29,8 +29,8 @@ from mlflow import MlflowClient
 from benchmarks.bench import require_finished
 from benchmarks.device import add_device_argument, pick
 from benchmarks.markdown import replace_section
-from pipelines.config import RunConfig, run_config
-from pipelines.run import execute, quiet_lightning
+from pipelines.config.runs import RunConfig, run_config
+from pipelines.execution.run import execute, quiet_lightning
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENT, STYLE = ROOT / "experiments/images/grace_hopper.jpg", ROOT / "experiments/images/starry_night.jpg"

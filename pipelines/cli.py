@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 
 if TYPE_CHECKING:  # the CLI imports torch, mlflow and ray only for the command that needs them
-    from pipelines.executors import Executor
+    from pipelines.execution.executors import Executor
 
 DEFAULT_EXPERIMENT = "nst"
 
@@ -85,9 +85,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.config import merge, outside, parse_set, read_yaml, resolve_paths, run_config
-    from pipelines.run import FINISHED, execute
-    from pipelines.tracking import resolve_tracking_uri
+    from pipelines.config.runs import merge, outside, parse_set, read_yaml, resolve_paths, run_config
+    from pipelines.execution.run import FINISHED, execute
+    from pipelines.tracking.store import resolve_tracking_uri
 
     data: dict[str, Any] = {}
     if args.config:
@@ -117,10 +117,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from pipelines.config import outside, parse_set
-    from pipelines.experiment import run_experiment, summary
-    from pipelines.grid import find_config, load_experiment
-    from pipelines.tracking import resolve_tracking_uri
+    from pipelines.config.grid import find_config, load_experiment
+    from pipelines.config.runs import outside, parse_set
+    from pipelines.execution.sweep import run_experiment, summary
+    from pipelines.tracking.store import resolve_tracking_uri
 
     path = find_config(args.config)
     overrides = dict(parse_set(s) for s in args.overrides)
@@ -151,14 +151,14 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _executor(args: argparse.Namespace) -> Executor:
-    from pipelines.executors import run_local
+    from pipelines.execution.executors import run_local
 
     if args.executor == "local":
         if args.ray_address or args.resources:
             raise UserError("--ray-address and --resources need --executor ray")
         return run_local
     try:
-        from pipelines.ray_executor import parse_resources, ray_executor
+        from pipelines.execution.ray_executor import parse_resources, ray_executor
     except ImportError:
         raise UserError("Ray is not installed: pip install '.[ray]' (make test installs it)") from None
     return ray_executor(args.ray_address, parse_resources(args.resources))
@@ -167,8 +167,8 @@ def _executor(args: argparse.Namespace) -> Executor:
 def _cmd_report(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
-    from pipelines.report import build_report
-    from pipelines.tracking import resolve_tracking_uri
+    from pipelines.reports.report import build_report
+    from pipelines.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     path = build_report(MlflowClient(uri), args.experiment, args.out, args.parent, uri, args.dpi)
@@ -179,9 +179,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
-    from pipelines.config import merge, parse_set, resolve_paths
+    from pipelines.config.runs import merge, parse_set, resolve_paths
     from pipelines.lr_find import ascii_plot, find_lr, log_range, plot
-    from pipelines.tracking import resolve_tracking_uri
+    from pipelines.tracking.store import resolve_tracking_uri
 
     if not 0 < args.lr_min < args.lr_max:
         raise UserError(f"--lr-min {args.lr_min:g} and --lr-max {args.lr_max:g}: need 0 < lr-min < lr-max")
@@ -208,7 +208,13 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 def _cmd_server(args: argparse.Namespace) -> int:
     import signal
 
-    from pipelines.server import Postgres, mlflow_server_command, start_mlflow_server, stop_mlflow_server, wait_until_up
+    from pipelines.tracking.server import (
+        Postgres,
+        mlflow_server_command,
+        start_mlflow_server,
+        stop_mlflow_server,
+        wait_until_up,
+    )
 
     postgres = Postgres(args.pg_dir, args.pg_port) if args.db == "postgresql" else None
     args.data.mkdir(parents=True, exist_ok=True)

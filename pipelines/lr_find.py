@@ -27,10 +27,10 @@ from mlflow import MlflowClient
 
 from nst.images import load_image
 from nst.quality import edge_correlation
-from pipelines.experiment import SKIPPED, run_experiment
-from pipelines.grid import load_experiment
-from pipelines.run import FINISHED
-from pipelines.verdicts import EDGE_KEPT
+from pipelines.config.claims import EDGE_KEPT
+from pipelines.config.grid import load_experiment
+from pipelines.execution.run import FINISHED
+from pipelines.execution.sweep import SKIPPED, run_experiment
 
 EDGE_SCALE = 4
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.config import ConfigError, flatten, merge, parse_set, run_config, run_key, to_dict
+from pipelines.config.runs import ConfigError, flatten, merge, parse_set, run_config, run_key, to_dict
 
 BASE = {"content": "a.jpg", "style": "b.jpg"}
 

@@ -20,9 +20,9 @@ from PIL import Image
 from nst.images import load_image
 from nst.module import StyleTransfer
 from pipelines.cli import main
-from pipelines.config import run_config
-from pipelines.probe import quality_probe
-from pipelines.run import FINISHED, execute
+from pipelines.config.runs import run_config
+from pipelines.execution.probe import quality_probe
+from pipelines.execution.run import FINISHED, execute
 from tests.lane import DEVICE, ON_GPU
 
 ROOT = Path(__file__).resolve().parents[1]

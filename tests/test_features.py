@@ -17,8 +17,8 @@ from nst.losses import style_layer_loss
 from nst.module import StyleTransfer
 from nst.scales import pyramid
 from pipelines.cli import main
-from pipelines.config import run_config
-from pipelines.run import FINISHED, execute
+from pipelines.config.runs import run_config
+from pipelines.execution.run import FINISHED, execute
 from tests.lane import ACCELERATOR
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError
+from pipelines.config.grid import find_config, load_experiment
+from pipelines.config.runs import ConfigError
 from pipelines.errors import UserError
-from pipelines.grid import find_config, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "experiments" / "images"

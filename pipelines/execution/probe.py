@@ -21,7 +21,7 @@ from nst.module import StyleTransfer
 from nst.quality import QUALITY_LAYERS, gram_distance, position_grams, ssim
 from nst.scales import resize
 from nst.vgg import VGGFeatures, load_vgg19
-from pipelines.config import RunConfig
+from pipelines.config.runs import RunConfig
 
 Probe = Callable[[Tensor], dict[str, float]]
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
 
 from nst.images import to_pil
-from pipelines.readback import LOSSES, RunView
+from pipelines.reports.readback import LOSSES, RunView
 
 
 def snapshot_columns(runs: list[RunView]) -> list[int]:

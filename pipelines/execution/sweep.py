@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
-from pipelines import tracking
-from pipelines.config import flatten, to_dict
-from pipelines.executors import Executor, Task, run_local
-from pipelines.grid import Experiment, Point
-from pipelines.run import FAILED, FINISHED, KILLED, RunResult
+from pipelines.config.grid import Experiment, Point
+from pipelines.config.runs import flatten, to_dict
+from pipelines.execution.executors import Executor, Task, run_local
+from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult
+from pipelines.tracking import store
+from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
 
 SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep
-SWEEP_TAG, SWEEP_KEY_TAG, RUN_KEY_TAG, VARIED_TAG = "nst.sweep", "nst.sweep_key", "nst.run_key", "nst.varied"
-POINT_TAG, VARIANT_TAG = "nst.point", "nst.variant"  # the run's place in the file; its variant's label
 
 
 @dataclass
@@ -79,7 +78,7 @@ def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) ->
     params |= {"seeds": experiment.seeds, "runs": len(experiment.points)}
     base = experiment.points[0].config
     params |= {f"base.{k}": v for k, v in flatten(to_dict(base)).items()}
-    tracking.log_params(client, run.info.run_id, params)
+    store.log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
@@ -108,7 +107,7 @@ def run_experiment(
     `executor` runs the points (here one after another, or on a Ray cluster: pipelines.ray_executor);
     resuming, skipping and the parent's status are the same whichever runs them."""
     client = MlflowClient(tracking_uri)
-    exp_id = tracking.experiment_id(client, experiment.name, tracking_uri)
+    exp_id = store.experiment_id(client, experiment.name, tracking_uri)
     parent_id = find_parent(client, exp_id, experiment)
     done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
     # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
@@ -127,7 +126,7 @@ def run_experiment(
     for point in experiment.points:
         if point.key in done:
             say(f"  skip {point.name}: already FINISHED as run {done[point.key]}")
-            folder = tracking.local_artifact_dir(client, done[point.key])
+            folder = store.local_artifact_dir(client, done[point.key])
             final = str(folder / "final.png") if folder else None
             sweep.results.append((point, RunResult(done[point.key], SKIPPED, 0.0, final_image=final)))
     tasks = [Task(point, dict(

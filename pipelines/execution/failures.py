@@ -14,7 +14,7 @@ import torch
 
 from nst.module import DivergedError
 from nst.precision import resolve_precision
-from pipelines.config import RunConfig
+from pipelines.config.runs import RunConfig
 
 GIB = 2**30
 

@@ -29,11 +29,11 @@ from nst.module import StyleTransfer
 from nst.precision import resolve_precision
 from nst.targets import build_backbone
 from nst.vgg import VGGFeatures, WeightsError
-from pipelines import tracking, tracking_run
-from pipelines.config import RunConfig, flatten, run_key, to_dict, to_yaml
+from pipelines.config.runs import RunConfig, flatten, run_key, to_dict, to_yaml
 from pipelines.errors import UserError
-from pipelines.failures import describe_failure, release_memory
-from pipelines.probe import quality_probe
+from pipelines.execution.failures import describe_failure, release_memory
+from pipelines.execution.probe import quality_probe
+from pipelines.tracking import run_log, store
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 
@@ -155,9 +155,9 @@ def execute(
         resume = Resume()
         if resume_run_id:
             run_id = resume_run_id
-            resume = Resume(tracking_run.download_checkpoint(client, run_id, Path(tmp)),
-                            tracking_run.last_logged_step(client, run_id),
-                            tracking_run.logged_snapshot_steps(client, run_id))
+            resume = Resume(run_log.download_checkpoint(client, run_id, Path(tmp)),
+                            run_log.last_logged_step(client, run_id),
+                            run_log.logged_snapshot_steps(client, run_id))
             client.update_run(run_id, status="RUNNING")
             for key, value in where().items():
                 client.set_tag(run_id, key, value)
@@ -190,7 +190,7 @@ def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experime
                device: str, run_name: str | None, parent_run_id: str | None, tags: dict[str, Any] | None,
                description: str | None) -> str:
     """Create the MLflow run with its tags, params and input artifacts; returns its id."""
-    exp_id = tracking.experiment_id(client, experiment, tracking_uri)
+    exp_id = store.experiment_id(client, experiment, tracking_uri)
     run_tags: dict[str, Any] = {
         "nst.run_key": run_key(config),
         "nst.weights": config.backbone.weights,
@@ -207,7 +207,7 @@ def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experime
     # A tracking server takes only strings (protobuf); SQLite would have taken anything.
     run_tags = {k: str(v) for k, v in run_tags.items()}
     run_id = client.create_run(exp_id, tags=run_tags, run_name=run_name).info.run_id
-    tracking.log_params(client, run_id, flatten(to_dict(config)))
+    store.log_params(client, run_id, flatten(to_dict(config)))
     with tempfile.TemporaryDirectory() as tmp:
         save_image(inputs.content, Path(tmp) / "content.png")
         for i, style in enumerate(inputs.styles):  # style.png, then style_2.png, ... for a blend
@@ -247,15 +247,15 @@ def _fit(client: MlflowClient, run_id: str, config: RunConfig, inputs: Inputs, b
     module = StyleTransfer(inputs.content.to(on), [s.to(on) for s in inputs.styles], config,
                            backbone=backbone.to(on), init01=None if inputs.init is None else inputs.init.to(on))
     probe = quality_probe(module, inputs.content, inputs.styles, config)
-    logger = tracking_run.BufferedMLFlowLogger(
+    logger = run_log.BufferedMLFlowLogger(
         tracking_uri=tracking_uri, run_id=run_id, skip_through=resume.skip_through)
     callbacks: list[pl.Callback] = [
-        tracking_run.StepMetrics(logger),
-        tracking_run.Snapshots(client, run_id, config.snapshot_steps, resume.snapshots_done, logger, probe),
-        tracking_run.RunStatus(client, run_id, logger, lambda exc: describe_failure(exc, config, device)),
+        run_log.StepMetrics(logger),
+        run_log.Snapshots(client, run_id, config.snapshot_steps, resume.snapshots_done, logger, probe),
+        run_log.RunStatus(client, run_id, logger, lambda exc: describe_failure(exc, config, device)),
     ]
     if config.checkpoint_every:
-        callbacks.append(tracking_run.Checkpoints(client, run_id, config.checkpoint_every, logger))
+        callbacks.append(run_log.Checkpoints(client, run_id, config.checkpoint_every, logger))
     if progress:  # Lightning's own bar shows only self.log()-ed values; this one reads last_metrics
         callbacks.append(LossBar())
     trainer = pl.Trainer(
@@ -291,5 +291,5 @@ def _log_final(client: MlflowClient, run_id: str, module: StyleTransfer) -> str:
     """Log final.png; return where it lies (a local path when the store is on this disk)."""
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(run_id, str(save_image(module.result01(), Path(tmp) / "final.png")))
-    folder = tracking.local_artifact_dir(client, run_id)
+    folder = store.local_artifact_dir(client, run_id)
     return str(folder / "final.png") if folder else f"{client.get_run(run_id).info.artifact_uri}/final.png"

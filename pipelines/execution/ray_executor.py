@@ -21,10 +21,10 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from pipelines.config.grid import Point
 from pipelines.errors import UserError
-from pipelines.executors import Announce, Executor, Task
-from pipelines.grid import Point
-from pipelines.run import FAILED, KILLED, RunResult, execute
+from pipelines.execution.executors import Announce, Executor, Task
+from pipelines.execution.run import FAILED, KILLED, RunResult, execute
 
 #: The keys of Ray's task options a user may set per run.
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources", "accelerator_type")

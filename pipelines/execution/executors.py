@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pipelines.grid import Point
-from pipelines.run import RunResult, execute
+from pipelines.config.grid import Point
+from pipelines.execution.run import RunResult, execute
 
 Announce = Callable[[Point, str], None]
 

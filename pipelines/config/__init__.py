@@ -1,0 +1,2 @@
+"""What to run: one run's settings (`runs`), experiment files and their grids (`grid`), and the claims
+an experiment declares with the criteria that judge them (`claims`). No MLflow, no torch work."""

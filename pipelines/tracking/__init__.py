@@ -1,0 +1,2 @@
+"""MLflow, and nothing else does MLflow: the store, experiments, params and tag names (`store`, `tags`),
+what a run logs while it optimizes (`run_log`), and the tracking server (`server`)."""

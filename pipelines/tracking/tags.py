@@ -1,0 +1,11 @@
+"""The names of nst's MLflow tags, in one place: the sweep writes them, the reports read them."""
+
+from __future__ import annotations
+
+SWEEP_TAG = "nst.sweep"  # a sweep's runs (parent and children): the experiment file's name
+SWEEP_KEY_TAG = "nst.sweep_key"  # the parent: a hash of the sweep's set of runs
+RUN_KEY_TAG = "nst.run_key"  # a child: a hash of its resolved config (the same key, the same result)
+VARIED_TAG = "nst.varied"  # the keys the sweep varies (parent) or this run's values of them (child)
+POINT_TAG = "nst.point"  # a child's place in the file's expansion
+VARIANT_TAG = "nst.variant"  # a child's variant label, when the file has variants
+ERROR_TAG = "nst.error"  # why a run FAILED or was KILLED, in one line
