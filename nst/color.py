@@ -38,8 +38,8 @@ def match_luminance(style01: Tensor, content01: Tensor) -> Tensor:
 
 
 def with_chroma(generated01: Tensor, content01: Tensor) -> Tensor:
-    """The generated image's luminance with the content's chroma (both the same size)."""
-    yiq = rgb_to_yiq(content01).clone()
+    """The generated images' luminance with the content's chroma (the same size; content (1, 3, H, W))."""
+    yiq = rgb_to_yiq(content01).expand(generated01.shape[0], -1, -1, -1).clone()
     yiq[:, :1] = rgb_to_yiq(generated01)[:, :1]
     return yiq_to_rgb(yiq).clamp(0, 1)
 

@@ -9,7 +9,7 @@ Each `__post_init__` rejects values that cannot work, with a message naming the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from nst.vgg import check_layers
 
@@ -166,3 +166,37 @@ class TransferConfig:
     @property
     def init_from_file(self) -> bool:
         return self.init not in INITS
+
+
+# -- batches ---------------------------------------------------------------------------------------
+#: Settings each image of a batch may have its own value of (nst.module: one image per run). All the
+#: others decide the shapes, the targets or the network, and are the same for a whole batch. The
+#: style layers' weights may differ, not which layers they are.
+PER_SAMPLE = ("seed", "init", "noise_ratio", "noise_range", "alpha", "beta", "gamma", "stop", "optimizer.lr",
+              "optimizer.schedule", "optimizer.gamma", "optimizer.momentum", "layers.style (weights)")
+
+
+def shared_settings(config: TransferConfig) -> TransferConfig:
+    """`config` with its per-sample settings (PER_SAMPLE) at their defaults: two configs can share a
+    batch when these are equal."""
+    default = TransferConfig()
+    return replace(
+        config, seed=default.seed, init=default.init, noise_ratio=default.noise_ratio,
+        noise_range=default.noise_range, alpha=default.alpha, beta=default.beta, gamma=default.gamma,
+        stop=default.stop,
+        optimizer=replace(default.optimizer, name=config.optimizer.name),
+        layers=replace(config.layers, style=dict.fromkeys(config.layers.style, 1.0)),
+    )
+
+
+def first_difference(a: TransferConfig, b: TransferConfig) -> str | None:
+    """The name of the first shared setting in which two configs differ (None: they can share a batch)."""
+    left, right = shared_settings(a), shared_settings(b)
+    for f in fields(left):
+        x, y = getattr(left, f.name), getattr(right, f.name)
+        if x != y:
+            if f.name in ("layers", "optimizer", "backbone"):
+                inner = next(g.name for g in fields(x) if getattr(x, g.name) != getattr(y, g.name))
+                return f"{f.name}.{inner}"
+            return f.name
+    return None

@@ -1,10 +1,16 @@
 """StyleTransfer: Gatys et al. (2016) as a LightningModule whose only parameter is the image.
 
-The generated image is an `nn.Parameter` of shape (1, 3, H, W), RGB, in units of
-`pixel_scale` (255 by default, the seed's scale). The frozen VGG-19 is held outside the
-module's registry, so it is never in `state_dict()`, a checkpoint or `parameters()`.
-Content and style targets are computed once, at construction. After every step the
-losses (keyed by metric name) and the lr are in `last_metrics` for callbacks to log.
+The generated image is an `nn.Parameter` of shape (B, 3, H, W), RGB, in units of `pixel_scale`
+(255 by default, the seed's scale): one image per run, B = 1 for a single run, B > 1 for a batch
+of a sweep's runs that share the content, style, size, layers and optimizer (nst.config:
+PER_SAMPLE says what may differ). The VGG runs once per step for the whole batch; every loss,
+learning rate and stop decision stays per image, so an image in a batch gets the update it would
+get alone. The frozen VGG-19 is held outside the module's registry, so it is never in
+`state_dict()`, a checkpoint or `parameters()`, and moves with the module all the same.
+
+Nothing waits for the device during a step: the losses of the last step are device tensors in
+`last_losses` (one value per image) for callbacks to collect, and an image that diverges or
+converges is masked on the device (`moving`), its step and reason in `diverged_at`/`stopped_at`.
 
 Deviations from Gatys et al., on purpose:
 - Adam and SGD: pixels are projected back into the valid range [0, pixel_scale] after
@@ -14,29 +20,30 @@ Deviations from Gatys et al., on purpose:
   logged. It minimizes J divided by its mean gradient at step 0 (logged losses stay J),
   since torch's L-BFGS has absolute thresholds that fail at the seed's loss scale. It is
   not clamped in the loop: a projection would corrupt its curvature pairs (measured: it
-  stalls); its images are clamped when read out.
+  stalls); its images are clamped when read out. It runs one image at a time (nst.optim).
 """
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from nst import color
-from nst.config import TransferConfig, blend_weights
-from nst.losses import style_transfer_losses
-from nst.optimizers import make_optimizers
+from nst import checkpoints, color
+from nst.config import TransferConfig, blend_weights, first_difference
+from nst.losses import Weight, style_transfer_losses
+from nst.optim import LBFGS_ALONE, SampleSchedules, make_optimizer
 from nst.precision import resolve_precision
 from nst.scales import pyramid, resize
 from nst.targets import build_backbone, initial_image, scale_targets
 from nst.vgg import VGGFeatures
+
+NEVER = -1  # diverged_at / stopped_at of an image that did not
 
 
 class DivergedError(RuntimeError):
@@ -60,29 +67,44 @@ class _Steps(torch.utils.data.Dataset[int]):
         return i
 
 
+def _batched(configs: Sequence[TransferConfig]) -> tuple[TransferConfig, ...]:
+    """The configs of a batch, checked: they must agree on every shared setting."""
+    configs = tuple(configs)
+    if not configs:
+        raise ValueError("a batch needs at least one config")
+    for other in configs[1:]:
+        differs = first_difference(configs[0], other)
+        if differs is not None:
+            raise ValueError(f"the images of a batch must share {differs}; run them in separate batches")
+    if len(configs) > 1 and configs[0].optimizer.name == "lbfgs":
+        raise ValueError(LBFGS_ALONE)
+    return configs
+
+
 class StyleTransfer(pl.LightningModule):
     def __init__(
         self,
         content01: Tensor,
         style01: Tensor | Sequence[Tensor],
-        config: TransferConfig,
+        config: TransferConfig | Sequence[TransferConfig],
         backbone: VGGFeatures | None = None,
-        init01: Tensor | None = None,
+        init01: Tensor | Sequence[Tensor | None] | None = None,
     ) -> None:
         super().__init__()
-        self.config = config
+        self.configs = _batched([config] if isinstance(config, TransferConfig) else config)
+        self.config = self.configs[0]  # the shared settings (and the whole config of a single run)
         self.automatic_optimization = False  # one optimizer step per iteration, clamp after it
-        vgg = (backbone if backbone is not None else build_backbone(config)).to(content01.device)
+        vgg = (backbone if backbone is not None else build_backbone(self.config)).to(content01.device)
         # Plain attribute through object.__setattr__: nn.Module would register it as a
         # submodule and its 20M weights would land in state_dict() and checkpoints.
         # `_apply` below still takes it wherever the module goes.
         object.__setattr__(self, "vgg", vgg)
         styles = [style01] if isinstance(style01, Tensor) else list(style01)
-        self.blend = blend_weights(config.style_blend, len(styles))
+        self.blend = blend_weights(self.config.style_blend, len(styles))
         # Colour control changes what the losses see; the content's own colours come back at read-out.
-        if config.preserve_color == "match":
+        if self.config.preserve_color == "match":
             styles = [color.match_color(s, content01) for s in styles]
-        elif config.preserve_color == "luminance":
+        elif self.config.preserve_color == "luminance":
             styles = [color.match_luminance(s, content01) for s in styles]
             self.register_buffer("chroma01", content01, persistent=False)
             content01 = color.grey(content01)
@@ -90,20 +112,27 @@ class StyleTransfer(pl.LightningModule):
         for i, style in enumerate(styles):
             self.register_buffer(f"style_full_{i}", style, persistent=False)
         self.n_styles = len(styles)
-        self.sizes = pyramid(config.scales, max(content01.shape[-2:]))
-        self.content_layers = tuple(config.layers.content)
-        self.style_weights = dict(config.layers.style)
+        self.sizes = pyramid(self.config.scales, max(content01.shape[-2:]))
+        self.content_layers = tuple(self.config.layers.content)
+        self.style_layers = tuple(self.config.layers.style)
         self.scale_index = 0
         self._set_targets(0)
-        mean01 = (vgg._mean / vgg.convention.scale).index_select(1, vgg._order)
-        if init01 is not None:
-            init01 = resize(init01, tuple(self.content01.shape[-2:]))
-        start = initial_image(config, self.content01, mean01, init01)
-        self.image = nn.Parameter(start * config.pixel_scale)
+        # Per-image weights: a plain number when the batch agrees (the single-run case), else (B,).
+        self.alpha = self._weight("alpha", [c.alpha for c in self.configs])
+        self.beta = self._weight("beta", [c.beta for c in self.configs])
+        self.gamma = self._weight("gamma", [c.gamma for c in self.configs])
+        self.style_weights = {n: self._weight(f"style_weight_{n}", [c.layers.style[n] for c in self.configs])
+                              for n in self.style_layers}
+        self.image = nn.Parameter(self._start(init01))
+        self.schedules = SampleSchedules([c.optimizer for c in self.configs], self.config.iterations)
+        self.last_lrs = self.schedules.lrs  # the learning rates of the last step, per image
+        self.last_losses: dict[str, Tensor] = {}  # the losses of the last step, per image, on the device
         self._loss_scale: float | None = None  # L-BFGS only: see _lbfgs_scale
-        self.last_metrics: dict[str, float] = {}  # the losses of the last step, by metric name
-        self._history: deque[float] = deque(maxlen=config.stop.window + 1)
-        self.stop_reason: str | None = None  # why the run ended before `total_steps`
+        self._init_stop()
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.configs)
 
     @property
     def total_steps(self) -> int:
@@ -113,11 +142,27 @@ class StyleTransfer(pl.LightningModule):
         """Index into `sizes` of the scale that optimizer step `step` runs at."""
         return min(step // self.config.iterations, len(self.sizes) - 1)
 
+    def _weight(self, name: str, values: list[float]) -> Weight:
+        if len(set(values)) == 1:
+            return values[0]
+        self.register_buffer(name, torch.tensor(values, device=self.content_full.device), persistent=False)
+        return getattr(self, name)
+
+    def _start(self, init01: Tensor | Sequence[Tensor | None] | None) -> Tensor:
+        """Each image's start (its own seed, init and noise), in pixel units."""
+        inits = list(init01) if isinstance(init01, Sequence) else [init01] * self.batch_size
+        vgg = self.vgg
+        mean01 = (vgg._mean / vgg.convention.scale).index_select(1, vgg._order)
+        hw = tuple(self.content01.shape[-2:])
+        starts = [initial_image(c, self.content01, mean01, None if i is None else resize(i, hw))
+                  for c, i in zip(self.configs, inits, strict=True)]
+        return torch.cat(starts) * self.config.pixel_scale
+
     def _set_targets(self, index: int) -> None:
         """Content features and blended style Grams at scale `index` (buffers, never saved)."""
         styles = [getattr(self, f"style_full_{i}") for i in range(self.n_styles)]
         targets = scale_targets(self.vgg, self.content_full, styles, self.blend, self.sizes[index],
-                                self.content_layers, list(self.style_weights))
+                                self.content_layers, list(self.config.layers.style))
         for name, value in targets.features.items():
             self.register_buffer(f"content_target_{name}", value, persistent=False)
         for name, value in targets.grams.items():
@@ -126,15 +171,15 @@ class StyleTransfer(pl.LightningModule):
         self.scale_index = index
 
     def _enter_scale(self, index: int) -> None:
-        """Next scale: new targets, the image upsampled to the new size (in pixel units)."""
+        """Next scale: new targets, the images upsampled to the new size (in pixel units)."""
         self._set_targets(index)
         with torch.no_grad():
             image01 = resize(self.image01().clamp(0, 1), tuple(self.content01.shape[-2:]))
         self.image = nn.Parameter(image01 * self.config.pixel_scale)
-        self._history.clear()
+        self._seen = 0  # each scale starts with a jump in J: convergence counts from here
 
     def result01(self) -> Tensor:
-        """The image to look at, in 0-1 units: clamped, and under `preserve_color: luminance`
+        """The images to look at, in 0-1 units: clamped, and under `preserve_color: luminance`
         the optimized luminance with the content's chroma."""
         image01 = self.image01().detach().clamp(0, 1)
         if self.config.preserve_color == "luminance":
@@ -142,13 +187,20 @@ class StyleTransfer(pl.LightningModule):
             return color.with_chroma(image01, chroma)
         return image01
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # nn.Module's own signature
+        """`.to()`, `.cuda()`, `.cpu()` all come here: the unregistered VGG moves with the module
+        (Lightning moves it to the GPU before fit and back to the CPU after)."""
+        super()._apply(fn, recurse)
+        self.vgg._apply(fn, recurse)
+        return self
+
     # -- the math -----------------------------------------------------------------------------
     def image01(self) -> Tensor:
-        """The generated image in 0-1 units (unclamped only under L-BFGS; savers clamp)."""
+        """The generated images in 0-1 units (unclamped only under L-BFGS; savers clamp)."""
         return self.image / self.config.pixel_scale
 
     def losses(self) -> dict[str, Tensor]:
-        """All losses of the current image, keyed by their metric names."""
+        """All losses of the current images, keyed by their metric names, one value per image."""
         image01 = self.image01()
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -156,27 +208,80 @@ class StyleTransfer(pl.LightningModule):
             else nullcontext()
         )
         with autocast:
-            feats = self.vgg(image01, [*self.content_layers, *self.style_weights])
+            feats = self.vgg(image01, [*self.content_layers, *self.style_layers])
         c = self.config
         return style_transfer_losses(
             feats,
             {n: getattr(self, f"content_target_{n}") for n in self.content_layers},
-            {n: getattr(self, f"style_gram_{n}") for n in self.style_weights},
+            {n: getattr(self, f"style_gram_{n}") for n in self.style_layers},
             self.style_weights,
             image01,
-            c.alpha,
-            c.beta,
-            c.gamma,
+            self.alpha,
+            self.beta,
+            self.gamma,
             c.tv_norm,
             c.gram_norm,
         )
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # nn.Module's own signature
-        """`.to()`, `.cuda()`, `.cpu()` all come here: the unregistered VGG moves with the module
-        (Lightning moves it to the GPU before fit and back to the CPU after)."""
-        super()._apply(fn, recurse)
-        self.vgg._apply(fn, recurse)
-        return self
+    # -- stopping: divergence and convergence, per image, on the device -------------------------
+    def _init_stop(self) -> None:
+        b, device = self.batch_size, self.content_full.device
+        windows = [c.stop.window for c in self.configs]
+        self.register_buffer("moving", torch.ones(b, dtype=torch.bool, device=device), persistent=False)
+        self.register_buffer("diverged_at", torch.full((b,), NEVER, device=device), persistent=False)
+        self.register_buffer("diverged_value", torch.zeros(b, device=device), persistent=False)
+        self.register_buffer("stopped_at", torch.full((b,), NEVER, device=device), persistent=False)
+        self.register_buffer("stop_gain", torch.zeros(b, dtype=torch.float64, device=device), persistent=False)
+        # J of the last max(window) + 1 steps, a ring per image, in float64 as Python's floats were.
+        self.register_buffer("history", torch.zeros(max(windows) + 1, b, dtype=torch.float64, device=device),
+                             persistent=False)
+        self.register_buffer("windows", torch.tensor(windows, device=device), persistent=False)
+        self.register_buffer("rel_improvement", torch.tensor([c.stop.rel_improvement for c in self.configs],
+                                                             dtype=torch.float64, device=device), persistent=False)
+        self._stops = any(c.stop.rel_improvement for c in self.configs)
+        self._seen = 0  # steps in the history since the current scale began
+
+    def _check_divergence(self, step: int, total: Tensor) -> Tensor:
+        """Mark the images whose J is not finite at this step; returns which keep their update."""
+        finite = torch.isfinite(total)
+        newly = self.moving & ~finite
+        self.diverged_at.copy_(torch.where(newly, step, self.diverged_at))
+        self.diverged_value.copy_(torch.where(newly, total, self.diverged_value))
+        keep = self.moving & finite
+        self.moving.copy_(keep)
+        return keep
+
+    def _check_convergence(self, step: int, total: Tensor) -> None:
+        """`stop`: an image stops once its J fell by less than rel_improvement over its last
+        `window` steps (at the last scale only; each scale starts with a jump in J)."""
+        if not self._stops or self.scale_index != len(self.sizes) - 1:
+            return
+        size = self.history.shape[0]
+        self.history[self._seen % size] = total.double()
+        self._seen += 1
+        old = self.history.gather(0, ((self._seen - 1 - self.windows) % size).view(1, -1)).squeeze(0)
+        new = total.double()
+        gain = torch.where(old != 0, (old - new) / old.abs(), torch.zeros_like(old))
+        ready = (self.windows < self._seen) & (self.rel_improvement > 0)
+        converged = self.moving & ready & (gain < self.rel_improvement)
+        self.stopped_at.copy_(torch.where(converged, step, self.stopped_at))
+        self.stop_gain.copy_(torch.where(converged, gain, self.stop_gain))
+        self.moving.copy_(self.moving & ~converged)
+
+    def stop_reasons(self) -> list[str | None]:
+        """Why each image ended early (None: it did not); reads the device."""
+        diverged, stopped = self.diverged_at.tolist(), self.stopped_at.tolist()
+        values, gains = self.diverged_value.tolist(), self.stop_gain.tolist()
+        reasons: list[str | None] = []
+        for c, d, s, v, g in zip(self.configs, diverged, stopped, values, gains, strict=True):
+            if d != NEVER:
+                reasons.append(str(DivergedError(d, v)))
+            elif s != NEVER:
+                reasons.append(f"converged at step {s}: J fell {g:.2e} over the last {c.stop.window} steps "
+                               f"(< rel_improvement {c.stop.rel_improvement:g})")
+            else:
+                reasons.append(None)
+        return reasons
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader[int]:
@@ -190,62 +295,44 @@ class StyleTransfer(pl.LightningModule):
             self._enter_scale(index)
             self._new_optimizer()
 
-    def training_step(self, batch: int, batch_idx: int) -> Tensor:
+    def training_step(self, batch: int, batch_idx: int) -> None:
         step = self.trainer.global_step
         optimizer = self.optimizers()
+        lbfgs = self.config.optimizer.name == "lbfgs"
+        self.last_lrs = lrs = self.schedules.lrs
+        group = optimizer.optimizer.param_groups[0]
+        group["lr" if lbfgs else "lrs"] = lrs[0] if lbfgs else lrs
+        before = self.image.detach().clone()  # what a stopped or diverged image goes back to
         result: dict[str, Tensor] = {}
 
         def closure() -> Tensor:
             optimizer.zero_grad()
             result.update(self.losses())
-            total = float(result["loss/total"].detach())
-            if not math.isfinite(total):
-                # Before backward and step: the image stays the last finite one.
-                raise DivergedError(self.trainer.global_step, total)
-            objective = result["loss/total"]
-            if self.config.optimizer.name == "lbfgs":
+            # Images that stopped contribute nothing; each image's gradient is its own J's.
+            objective = torch.where(self.moving, result["loss/total"], 0.0).sum()
+            if lbfgs:
                 objective = objective / self._lbfgs_scale(objective)
             self.manual_backward(objective)
             return objective
 
-        lr = optimizer.param_groups[0]["lr"]
         optimizer.step(closure=closure)
-        if self.config.optimizer.name != "lbfgs":
-            with torch.no_grad():
-                self.image.clamp_(0, self.config.pixel_scale)
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-        # Exposed, not self.log()-ed: Lightning's self.log costs ~0.7 ms per key, 8.7 ms of a
-        # 96 ms step at 128 px (measured); the caller's callback hands these to its logger.
-        self.last_metrics = {k: float(v.detach()) for k, v in result.items()} | {"lr": lr}
-        if len(self.sizes) > 1:
-            self.last_metrics["scale"] = float(self.sizes[self.scale_index])
-        self._check_convergence(step)
-        return result["loss/total"]
+        with torch.no_grad():
+            total = result["loss/total"].detach()
+            keep = self._check_divergence(step, total)
+            moved = self.image if lbfgs else self.image.clamp(0, self.config.pixel_scale)
+            self.image.copy_(torch.where(keep.view(-1, 1, 1, 1), moved, before))
+            self.last_losses = {k: v.detach() for k, v in result.items()}
+            self._check_convergence(step, total)
+        self.schedules.step()
 
     def _new_optimizer(self) -> None:
-        """A fresh optimizer (and schedule) over the new, larger image parameter."""
+        """A fresh optimizer and schedules over the new, larger image parameter."""
         from pytorch_lightning.core.optimizer import _init_optimizers_and_lr_schedulers
 
         optimizers, schedulers = _init_optimizers_and_lr_schedulers(self)
         self.trainer.strategy.optimizers = optimizers
         self.trainer.strategy.lr_scheduler_configs = schedulers
-
-    def _check_convergence(self, step: int) -> None:
-        """`stop`: end the run once J fell by less than rel_improvement over `window` steps."""
-        stop = self.config.stop
-        if not stop.rel_improvement or self.scale_index != len(self.sizes) - 1:
-            return
-        self._history.append(self.last_metrics["loss/total"])
-        if len(self._history) <= stop.window:
-            return
-        old, new = self._history[0], self._history[-1]
-        gain = (old - new) / abs(old) if old else 0.0
-        if gain < stop.rel_improvement:
-            self.stop_reason = (f"converged at step {step}: J fell {gain:.2e} over the last {stop.window} steps "
-                                f"(< rel_improvement {stop.rel_improvement:g})")
-            self.trainer.should_stop = True
+        self.schedules = SampleSchedules([c.optimizer for c in self.configs], self.config.iterations)
 
     def _lbfgs_scale(self, total: Tensor) -> float:
         """Mean |dJ/dx| at the first step. torch's L-BFGS takes a first step of 1/|g|_1 and
@@ -257,18 +344,36 @@ class StyleTransfer(pl.LightningModule):
             self._loss_scale = float(grad.abs().mean()) or 1.0
         return self._loss_scale
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["nst_loss_scale"] = self._loss_scale  # part of L-BFGS' objective: resume needs it
-        checkpoint["nst_scale_index"] = self.scale_index
-        checkpoint["nst_history"] = list(self._history)
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nst"] = {
+            "loss_scale": self._loss_scale,  # part of L-BFGS' objective: resume needs it
+            "scale_index": self.scale_index,
+            "seen": self._seen,
+            checkpoints.SAMPLES: [
+                {"moving": m, "diverged_at": d, "diverged_value": v, "stopped_at": s, "stop_gain": g,
+                 "history": h, "schedule": sched}
+                for m, d, v, s, g, h, sched in zip(
+                    self.moving.tolist(), self.diverged_at.tolist(), self.diverged_value.tolist(),
+                    self.stopped_at.tolist(), self.stop_gain.tolist(), [h.clone() for h in self.history.T.cpu()],
+                    self.schedules.state_dicts(), strict=True)
+            ],
+        }
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before the weights load and the optimizers are made: size the image to the
         # checkpoint's scale first, so that both fit.
-        self._loss_scale = checkpoint.get("nst_loss_scale")
-        if checkpoint.get("nst_scale_index", 0) != self.scale_index:
-            self._enter_scale(checkpoint["nst_scale_index"])
-        self._history.extend(checkpoint.get("nst_history", []))
+        state = checkpoint["nst"]
+        self._loss_scale = state["loss_scale"]
+        if state["scale_index"] != self.scale_index:
+            self._enter_scale(state["scale_index"])
+        self._seen = state["seen"]
+        samples = state[checkpoints.SAMPLES]
+        if len(samples) != self.batch_size:
+            raise ValueError(f"the checkpoint holds {len(samples)} images; this batch has {self.batch_size}")
+        for name in ("moving", "diverged_at", "diverged_value", "stopped_at", "stop_gain"):
+            getattr(self, name).copy_(torch.tensor([s[name] for s in samples]))
+        self.history.copy_(torch.stack([s["history"] for s in samples], dim=1))
+        self.schedules.load_state_dicts(s["schedule"] for s in samples)
 
-    def configure_optimizers(self):  # type: ignore[no-untyped-def]  # Lightning's union type
-        return make_optimizers(self.config.optimizer, self.image, self.config.iterations)
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return make_optimizer([c.optimizer for c in self.configs], self.image)

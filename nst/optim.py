@@ -17,15 +17,20 @@ the update it would get alone:
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.adam import adam
 from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LRScheduler
+from torch.optim.sgd import sgd
 
 from nst.config import OptimizerConfig
+
+LBFGS_ALONE = "L-BFGS runs one image at a time (its curvature pairs would mix a batch's samples)"
 
 
 def _groups(keys: Sequence[Any]) -> dict[Any, list[int]]:
@@ -85,7 +90,7 @@ class SampleAdam(_SampleOptimizer):
         beta1, beta2 = group["betas"]
         for lr, indices in _groups(group["lrs"]).items():
             params, grads = self._views(indices)
-            torch.optim.adam.adam(
+            adam(
                 params, grads, [state["exp_avg"][i] for i in indices], [state["exp_avg_sq"][i] for i in indices],
                 [], [state["step"][i] for i in indices], amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
                 weight_decay=0.0, eps=group["eps"], maximize=False)
@@ -104,7 +109,7 @@ class SampleSGD(_SampleOptimizer):
         for (lr, momentum), indices in _groups(list(zip(group["lrs"], group["momenta"], strict=True))).items():
             params, grads = self._views(indices)
             mine = [buffers[i] for i in indices]
-            torch.optim.sgd.sgd(params, grads, mine, weight_decay=0.0, momentum=momentum, lr=lr, dampening=0.0,
+            sgd(params, grads, mine, weight_decay=0.0, momentum=momentum, lr=lr, dampening=0.0,
                                 nesterov=False, maximize=False)
             for i, buffer in zip(indices, mine, strict=True):  # sgd() creates the buffers at its first step
                 buffers[i] = buffer
@@ -133,9 +138,12 @@ class SampleSchedules:
         return [s.get_last_lr()[0] if s is not None else lr for s, lr in zip(self.schedulers, self.base, strict=True)]
 
     def step(self) -> None:
-        for scheduler in self.schedulers:
-            if scheduler is not None:
-                scheduler.step()
+        with warnings.catch_warnings():
+            # The stand-in optimizers never step; torch warns about exactly that.
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step.*")
+            for scheduler in self.schedulers:
+                if scheduler is not None:
+                    scheduler.step()
 
     def state_dicts(self) -> list[dict[str, Any] | None]:
         return [s.state_dict() if s is not None else None for s in self.schedulers]
@@ -155,7 +163,7 @@ def make_optimizer(configs: Sequence[OptimizerConfig], image: nn.Parameter) -> t
     if name == "sgd":
         return SampleSGD(image, lrs, [c.momentum for c in configs])
     if len(configs) != 1:
-        raise ValueError("L-BFGS runs one image at a time (its curvature pairs would mix a batch's samples)")
+        raise ValueError(LBFGS_ALONE)
     # No early stop (tolerances 0): a run lasts exactly `iterations` steps.
     return torch.optim.LBFGS([image], lr=lrs[0], max_iter=1, history_size=100, tolerance_grad=0.0,
                              tolerance_change=0.0)

@@ -48,8 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="run the points here one by one (local) or as Ray tasks on a cluster (ray)")
     exp.add_argument("--ray-address", help="Ray cluster: HOST:PORT or auto (default: $RAY_ADDRESS, "
                      "else a Ray instance on this machine)")
-    exp.add_argument("--resources", help="Ray resources per run, JSON, e.g. '{\"num_gpus\": 1}' "
+    exp.add_argument("--resources", help="Ray resources per batch, JSON, e.g. '{\"num_gpus\": 1}' "
                      "(default: 1 CPU)")
+    exp.add_argument("--batch", default="auto", help="runs optimized together as one image tensor: auto "
+                     "(default: by device and memory) or at most N; 1 runs them one at a time")
     _add_common(exp)
 
     rep = sub.add_parser("report", help="figures, measurements and claim verdicts of a sweep, from MLflow")
@@ -119,6 +121,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from pipelines.config.grid import find_config, load_experiment
     from pipelines.config.runs import outside, parse_set
+    from pipelines.execution.batches import parse_batch, plan
+    from pipelines.execution.run import resolve_device
     from pipelines.execution.sweep import run_experiment, summary
     from pipelines.tracking.store import resolve_tracking_uri
 
@@ -127,16 +131,20 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     experiment = load_experiment(path, overrides)
     for note in sorted({n for p in experiment.points for n in outside(p.config, Path.cwd(), overrides)}):
         print(note, file=sys.stderr)
+    batch = parse_batch(args.batch)
     if args.dry_run:
         print(f"{experiment.name}: {len(experiment.points)} runs from {path}")
         for point in experiment.points:
             c = point.config
             scales = f" at each of {', '.join(map(str, c.sizes))} px" if len(c.sizes) > 1 else ""
             print(f"  [{point.index + 1}] {point.name:<30} key {point.key}  {c.size} px, {c.iterations} it{scales}")
+        batches = plan(experiment.points, lambda p: p.config, lambda p: 0, batch, lambda c: resolve_device(c.device))
+        print(f"in {len(batches)} batch{'es' if len(batches) > 1 else ''} (--batch {args.batch}) of "
+              f"{', '.join(str(len(b)) for b in batches)} runs")
         return EXIT_OK
     executor = _executor(args)
     uri = resolve_tracking_uri(args.tracking_uri)
-    sweep = run_experiment(experiment, tracking_uri=uri, progress=not args.quiet, executor=executor)
+    sweep = run_experiment(experiment, tracking_uri=uri, progress=not args.quiet, executor=executor, batch=batch)
     print()
     print(summary(sweep))
     finals = [(p.name, r.final_image) for p, r in sweep.results if r.final_image]

@@ -1,5 +1,6 @@
 """The LightningModule: the image is the only parameter, VGG never saved, seeded, clamped."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -95,19 +96,28 @@ def test_every_optimizer_lowers_the_loss(pair, name) -> None:
     assert module.losses()["loss/total"].item() < before
 
 
-def test_divergence_is_reported_with_its_step(pair, monkeypatch) -> None:
-    module = StyleTransfer(*pair, CONFIG)
+def test_divergence_is_masked_on_the_device_and_reported_with_its_step(pair, monkeypatch) -> None:
+    """The image whose loss turns NaN keeps its last finite state; the others in its batch go on."""
+    configs = [replace(CONFIG, optimizer=OptimizerConfig(lr=lr)) for lr in (1.0, 2.0, 3.0)]
+    module = StyleTransfer(*pair, configs)
     real = StyleTransfer.losses
+    images = {}
 
-    def poisoned(self):  # a fault only a mock can force: the loss turns NaN at step 2
+    def poisoned(self):  # a fault only a mock can force: image 1's loss turns NaN at step 2
+        images[self.trainer.global_step] = self.image.detach().clone()
         losses = real(self)
         if self.trainer.global_step == 2:
-            losses["loss/total"] = losses["loss/total"] * float("nan")
+            nan = torch.tensor([1.0, float("nan"), 1.0], device=self.device)
+            losses["loss/total"] = losses["loss/total"] * nan
         return losses
 
     monkeypatch.setattr(StyleTransfer, "losses", poisoned)
-    with pytest.raises(DivergedError, match="diverged at step 2"):
-        _fit(module, 4)
+    _fit(module, 4)
+    reasons = module.stop_reasons()
+    assert reasons[1] == str(DivergedError(2, float("nan"))) and reasons[0] is None and reasons[2] is None
+    assert torch.equal(module.image[1].cpu(), images[2][1].cpu())  # still the image whose J was last finite
+    assert not torch.equal(module.image[0].cpu(), images[3][0].cpu())  # the others moved on
+    assert module.moving.tolist() == [True, False, True]
 
 
 def test_backbone_is_cut_at_the_deepest_loss_layer() -> None:
@@ -149,8 +159,8 @@ def test_lr_schedules_lower_the_logged_lr(pair, schedule) -> None:
                             optimizer=OptimizerConfig(lr=1.0, schedule=schedule, gamma=0.5))
     module = StyleTransfer(*pair, config)
     _fit(module, 6)
-    assert module.last_metrics["lr"] < 0.1  # cosine: ~0.07 at step 5 of 6; exponential: 0.5**5
-    assert module.last_metrics["loss/total"] > 0
+    assert module.last_lrs[0] < 0.1  # cosine: ~0.07 at step 5 of 6; exponential: 0.5**5
+    assert module.last_losses["loss/total"].item() > 0
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it() -> None:

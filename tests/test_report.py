@@ -6,7 +6,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.cli import main
-from pipelines.config import claims
+from pipelines.config import claims as verdicts
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 SWEEP = f"""
@@ -52,8 +52,8 @@ def test_report_of_an_unknown_experiment_is_a_clear_error(store, capsys) -> None
     assert "experiment 'nope': not in this store" in capsys.readouterr().err
 
 
-def _m(move: float = 5.0, style_ratio: float = 0.05, edges: float = 0.8) -> claims.Measures:
-    return claims.Measures(move=move, step=2000, style_ratio=style_ratio, edges=edges)
+def _m(move: float = 5.0, style_ratio: float = 0.05, edges: float = 0.8) -> verdicts.Measures:
+    return verdicts.Measures(move=move, step=2000, style_ratio=style_ratio, edges=edges)
 
 
 @pytest.mark.parametrize(
@@ -69,11 +69,11 @@ def _m(move: float = 5.0, style_ratio: float = 0.05, edges: float = 0.8) -> clai
     ],
 )
 def test_verdicts_on_hand_made_numbers(kind, measures, passed) -> None:
-    verdict = claims.judge(kind, "lr=x", measures)
+    verdict = verdicts.judge(kind, "lr=x", measures)
     assert verdict.passed is passed and verdict.label == ("PASS" if passed else "FAIL")
     assert verdict.criterion and verdict.measured
 
 
 def test_unknown_claim_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown claim"):
-        claims.select({"claim": "pretty", "run": {}})
+        verdicts.select({"claim": "pretty", "run": {}})

@@ -1,6 +1,7 @@
 """kill -9 in the middle of a sweep, then the same command again: finished runs are skipped,
 the killed run resumes from its checkpoint in the same MLflow run, with every step logged
-exactly once and a final image bit-identical to an uninterrupted run. On a GPU (the GPU lane) the
+exactly once and a final image bit-identical to an uninterrupted run. The same holds when the
+sweep's points run as one batch: every interrupted point resumes from its own checkpoint. On a GPU (the GPU lane) the
 runs ask for deterministic kernels, as a user who needs bit-identical resumes there does."""
 
 import os
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -50,13 +52,15 @@ def _history(client: MlflowClient, run_id: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss/total"))
 
 
-def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path) -> None:
+@pytest.mark.parametrize("batch", ["1", "2"])
+def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch) -> None:
     path = tmp_path / "resumable.yaml"
     path.write_text(SWEEP)
     store = f"sqlite:///{tmp_path}/store/mlflow.db"
     client = MlflowClient(store)
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "experiment", str(path), "--tracking-uri", store, "--quiet"],
+        [sys.executable, "-m", "pipelines.cli", "experiment", str(path), "--tracking-uri", store, "--quiet",
+         "--batch", batch],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     killed_id, deadline = None, time.monotonic() + 180
@@ -72,14 +76,17 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path) -> None:
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert client.get_run(killed_id).info.status == "RUNNING"  # nobody could mark it
+    if batch == "2":  # both points were in the killed batch: both resume, each from its own checkpoint
+        assert [r.info.status for r in _children(client).values()] == ["RUNNING", "RUNNING"]
+        assert all(client.list_artifacts(r.info.run_id, "checkpoint") for r in _children(client).values())
 
-    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet"]) == 0
+    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet", "--batch", batch]) == 0
     runs = _children(client)
     assert sorted(runs) == ["lr=0.5 seed=0", "lr=1 seed=0"]  # resumed in place, no third run
     assert all(r.info.status == "FINISHED" for r in runs.values())
 
     reference = f"sqlite:///{tmp_path}/reference/mlflow.db"
-    assert main(["experiment", str(path), "--tracking-uri", reference, "--quiet"]) == 0
+    assert main(["experiment", str(path), "--tracking-uri", reference, "--quiet", "--batch", batch]) == 0
     ref_client = MlflowClient(reference)
     ref_runs = _children(ref_client)
     for name, run in runs.items():

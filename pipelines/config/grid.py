@@ -8,7 +8,7 @@
     variants:                 # named sets of overrides, one run each (combined with the grid)
       luminance: {preserve_color: luminance}
     seeds: [0]                # repeats of every grid point
-    claims: [...]             # optional, judged by `nst report` (pipelines/claims.py)
+    claims: [...]             # optional, judged by `nst report` (pipelines/config/claims.py)
     contrast: other_sweep     # optional: the report judges the same claims on that sweep
     notes: ...                # optional markdown, appended to the report
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.config import claims as verdicts
 from pipelines.config.runs import ConfigError, RunConfig, merge, read_yaml, resolve_paths, run_config, run_key
 from pipelines.errors import UserError
 
@@ -171,7 +172,7 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
         raise _fail(path, "claims: expected a list of {claim: ..., run: {...}} entries")
     for claim in claims:
         try:
-            claims.select(claim)
+            verdicts.select(claim)
         except ValueError as exc:
             raise _fail(path, str(exc)) from None
 

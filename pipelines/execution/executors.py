@@ -1,18 +1,19 @@
-"""Who runs a sweep's points: here, one after another (local), or on a Ray cluster.
+"""Who runs a sweep's batches: here, one after another (local), or on a Ray cluster.
 
-An executor takes the points still to run, each with the arguments of `pipelines.run.execute`,
-and yields (point, RunResult) as runs end, in any order. `announce(point, verb)` prints a
-progress line when a run starts (local) or is handed to the cluster (Ray).
+A `Job` is one batch of points (pipelines.execution.batches groups them) with everything
+`execute_batch` needs; an executor runs jobs and yields (point, RunResult) as they end, in any
+order. `announce(point, verb)` prints a progress line when a point's batch starts (local) or is
+handed to the cluster (Ray).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from pipelines.config.grid import Point
-from pipelines.execution.run import RunResult, execute
+from pipelines.execution.run import RunResult, RunSpec, execute_batch
 
 Announce = Callable[[Point, str], None]
 
@@ -20,20 +21,40 @@ Announce = Callable[[Point, str], None]
 @dataclass
 class Task:
     point: Point
-    kwargs: dict[str, Any]  # keyword arguments of pipelines.run.execute
+    spec: RunSpec
+    resume_step: int = 0  # the step of the checkpoint it resumes from (0: none)
 
     @property
     def verb(self) -> str:
-        resume = self.kwargs.get("resume_run_id")
+        resume = self.spec.resume_run_id
         return f"resume run {resume}" if resume else "start"
 
 
+@dataclass
+class Job:
+    """One batch: its tasks, run together as one image tensor, each its own MLflow run."""
+
+    tasks: list[Task]
+    tracking_uri: str
+    experiment: str
+    progress: bool = True
+
+    def run(self) -> list[RunResult]:
+        return execute_batch([t.spec for t in self.tasks], tracking_uri=self.tracking_uri,
+                             experiment=self.experiment, progress=self.progress)
+
+    def verb(self, task: Task) -> str:
+        n = len(self.tasks)
+        return task.verb + (f" (a batch of {n})" if n > 1 else "")
+
+
 class Executor(Protocol):
-    def __call__(self, tasks: list[Task], *, say: Announce) -> Iterator[tuple[Point, RunResult]]: ...
+    def __call__(self, jobs: list[Job], *, say: Announce) -> Iterator[tuple[Point, RunResult]]: ...
 
 
-def run_local(tasks: list[Task], *, say: Announce) -> Iterator[tuple[Point, RunResult]]:
-    """In this process, in grid order. Bad input (UserError) and Ctrl-C stop the sweep."""
-    for task in tasks:
-        say(task.point, task.verb)
-        yield task.point, execute(**task.kwargs)
+def run_local(jobs: list[Job], *, say: Announce) -> Iterator[tuple[Point, RunResult]]:
+    """In this process, batch after batch. Bad input (UserError) and Ctrl-C stop the sweep."""
+    for job in jobs:
+        for task in job.tasks:
+            say(task.point, job.verb(task))
+        yield from zip((t.point for t in job.tasks), job.run(), strict=True)

@@ -33,22 +33,25 @@ def _gpu_memory(device: torch.device) -> str:
     return f"{name} ({total / GIB:.0f} GiB, {free / GIB:.1f} GiB free after the failure)"
 
 
-def _ways_out(config: RunConfig, precision: str, where: str) -> str:
-    ways = ["precision: bf16"] if precision == "fp32" else []
+def _ways_out(config: RunConfig, precision: str, where: str, batch: int) -> str:
+    ways = [f"a smaller batch (--batch {max(1, batch // 2)})"] if batch > 1 else []
+    if precision == "fp32":
+        ways.append("precision: bf16")
     ways.append(f"a smaller size (e.g. size={max(16, round(config.size * 0.7))})")
-    ways.append(f"fewer runs on this {where} at once (with Ray: a larger num_gpus or memory per run)")
+    ways.append(f"fewer runs on this {where} at once (with Ray: a larger num_gpus or memory per batch)")
     return ", ".join(ways)
 
 
-def describe_failure(exc: BaseException, config: RunConfig, device: str) -> str:
-    """The run's error in one line; memory and device errors name what to do about them."""
+def describe_failure(exc: BaseException, config: RunConfig, device: str, batch: int = 1) -> str:
+    """The error of a run (or of the batch it ran in) in one line; memory and device errors name
+    what to do about them."""
     precision = resolve_precision(config.precision, device)
+    what = f"{config.size} px ({precision}{f', a batch of {batch} images' if batch > 1 else ''})"
     if isinstance(exc, torch.OutOfMemoryError):
-        return (f"out of GPU memory at {config.size} px ({precision}) on {_gpu_memory(torch.device(device))}; "
-                f"try {_ways_out(config, precision, 'GPU')}")
+        return (f"out of GPU memory at {what} on {_gpu_memory(torch.device(device))}; "
+                f"try {_ways_out(config, precision, 'GPU', batch)}")
     if _cpu_out_of_memory(exc):
-        return (f"out of memory at {config.size} px ({precision}) on the CPU; "
-                f"try {_ways_out(config, precision, 'machine')}")
+        return f"out of memory at {what} on the CPU; try {_ways_out(config, precision, 'machine', batch)}"
     if isinstance(exc, torch.AcceleratorError) or "CUDA error" in str(exc):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return (f"{first} — the GPU is unusable in this process: run the same command again "

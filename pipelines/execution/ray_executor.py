@@ -1,13 +1,14 @@
-"""Run a sweep's points as Ray tasks: each worker logs its child run straight to the tracking server.
+"""Run a sweep's batches as Ray tasks: each worker logs its batch's child runs straight to the tracking server.
 
-The driver (pipelines.experiment) has already created or found the parent run and decided which
-points still need running, so resume and skip behave exactly as with the local executor. A task
-runs `pipelines.run.execute` in a Ray worker process; Ray schedules tasks onto the cluster's CPUs
-or GPUs by the resources each asks for (`--resources '{"num_gpus": 1}'`).
+The driver (pipelines.execution.sweep) has already created or found the parent run, decided which
+points still need running and grouped them into batches, so resume and skip behave exactly as with
+the local executor. A task runs one batch (`Job.run`: execute_batch) in a Ray worker process; Ray
+schedules tasks onto the cluster's CPUs or GPUs by the resources each batch asks for
+(`--resources '{"num_gpus": 1}'`).
 
-A worker that dies (killed, out of memory, its host lost) leaves its run RUNNING with nobody to
-end it: the driver marks it KILLED with the reason, and the next invocation of the sweep resumes
-it from its last checkpoint, as after a kill -9 of a local run.
+A worker that dies (killed, out of memory, its host lost) leaves its runs RUNNING with nobody to
+end them: the driver marks them KILLED with the reason, and the next invocation of the sweep resumes
+them from their last checkpoints, as after a kill -9 of a local run.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipelines.config.grid import Point
 from pipelines.errors import UserError
-from pipelines.execution.executors import Announce, Executor, Task
-from pipelines.execution.run import FAILED, KILLED, RunResult, execute
+from pipelines.execution.executors import Announce, Executor, Job, Task
+from pipelines.execution.run import FAILED, KILLED, RunResult
 
 #: The keys of Ray's task options a user may set per run.
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources", "accelerator_type")
@@ -50,19 +51,20 @@ def parse_resources(text: str | None) -> dict[str, Any]:
     return resources
 
 
-def _execute_in_worker(kwargs: dict[str, Any]) -> RunResult:
-    """What a Ray task runs: one tracked run, without progress bars (nobody sees a worker's tty)."""
+def _execute_in_worker(job: Job) -> list[RunResult]:
+    """What a Ray task runs: one tracked batch, without progress bars (nobody sees a worker's tty)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    return execute(**{**kwargs, "progress": False})
+    job.progress = False
+    return job.run()
 
 
 def ray_executor(address: str | None = None, resources: dict[str, Any] | None = None) -> Executor:
     """An executor on the Ray cluster at `address` ("auto", "HOST:PORT"; None: $RAY_ADDRESS or a
     fresh local instance)."""
 
-    def run(tasks: list[Task], *, say: Announce) -> Iterator[tuple[Point, RunResult]]:
-        if not tasks:
+    def run(jobs: list[Job], *, say: Announce) -> Iterator[tuple[Point, RunResult]]:
+        if not jobs:
             return
         import ray
         from ray.exceptions import RayError, RayTaskError
@@ -76,26 +78,28 @@ def ray_executor(address: str | None = None, resources: dict[str, Any] | None = 
         # No retries: a retried task would start a second child run; the driver resumes instead.
         remote = ray.remote(max_retries=0)(_execute_in_worker).options(**(resources or {}))
         pending = {}
-        for task in tasks:
-            pending[remote.remote(task.kwargs)] = task
-            say(task.point, f"{task.verb} on Ray")
-        client = MlflowClient(tasks[0].kwargs["tracking_uri"])
+        for job in jobs:
+            pending[remote.remote(job)] = job
+            for task in job.tasks:
+                say(task.point, f"{job.verb(task)} on Ray")
+        client = MlflowClient(jobs[0].tracking_uri)
         try:
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
-                task = pending.pop(ref)
+                job = pending.pop(ref)
                 try:
-                    result = ray.get(ref)
-                except RayTaskError as exc:  # execute() raised: bad input seen on the worker
+                    results = ray.get(ref)
+                except RayTaskError as exc:  # execute_batch() raised: bad input seen on the worker
                     cause = exc.cause if exc.cause is not None else exc
-                    result = RunResult(_child_id(client, task) or "", FAILED, 0.0, error=str(cause))
-                except RayError as exc:  # the worker process died under the run
-                    result = _lost(client, task, f"Ray worker died ({type(exc).__name__})")
-                yield task.point, result
+                    results = [RunResult(_child_id(client, t) or "", FAILED, 0.0, error=str(cause)) for t in job.tasks]
+                except RayError as exc:  # the worker process died under the batch
+                    results = [_lost(client, t, f"Ray worker died ({type(exc).__name__})") for t in job.tasks]
+                yield from zip((t.point for t in job.tasks), results, strict=True)
         except BaseException:
-            for ref, task in pending.items():
+            for ref, job in pending.items():
                 ray.cancel(ref, force=True)
-                _lost(client, task, "sweep interrupted")
+                for task in job.tasks:
+                    _lost(client, task, "sweep interrupted")
             raise
         finally:
             ray.shutdown()
@@ -105,9 +109,9 @@ def ray_executor(address: str | None = None, resources: dict[str, Any] | None = 
 
 def _child_id(client: MlflowClient, task: Task) -> str | None:
     """The run a task created (or resumed) for its point, if it got that far."""
-    if task.kwargs.get("resume_run_id"):
-        return task.kwargs["resume_run_id"]
-    parent = task.kwargs["parent_run_id"]
+    if task.spec.resume_run_id:
+        return task.spec.resume_run_id
+    parent = task.spec.parent_run_id
     runs = client.search_runs(
         [client.get_run(parent).info.experiment_id],
         filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and tags.`nst.run_key` = '{task.point.key}'",

@@ -1,7 +1,10 @@
-"""One tracked run: RunConfig -> images, module, Trainer, MLflow run -> RunResult.
+"""One tracked batch of runs: RunConfigs -> images, module, Trainer, MLflow runs -> RunResults.
 
-Everything a user can get wrong about the inputs (files, weights) is checked before the
-MLflow run is created, so bad input leaves nothing in the store.
+A batch is several runs of a sweep that share the content, style, size, layers and optimizer
+(pipelines.execution.batches groups them): they optimize together as one image tensor, each
+image its own MLflow run with its own metrics, snapshots, checkpoint and status. A single run
+(`nst run`) is a batch of one. Everything a user can get wrong about the inputs (files, weights)
+is checked before any MLflow run is created, so bad input leaves nothing in the store.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from pipelines.errors import UserError
 from pipelines.execution.failures import describe_failure, release_memory
 from pipelines.execution.probe import quality_probe
 from pipelines.tracking import run_log, store
-
-FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, RunWriter, Sample  # noqa: F401 - statuses
+from pipelines.tracking.tags import BATCH_TAG
 
 
 @dataclass
@@ -51,9 +54,26 @@ class RunResult:
 
 @dataclass
 class Inputs:
+    """What a batch's runs share: the content and style images, sized as their config says."""
+
     content: torch.Tensor
     styles: list[torch.Tensor]
-    init: torch.Tensor | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.content.shape[-1], self.content.shape[-2]
+
+
+@dataclass
+class RunSpec:
+    """One run of a batch: its config, where it goes in the store, and the run it resumes (if any)."""
+
+    config: RunConfig
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    tags: dict[str, Any] | None = None
+    description: str | None = None
+    resume_run_id: str | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -64,8 +84,8 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_inputs(config: RunConfig, client: MlflowClient | None = None) -> Inputs:
-    """The content, style(s) and (optional) init images, sized as the config says."""
+def load_inputs(config: RunConfig) -> Inputs:
+    """The content and style(s), sized as the config says."""
     try:
         content = load_image(config.content, config.size)
         height, width = content.shape[-2:]
@@ -77,14 +97,21 @@ def load_inputs(config: RunConfig, client: MlflowClient | None = None) -> Inputs
             styles = [load_image(s, (width, height)) for s in config.styles]
         else:
             styles = [load_image(s, round(config.size * config.style_scale)) for s in config.styles]
-        init = None
-        if config.init.startswith("run:"):
-            init = _final_image_of(client, config.init.removeprefix("run:"), (width, height))
-        elif config.init_from_file:
-            init = load_image(config.init, (width, height))
     except ImageError as exc:
         raise UserError(str(exc)) from None
-    return Inputs(content, styles, init)
+    return Inputs(content, styles)
+
+
+def load_init(config: RunConfig, size: tuple[int, int], client: MlflowClient | None = None) -> torch.Tensor | None:
+    """The run's start image when it starts from a file or another run's final image, else None."""
+    try:
+        if config.init.startswith("run:"):
+            return _final_image_of(client, config.init.removeprefix("run:"), size)
+        if config.init_from_file:
+            return load_image(config.init, size)
+    except ImageError as exc:
+        raise UserError(str(exc)) from None
+    return None
 
 
 def _final_image_of(client: MlflowClient | None, run_id: str, size: tuple[int, int]) -> torch.Tensor:
@@ -139,74 +166,102 @@ def execute(
     progress: bool = True,
     resume_run_id: str | None = None,
 ) -> RunResult:
-    """Run one style transfer, tracked. Raises UserError for bad input (before any run
-    exists) and KeyboardInterrupt after marking the run KILLED; other failures return a
-    FAILED result with the reason, so a sweep can go on. With `resume_run_id`, that run
-    continues from its last checkpoint, without writing any step twice."""
+    """One style transfer, tracked: a batch of one (execute_batch)."""
+    spec = RunSpec(config, run_name, parent_run_id, tags, description, resume_run_id)
+    return execute_batch([spec], tracking_uri=tracking_uri, experiment=experiment, progress=progress)[0]
+
+
+def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
+                  progress: bool = True) -> list[RunResult]:
+    """Run a batch of style transfers, each tracked as its own run. Raises UserError for bad input
+    (before any run exists) and KeyboardInterrupt after marking the live runs KILLED; other failures
+    end the live runs FAILED with the reason, so a sweep can go on. A spec with `resume_run_id`
+    continues that run from its last checkpoint, without writing any step twice."""
     quiet_lightning()
+    config = specs[0].config  # its shared settings are every spec's (StyleTransfer checks)
     device = resolve_device(config.device)
     client = MlflowClient(tracking_uri)
-    inputs = load_inputs(config, client)
+    inputs = load_inputs(config)
+    inits = [load_init(s.config, inputs.size, client) for s in specs]
     try:
         backbone = build_backbone(config)
     except WeightsError as exc:
         raise UserError(str(exc)) from None
     with tempfile.TemporaryDirectory() as tmp:
-        resume = Resume()
-        if resume_run_id:
-            run_id = resume_run_id
-            resume = Resume(run_log.download_checkpoint(client, run_id, Path(tmp)),
-                            run_log.last_logged_step(client, run_id),
-                            run_log.logged_snapshot_steps(client, run_id))
-            client.update_run(run_id, status="RUNNING")
-            for key, value in where().items():
-                client.set_tag(run_id, key, value)
-        else:
-            run_id = _start_run(client, config, inputs, experiment, tracking_uri, device, run_name, parent_run_id,
-                                tags, description)
-        # From here on the run exists: whatever happens, it ends FINISHED, FAILED or KILLED, never RUNNING.
+        samples, checkpoints = [], []
+        for b, spec in enumerate(specs):
+            sample, checkpoint = _open_run(client, spec, inputs, experiment, tracking_uri, device, len(specs),
+                                           Path(tmp) / str(b))
+            samples.append(sample)
+            checkpoints.append(checkpoint)
+        # From here on the runs exist: whatever happens, each ends FINISHED, FAILED or KILLED, never RUNNING.
         start = time.perf_counter()
         try:
             with deterministic(config.deterministic):
-                return _fit(client, run_id, config, inputs, backbone, tracking_uri, device, progress, resume)
+                seconds = _fit(client, specs, samples, checkpoints, inputs, inits, backbone, device, progress,
+                               Path(tmp))
         except KeyboardInterrupt:
-            _end(client, run_id, KILLED, "interrupted (Ctrl-C)")
+            _end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
             raise
-        except Exception as exc:  # noqa: BLE001 - a failed run must not stop the sweep
-            error = describe_failure(exc, config, device)
-            _end(client, run_id, FAILED, error)
-            return RunResult(run_id, FAILED, time.perf_counter() - start, error=error)
+        except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the sweep
+            _end_live(client, samples, FAILED, describe_failure(exc, config, device, len(specs)))
+            seconds = time.perf_counter() - start
         finally:
             release_memory(device)
+    return [RunResult(s.run_id, s.status or FAILED, seconds, {k: v for k, v in s.last.items() if k.startswith("loss/")},
+                      s.final_image, s.error, logging_seconds=s.writer.seconds) for s in samples]
 
 
-def _end(client: MlflowClient, run_id: str, status: str, error: str) -> None:
-    """Mark a run that stopped outside Lightning's loop (which ends its own runs)."""
-    client.set_tag(run_id, "nst.error", error)
-    client.set_terminated(run_id, status)
+def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: str) -> None:
+    """End the runs still live when a batch stopped outside Lightning's loop (which ends its own)."""
+    for sample in samples:
+        if sample.status is None:
+            client.set_tag(sample.run_id, run_log.ERROR_TAG, error)
+            client.set_terminated(sample.run_id, status)
+            sample.status, sample.error = status, error
 
 
-def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experiment: str, tracking_uri: str,
-               device: str, run_name: str | None, parent_run_id: str | None, tags: dict[str, Any] | None,
-               description: str | None) -> str:
+def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: str, tracking_uri: str, device: str,
+              batch: int, folder: Path) -> tuple[Sample, Path | None]:
+    """The spec's run, created or resumed, and its checkpoint (downloaded) when it resumes from one."""
+    checkpoint, skip_through, done = None, -1, set()
+    if spec.resume_run_id:
+        run_id = spec.resume_run_id
+        folder.mkdir(parents=True)
+        checkpoint = run_log.download_checkpoint(client, run_id, folder)
+        skip_through = run_log.last_logged_step(client, run_id)
+        done = run_log.logged_snapshot_steps(client, run_id)
+        client.update_run(run_id, status="RUNNING")
+        for key, value in {**where(), BATCH_TAG: str(batch)}.items():
+            client.set_tag(run_id, key, value)
+    else:
+        run_id = _start_run(client, spec, inputs, experiment, tracking_uri, device, batch)
+    writer = RunWriter(client, run_id, skip_through)
+    return Sample(run_id, writer, set(spec.config.snapshot_steps) - done), checkpoint
+
+
+def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: str, tracking_uri: str,
+               device: str, batch: int) -> str:
     """Create the MLflow run with its tags, params and input artifacts; returns its id."""
+    config = spec.config
     exp_id = store.experiment_id(client, experiment, tracking_uri)
     run_tags: dict[str, Any] = {
         "nst.run_key": run_key(config),
         "nst.weights": config.backbone.weights,
         "nst.device": device,
         "nst.precision": resolve_precision(config.precision, device),  # what `auto` became here
+        BATCH_TAG: str(batch),  # how many runs optimized together with this one (in this invocation)
         **where(),
         **versions(),
-        **(tags or {}),
+        **(spec.tags or {}),
     }
-    if parent_run_id:
-        run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    if description:
-        run_tags[MLFLOW_RUN_NOTE] = description
+    if spec.parent_run_id:
+        run_tags[MLFLOW_PARENT_RUN_ID] = spec.parent_run_id
+    if spec.description:
+        run_tags[MLFLOW_RUN_NOTE] = spec.description
     # A tracking server takes only strings (protobuf); SQLite would have taken anything.
     run_tags = {k: str(v) for k, v in run_tags.items()}
-    run_id = client.create_run(exp_id, tags=run_tags, run_name=run_name).info.run_id
+    run_id = client.create_run(exp_id, tags=run_tags, run_name=spec.run_name).info.run_id
     store.log_params(client, run_id, flatten(to_dict(config)))
     with tempfile.TemporaryDirectory() as tmp:
         save_image(inputs.content, Path(tmp) / "content.png")
@@ -218,78 +273,78 @@ def _start_run(client: MlflowClient, config: RunConfig, inputs: Inputs, experime
 
 
 class LossBar(TQDMProgressBar):
-    """Lightning's progress bar (iteration, it/s, ETA) with the current J, J_content, J_style."""
+    """Lightning's progress bar (iteration, it/s, ETA) with the last J, J_content, J_style read
+    back (every few dozen steps: the step itself never waits for them); a batch shows its range."""
+
+    def __init__(self, log: BatchLog) -> None:
+        super().__init__()
+        self.batch_log = log
 
     def get_metrics(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, int | str | float]:
         items = super().get_metrics(trainer, module)
         items.pop("v_num", None)
-        last = getattr(module, "last_metrics", {})
+        lasts = [s.last for s in self.batch_log.samples if s.last]
         for key, label in (("loss/total", "J"), ("loss/content", "Jc"), ("loss/style", "Js")):
-            if key in last:
-                items[label] = f"{last[key]:.3g}"
+            values = sorted(last[key] for last in lasts if key in last)
+            if values:
+                items[label] = f"{values[0]:.3g}" if len(values) == 1 else f"{values[0]:.3g}–{values[-1]:.3g}"
+        if len(self.batch_log.samples) > 1:
+            items["runs"] = f"{len(self.batch_log.live)}/{len(self.batch_log.samples)} live"
         return items
 
 
-@dataclass
-class Resume:
-    """Where a resumed run picks up: its checkpoint and what the store already holds."""
-
-    checkpoint: Path | None = None
-    skip_through: int = -1  # metric steps already logged
-    snapshots_done: set[int] = field(default_factory=set)
-
-
-def _fit(client: MlflowClient, run_id: str, config: RunConfig, inputs: Inputs, backbone: VGGFeatures,
-         tracking_uri: str, device: str, progress: bool, resume: Resume) -> RunResult:
+def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], checkpoints: list[Path | None],
+         inputs: Inputs, inits: list[torch.Tensor | None], backbone: VGGFeatures, device: str, progress: bool,
+         folder: Path) -> float:
+    """Optimize the batch under Lightning; returns the seconds it took. Every run ends in here."""
+    config = specs[0].config
     torch.manual_seed(config.seed)
     # Built where it runs: the targets are computed on the GPU, not on the CPU and then moved.
     on = torch.device(device)
-    module = StyleTransfer(inputs.content.to(on), [s.to(on) for s in inputs.styles], config,
-                           backbone=backbone.to(on), init01=None if inputs.init is None else inputs.init.to(on))
+    module = StyleTransfer(inputs.content.to(on), [s.to(on) for s in inputs.styles], [s.config for s in specs],
+                           backbone=backbone.to(on), init01=[None if i is None else i.to(on) for i in inits])
     probe = quality_probe(module, inputs.content, inputs.styles, config)
-    logger = run_log.BufferedMLFlowLogger(
-        tracking_uri=tracking_uri, run_id=run_id, skip_through=resume.skip_through)
-    callbacks: list[pl.Callback] = [
-        run_log.StepMetrics(logger),
-        run_log.Snapshots(client, run_id, config.snapshot_steps, resume.snapshots_done, logger, probe),
-        run_log.RunStatus(client, run_id, logger, lambda exc: describe_failure(exc, config, device)),
-    ]
+    log = BatchLog(client, samples, probe, describe=lambda exc: describe_failure(exc, config, device, len(specs)),
+                   save_final=lambda sample, image01: _log_final(client, sample.run_id, image01))
+    callbacks: list[pl.Callback] = [log]
     if config.checkpoint_every:
-        callbacks.append(run_log.Checkpoints(client, run_id, config.checkpoint_every, logger))
-    if progress:  # Lightning's own bar shows only self.log()-ed values; this one reads last_metrics
-        callbacks.append(LossBar())
+        callbacks.append(run_log.Checkpoints(client, config.checkpoint_every, log))
+    if progress:  # Lightning's own bar shows only self.log()-ed values; this one reads the runs' last losses
+        callbacks.append(LossBar(log))
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
-        max_steps=config.total_steps,
+        max_steps=module.total_steps,
         max_epochs=1,
-        logger=logger,
-        log_every_n_steps=1,
+        logger=False,  # each image's run is logged by BatchLog
         callbacks=callbacks,
-        enable_checkpointing=False,  # Checkpoints does it, as an MLflow artifact
+        enable_checkpointing=False,  # Checkpoints does it, as each run's MLflow artifact
         enable_model_summary=False,
         enable_progress_bar=progress,
         num_sanity_val_steps=0,
     )
+    resume = [c for c in checkpoints if c is not None]
+    if resume and len(resume) != len(checkpoints):
+        raise ValueError("a batch resumes from checkpoints of all its runs or of none")  # batches group them so
     start = time.perf_counter()
     try:
-        trainer.fit(module, ckpt_path=resume.checkpoint)
+        trainer.fit(module, ckpt_path=run_log.stacked_checkpoint(resume, folder) if resume else None)
     except SystemExit:
-        # Lightning turns Ctrl-C into finalize("failed") + sys.exit(1); RunStatus said KILLED.
-        if logger.status_override == KILLED:
+        # Lightning turns Ctrl-C into on_exception + sys.exit(1); BatchLog marked the runs KILLED.
+        if log.interrupted:
             raise KeyboardInterrupt from None
         raise
     seconds = time.perf_counter() - start
-    losses = {k: v for k, v in module.last_metrics.items() if k.startswith("loss/")}
-    final = _log_final(client, run_id, module)
-    client.set_tag(run_id, "nst.stop_reason", module.stop_reason or f"ran all {config.total_steps} steps")
-    client.set_terminated(run_id, FINISHED)
-    return RunResult(run_id, FINISHED, seconds, losses, final, logging_seconds=logger.seconds)
+    log.flush(module, write=True)
+    images = module.result01()
+    for b, sample in log.live:
+        log.finish(sample, images[b : b + 1], f"ran all {module.total_steps} steps")
+    return seconds
 
 
-def _log_final(client: MlflowClient, run_id: str, module: StyleTransfer) -> str:
+def _log_final(client: MlflowClient, run_id: str, image01: torch.Tensor) -> str:
     """Log final.png; return where it lies (a local path when the store is on this disk)."""
     with tempfile.TemporaryDirectory() as tmp:
-        client.log_artifact(run_id, str(save_image(module.result01(), Path(tmp) / "final.png")))
+        client.log_artifact(run_id, str(save_image(image01, Path(tmp) / "final.png")))
     folder = store.local_artifact_dir(client, run_id)
     return str(folder / "final.png") if folder else f"{client.get_run(run_id).info.artifact_uri}/final.png"

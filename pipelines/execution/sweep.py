@@ -13,13 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from pipelines.config.grid import Experiment, Point
 from pipelines.config.runs import flatten, to_dict
-from pipelines.execution.executors import Executor, Task, run_local
-from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult
+from pipelines.execution.batches import AUTO, plan
+from pipelines.execution.executors import Executor, Job, Task, run_local
+from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec, resolve_device
 from pipelines.tracking import store
+from pipelines.tracking.run_log import CHECKPOINT_STEP_TAG
 from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
 
 SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep
@@ -54,14 +57,17 @@ def find_parent(client: MlflowClient, exp_id: str, experiment: Experiment) -> st
 
 def children(client: MlflowClient, exp_id: str, parent_id: str, statuses: tuple[str, ...]) -> dict[str, str]:
     """run_key -> run_id of the parent's children in one of `statuses` (the newest wins)."""
+    return {key: run.info.run_id for key, run in _children(client, exp_id, parent_id, statuses).items()}
+
+
+def _children(client: MlflowClient, exp_id: str, parent_id: str, statuses: tuple[str, ...]) -> dict[str, Run]:
     runs = client.search_runs(
         [exp_id],
         filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'",
         order_by=["attributes.start_time ASC"],
         max_results=10000,
     )
-    return {r.data.tags[RUN_KEY_TAG]: r.info.run_id for r in runs
-            if RUN_KEY_TAG in r.data.tags and r.info.status in statuses}
+    return {r.data.tags[RUN_KEY_TAG]: r for r in runs if RUN_KEY_TAG in r.data.tags and r.info.status in statuses}
 
 
 def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) -> str:
@@ -101,18 +107,21 @@ def run_experiment(
     progress: bool = True,
     say: Callable[[str], None] = print,
     executor: Executor = run_local,
+    batch: int | str = AUTO,
 ) -> SweepResult:
     """Run every point not yet FINISHED under the sweep's parent run; returns what happened.
 
-    `executor` runs the points (here one after another, or on a Ray cluster: pipelines.ray_executor);
-    resuming, skipping and the parent's status are the same whichever runs them."""
+    The points run in batches (`batch`: at most that many images in one optimization, or `auto`;
+    pipelines.execution.batches). `executor` runs the batches (here one after another, or on a Ray
+    cluster: pipelines.execution.ray_executor); resuming, skipping and the parent's status are the
+    same whichever runs them."""
     client = MlflowClient(tracking_uri)
     exp_id = store.experiment_id(client, experiment.name, tracking_uri)
     parent_id = find_parent(client, exp_id, experiment)
     done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
     # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
     # the run's last checkpoint instead of starting over.
-    interrupted = children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
+    interrupted = _children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
     if parent_id is None:
         parent_id = _create_parent(client, exp_id, experiment)
         say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
@@ -129,18 +138,10 @@ def run_experiment(
             folder = store.local_artifact_dir(client, done[point.key])
             final = str(folder / "final.png") if folder else None
             sweep.results.append((point, RunResult(done[point.key], SKIPPED, 0.0, final_image=final)))
-    tasks = [Task(point, dict(
-        config=point.config,
-        tracking_uri=tracking_uri,
-        experiment=experiment.name,
-        run_name=point.name,
-        parent_run_id=parent_id,
-        tags={SWEEP_TAG: experiment.name, VARIED_TAG: json.dumps(list(point.varied)), POINT_TAG: str(point.index),
-              **({VARIANT_TAG: point.varied["variant"]} if "variant" in point.varied else {})},
-        description=f"{experiment.name}: varies {point.name}",
-        progress=progress,
-        resume_run_id=interrupted.get(point.key),
-    )) for point in todo]
+    tasks = [_task(point, experiment.name, parent_id, interrupted.get(point.key)) for point in todo]
+    jobs = [Job(group, tracking_uri, experiment.name, progress)
+            for group in plan(tasks, lambda t: t.spec.config, lambda t: t.resume_step, batch,
+                              lambda c: resolve_device(c.device))]
     clock = Clock(len(todo))
     n = len(experiment.points)
 
@@ -148,7 +149,7 @@ def run_experiment(
         say(f"[{point.index + 1}/{n}] {point.name}: {verb} · {clock.line()}")
 
     try:
-        for point, result in executor(tasks, say=announce):
+        for point, result in executor(jobs, say=announce):
             clock.ran += 1
             sweep.results.append((point, result))
             outcome = result.status if result.status == FINISHED else f"{result.status} ({result.error})"
@@ -162,6 +163,22 @@ def run_experiment(
     client.set_terminated(parent_id, FAILED if sweep.failed else FINISHED)
     sweep.results.sort(key=lambda item: item[0].index)  # a cluster ends runs in any order
     return sweep
+
+
+def _task(point: Point, name: str, parent_id: str, interrupted: Run | None) -> Task:
+    """A point to run as a child of the sweep's parent run (resuming its interrupted run, if any)."""
+    spec = RunSpec(
+        config=point.config,
+        run_name=point.name,
+        parent_run_id=parent_id,
+        tags={SWEEP_TAG: name, VARIED_TAG: json.dumps(list(point.varied)), POINT_TAG: str(point.index),
+              **({VARIANT_TAG: point.varied["variant"]} if "variant" in point.varied else {})},
+        description=f"{name}: varies {point.name}",
+        resume_run_id=interrupted.info.run_id if interrupted else None,
+    )
+    # Runs resumed together must stand at one step: the step of their last checkpoint (0: none yet).
+    step = int(interrupted.data.tags.get(CHECKPOINT_STEP_TAG, 0)) if interrupted else 0
+    return Task(point, spec, step)
 
 
 def summary(sweep: SweepResult) -> str:

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from nst.quality import edge_correlation, mean_abs_change, ssim
 from nst.scales import resize
-from pipelines.config import claims
+from pipelines.config import claims as verdicts
 from pipelines.errors import UserError
 from pipelines.reports.figures import finals_figure, loss_figure, slide_figure
 from pipelines.reports.readback import RunView, SweepView, load_sweep
@@ -64,26 +64,26 @@ def _matches(run: RunView, where: dict[str, str]) -> bool:
     return all(k in run.varied and same(run.varied[k], v) for k, v in where.items())
 
 
-def judge_claims(sweep: SweepView, claims: list[dict] | None = None) -> list[claims.Verdict]:
+def judge_claims(sweep: SweepView, claims: list[dict] | None = None) -> list[verdicts.Verdict]:
     """Verdicts on `claims` (default: the sweep's own) from the sweep's runs."""
     out = []
     for claim in sweep.spec.get("claims") or [] if claims is None else claims:
-        kind, where, step = claims.select(claim)
+        kind, where, step = verdicts.select(claim)
         run = next((r for r in sweep.runs if _matches(r, where)), None)
         label = " ".join(f"{k}={v}" for k, v in where.items())
         if run is None or 0 not in run.snapshots:
             missing = "needs a FINISHED run with a step-0 snapshot"
-            out.append(claims.Verdict(kind, label, missing, "no such run", False))
+            out.append(verdicts.Verdict(kind, label, missing, "no such run", False))
             continue
         at = run.snapshots.get(step, run.final)
         s0, s_end = run.loss_at("loss/style", 0), run.loss_at("loss/style", run.iterations)
-        m = claims.Measures(
+        m = verdicts.Measures(
             move=mean_abs_change(at, run.snapshots[0]),  # type: ignore[arg-type]
             step=step if step in run.snapshots else run.iterations,
             style_ratio=(s_end / s0) if s0 and s_end is not None else float("nan"),
             edges=edge_correlation(run.final, run.content, EDGE_SCALE),  # type: ignore[arg-type]
         )
-        out.append(claims.judge(kind, run.name, m))
+        out.append(verdicts.judge(kind, run.name, m))
     return out
 
 
@@ -102,7 +102,7 @@ def _table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def _verdict_lines(found: list[claims.Verdict]) -> list[str]:
+def _verdict_lines(found: list[verdicts.Verdict]) -> list[str]:
     lines = ["| claim | run | criterion (fixed before the run) | measured | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {v.claim} | {v.run} | {v.criterion} | {v.measured} | **{v.label}** |" for v in found]
     return lines
@@ -169,7 +169,7 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
     ]
     found = judge_claims(sweep)
     if found:
-        lines += ["", "## Claims", "", claims.__doc__.split("\n\n", 1)[1].strip(), "", *_verdict_lines(found)]
+        lines += ["", "## Claims", "", verdicts.__doc__.split("\n\n", 1)[1].strip(), "", *_verdict_lines(found)]
         failed = [v for v in found if not v.passed]
         summary = "All claims hold." if not failed else f"{len(failed)} of {len(found)} claims do not hold: " + \
             "; ".join(f"{v.claim} ({v.run}): measured {v.measured}, the criterion needs {v.criterion}"

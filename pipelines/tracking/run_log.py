@@ -1,9 +1,16 @@
-"""MLflow, part 2: what a run logs while Lightning trains it.
+"""MLflow, part 2: what the runs of a batch log while Lightning optimizes them.
 
-The Lightning module only calls `self.log(...)`; `BufferedMLFlowLogger` keeps those metrics
-in memory and writes them in batches (a SQLite write costs milliseconds, an iteration tens).
-The callbacks log the generated image at the snapshot steps (for the UI's step slider),
-record why a run stopped, and save resumable checkpoints (image + optimizer state, no VGG).
+A batch is one Lightning fit of one image tensor; each image in it is its own MLflow run.
+`BatchLog` collects every step's losses on the device (a step never waits for the device to
+report them) and every `CHUNK` steps, and at snapshots, checkpoints and the end, brings them to
+the host in one copy. Each run gets its own rows (`RunWriter`: buffered, written in batches, a
+SQLite write costs milliseconds), its snapshot images with their quality metrics, and its end:
+FAILED when its image diverged, FINISHED when it converged or ran all its steps, each as soon as
+it is known. `Checkpoints` saves each run's share of the batch's state as that run's
+`checkpoint/last.ckpt`, exactly what the run would have saved alone.
+
+Metric step k is the loss of the image after k updates, also across a resume; snapshot step s
+is the image after s updates (step 0: the initial image).
 """
 
 from __future__ import annotations
@@ -12,154 +19,236 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from pytorch_lightning.loggers import MLFlowLogger
 from torch import Tensor
 
+from nst import checkpoints
 from nst.images import to_pil
-from nst.module import DivergedError
+from nst.module import NEVER, StyleTransfer
+from pipelines.tracking.tags import ERROR_TAG
 
 _METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+CHUNK = 50  # steps whose losses stay on the device before they are read back in one copy
 CHECKPOINT = "checkpoint/last.ckpt"  # artifact path of a run's latest checkpoint
+CHECKPOINT_STEP_TAG = "nst.checkpoint_step"  # the step of that checkpoint: runs resumed together share it
+STOP_TAG = "nst.stop_reason"
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 #: How MLflow names a `log_image(key="generated", step=s)` file (plus a .webp thumbnail).
 SNAPSHOT_FILE = re.compile(r"^generated\+step\+(\d+)\+.*(?<!compressed)\.png$")
 
+Probe = Callable[[Tensor], dict[str, float]]
 
-class BufferedMLFlowLogger(MLFlowLogger):
-    """MLFlowLogger that buffers metrics and writes them at most once per `flush_seconds`.
 
-    Every step still reaches the store: `finalize` (success, failure or Ctrl-C) flushes the
-    rest. `status_override` lets the caller say KILLED where Lightning only knows "failed".
-    Metric step k is the loss of the image after k updates, also across a resume. Steps up to
-    `skip_through` are already in the store (a resumed run recomputes them bit for bit) and
-    are not written twice.
-    """
+class RunWriter:
+    """One run's metrics, buffered and written at most once per `flush_seconds` (and when asked).
+    Steps up to `skip_through` are already in the store (a resumed run recomputes them bit for bit)
+    and are not written twice."""
 
-    def __init__(self, *, tracking_uri: str, run_id: str, flush_seconds: float = 2.0,
-                 skip_through: int = -1) -> None:
-        super().__init__(tracking_uri=tracking_uri, run_id=run_id, log_model=False)
+    def __init__(self, client: MlflowClient, run_id: str, skip_through: int = -1,
+                 flush_seconds: float = 2.0) -> None:
+        self.client, self.run_id, self.skip_through = client, run_id, skip_through
         self.flush_seconds = flush_seconds
-        self.skip_through = skip_through
-        self.seconds = 0.0  # time spent logging metrics (buffering and writing), for the bench
+        self.seconds = 0.0  # time spent buffering and writing metrics, for the bench
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
-        self.status_override: str | None = None
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        step = step or 0
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
         if step <= self.skip_through:
             return
         start = time.perf_counter()
         now = int(time.time() * 1000)
-        self._buffer.extend(
-            Metric(key=k, value=float(v), timestamp=now, step=step)
-            for k, v in metrics.items()
-            if k != "epoch"  # Lightning's own bookkeeping; a style transfer has one "epoch"
-        )
+        self._buffer.extend(Metric(key=k, value=float(v), timestamp=now, step=step) for k, v in metrics.items())
         self.seconds += time.perf_counter() - start
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
 
-    def flush(self) -> None:
+    def flush(self, *, unless_recent: bool = False) -> None:
+        if unless_recent and time.monotonic() - self._last_flush < self.flush_seconds:
+            return
         start = time.perf_counter()
         buffer, self._buffer = self._buffer, []
         for i in range(0, len(buffer), _METRICS_PER_BATCH):
-            self.experiment.log_batch(self.run_id, metrics=buffer[i : i + _METRICS_PER_BATCH])
+            self.client.log_batch(self.run_id, metrics=buffer[i : i + _METRICS_PER_BATCH])
         self._last_flush = time.monotonic()
         self.seconds += time.perf_counter() - start
 
-    def finalize(self, status: str = "success") -> None:
-        if not self._initialized:
-            return
-        self.flush()
-        super().finalize(self.status_override or status)
+
+@dataclass
+class Sample:
+    """One image of the batch: its run, its metrics, its snapshots still to log, how it ended."""
+
+    run_id: str
+    writer: RunWriter
+    snapshots: set[int]
+    status: str | None = None  # FINISHED / FAILED / KILLED once the run is over
+    error: str | None = None
+    final_image: str | None = None
+    last: dict[str, float] = field(default_factory=dict)  # its last logged losses
+    end: float = float("inf")  # its first step not to log (it diverged or converged before it)
+    image_end: float = float("inf")  # its last snapshot step
 
 
-class Snapshots(pl.Callback):
-    """At the snapshot steps: the image (`log_image(key="generated", step=s)`) and its quality
-    metrics (`probe`); in a pyramid, the last image of each scale as `scales/<i>_<size>px.png`.
+class BatchLog(pl.Callback):
+    """Every step's losses, each run's rows and snapshots, and each run's end (module docstring)."""
 
-    Step s is the image after s optimizer updates: step 0 is the initial image.
-    """
+    def __init__(self, client: MlflowClient, samples: list[Sample], probe: Probe | None,
+                 describe: Callable[[BaseException], str], save_final: Callable[[Sample, Tensor], str]) -> None:
+        self.client, self.samples, self.probe = client, samples, probe
+        self.describe, self.save_final = describe, save_final
+        self._rows: list[Tensor] = []  # (metrics, images) per step, on the device
+        self._meta: list[tuple[int, list[float]]] = []  # (step, learning rates) per row, on the host
+        self._keys: list[str] = []
+        self.interrupted = False
 
-    def __init__(self, client: MlflowClient, run_id: str, steps: Iterable[int], done: Iterable[int],
-                 logger: BufferedMLFlowLogger, probe: Callable[[Tensor], dict[str, float]] | None = None) -> None:
-        self.client, self.run_id, self.steps = client, run_id, set(steps) - set(done)
-        self.logger, self.probe = logger, probe
+    @property
+    def live(self) -> list[tuple[int, Sample]]:
+        return [(b, s) for b, s in enumerate(self.samples) if s.status is None]
 
-    def _log(self, module: pl.LightningModule, step: int) -> None:
-        sizes, per_scale = module.sizes, module.config.iterations  # type: ignore[attr-defined]
-        scale_end = len(sizes) > 1 and step and step % per_scale == 0
-        if step not in self.steps and not scale_end:
-            return  # most steps: no image is read out (that costs a clamp and a copy)
-        image01 = module.result01()  # type: ignore[operator]
-        if step in self.steps:
-            self.client.log_image(self.run_id, to_pil(image01), key="generated", step=step)
-            if self.probe is not None:
-                self.logger.log_metrics(self.probe(image01), step)
-        if scale_end:
-            index = step // per_scale - 1
-            self.client.log_image(self.run_id, to_pil(image01), f"scales/{index + 1}_{sizes[index]}px.png")
-
+    # -- every step ---------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.global_step == 0:  # not again when resuming from a checkpoint
-            self._log(module, 0)
+            self._snapshot(module, 0)  # type: ignore[arg-type]
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        self._log(module, trainer.global_step)
+        m: StyleTransfer = module  # type: ignore[assignment]
+        self._keys = self._keys or list(m.last_losses)
+        self._rows.append(torch.stack([m.last_losses[k] for k in self._keys]))
+        self._meta.append((trainer.global_step - 1, m.last_lrs))
+        step = trainer.global_step  # the images now hold `step` updates
+        scale_end = len(m.sizes) > 1 and step % m.config.iterations == 0
+        snapshot = any(step in s.snapshots for _, s in self.live)
+        if len(self._rows) >= CHUNK or snapshot or scale_end or step >= m.total_steps:
+            self.flush(m)
+            self._snapshot(m, step)
+            self._end_early(m)
+            if not self.live:
+                trainer.should_stop = True
 
+    # -- reading the device back ----------------------------------------------------------------
+    def flush(self, module: StyleTransfer, write: bool = False) -> None:
+        """Bring the buffered losses to the host (one copy) and give each live run its rows."""
+        if self._rows:
+            values = torch.stack(self._rows).cpu().tolist()  # [row][metric][image]
+            self._rows = []
+            self._note_ends(module)
+            for row, (step, lrs) in zip(values, self._meta, strict=True):
+                scale = module.sizes[module.scale_of_step(step)] if len(module.sizes) > 1 else None
+                for b, sample in self.live:
+                    if step >= sample.end:
+                        continue
+                    metrics = {k: row[i][b] for i, k in enumerate(self._keys)} | {"lr": lrs[b]}
+                    if scale is not None:
+                        metrics["scale"] = float(scale)
+                    sample.writer.log(metrics, step)
+                    sample.last = metrics
+            self._meta = []
+        for _, sample in self.live:
+            sample.writer.flush(unless_recent=not write)
 
-class RunStatus(pl.Callback):
-    """Records why a run stopped: KILLED on Ctrl-C, the error as the `nst.error` tag."""
+    def _note_ends(self, module: StyleTransfer) -> None:
+        """Where each image stopped (diverged at step k: steps < k are its; converged at k: <= k)."""
+        diverged, stopped = module.diverged_at.tolist(), module.stopped_at.tolist()
+        for b, sample in self.live:
+            if diverged[b] != NEVER:
+                sample.end = sample.image_end = diverged[b]
+            elif stopped[b] != NEVER:
+                sample.end = sample.image_end = stopped[b] + 1
 
-    def __init__(self, client: MlflowClient, run_id: str, logger: BufferedMLFlowLogger,
-                 describe: Callable[[BaseException], str] = lambda exc: f"{type(exc).__name__}: {exc}") -> None:
-        self.client, self.run_id, self.logger, self.describe = client, run_id, logger, describe
+    def _snapshot(self, module: StyleTransfer, step: int) -> None:
+        """Snapshot images (and their quality metrics) of the runs due one at `step`; in a pyramid,
+        each scale's last image as `scales/<i>_<size>px.png`."""
+        per_scale = module.config.iterations
+        scale_end = len(module.sizes) > 1 and step and step % per_scale == 0
+        due = [(b, s) for b, s in self.live if step <= s.image_end and (step in s.snapshots or scale_end)]
+        if not due:
+            return  # most steps: no image is read out (that costs a clamp and a copy)
+        images = module.result01()
+        for b, sample in due:
+            image01 = images[b : b + 1]
+            if step in sample.snapshots:
+                self.client.log_image(sample.run_id, to_pil(image01), key="generated", step=step)
+                if self.probe is not None:
+                    sample.writer.log(self.probe(image01), step)
+            if scale_end:
+                index = step // per_scale - 1
+                self.client.log_image(sample.run_id, to_pil(image01),
+                                      f"scales/{index + 1}_{module.sizes[index]}px.png")
+
+    # -- how runs end ---------------------------------------------------------------------------
+    def _end_early(self, module: StyleTransfer) -> None:
+        """End the runs whose image diverged (FAILED) or converged (FINISHED) before the batch ends."""
+        ended = [(b, s) for b, s in self.live if s.end != float("inf")]
+        if not ended:
+            return
+        reasons, diverged, images = module.stop_reasons(), module.diverged_at.tolist(), module.result01()
+        for b, sample in ended:
+            image01 = images[b : b + 1]
+            if diverged[b] != NEVER:
+                # The loss went non-finite before the update, so the image is still the last finite one.
+                self.client.log_image(sample.run_id, to_pil(image01), "last_finite.png")
+                self.end(sample, FAILED, reasons[b])
+            else:
+                self.finish(sample, image01, reasons[b] or "")
+
+    def finish(self, sample: Sample, image01: Tensor, reason: str) -> None:
+        """A run that got its result: final.png, why it stopped, FINISHED."""
+        sample.writer.flush()
+        sample.final_image = self.save_final(sample, image01)
+        self.client.set_tag(sample.run_id, STOP_TAG, reason)
+        self.client.set_terminated(sample.run_id, FINISHED)
+        sample.status = FINISHED
+
+    def end(self, sample: Sample, status: str, error: str) -> None:
+        """A run that stopped without a result (FAILED, KILLED): its metrics so far, and why."""
+        try:
+            sample.writer.flush()
+        finally:
+            self.client.set_tag(sample.run_id, ERROR_TAG, error)
+            self.client.set_terminated(sample.run_id, status)
+            sample.status, sample.error = status, error
 
     def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
-            self.logger.status_override = "KILLED"
-            self.client.set_tag(self.run_id, "nst.error", "interrupted (Ctrl-C)")
-            return
-        self.client.set_tag(self.run_id, "nst.error", self.describe(exception))
-        if isinstance(exception, DivergedError):
-            # The loss went non-finite before the step, so the image is still the last finite one.
-            self.client.log_image(self.run_id, to_pil(module.result01()), "last_finite.png")  # type: ignore[operator]
-
-
-class StepMetrics(pl.Callback):
-    """Hands the module's `last_metrics` to the logger after every step, under the step whose
-    image they measured (global_step - 1 once the optimizer has stepped)."""
-
-    def __init__(self, logger: BufferedMLFlowLogger) -> None:
-        self.logger = logger
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        self.logger.log_metrics(module.last_metrics, trainer.global_step - 1)  # type: ignore[arg-type]
+        """Ctrl-C: every live run KILLED, every step computed so far written; an error: FAILED."""
+        self.interrupted = isinstance(exception, KeyboardInterrupt)
+        try:
+            self.flush(module)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - a broken device: the runs still get their status
+            self._rows, self._meta = [], []
+        status, error = (KILLED, "interrupted (Ctrl-C)") if self.interrupted else (FAILED, self.describe(exception))
+        for _, sample in self.live:
+            self.end(sample, status, error)
 
 
 class Checkpoints(pl.Callback):
-    """Every `every` steps: flush the metrics, then save image + optimizer state as the run's
-    `checkpoint/last.ckpt` artifact. Saved before a step, so every metric before it is in the
-    store and a resume from it leaves no gap."""
+    """Every `every` steps: write every run's metrics so far, then save each live run's share of
+    the batch's state (image, optimizer state, stop state; no VGG) as its `checkpoint/last.ckpt`.
+    Saved before a step, so every metric before it is in the store and a resume leaves no gap."""
 
-    def __init__(self, client: MlflowClient, run_id: str, every: int, logger: BufferedMLFlowLogger) -> None:
-        self.client, self.run_id, self.every, self.logger = client, run_id, every, logger
+    def __init__(self, client: MlflowClient, every: int, log: BatchLog) -> None:
+        self.client, self.every, self.batch_log = client, every, log
 
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
         if step == 0 or step % self.every:
             return
-        self.logger.flush()
+        self.batch_log.flush(module, write=True)  # type: ignore[arg-type]
+        # Lightning's own checkpoint dict (what trainer.save_checkpoint writes), taken apart per run.
+        parts = checkpoints.split(trainer._checkpoint_connector.dump_checkpoint())
+        live = dict(self.batch_log.live)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "last.ckpt"
-            trainer.save_checkpoint(path)
-            self.client.log_artifact(self.run_id, str(path), "checkpoint")
+            for b, part in enumerate(parts):
+                if b not in live:
+                    continue
+                path = Path(tmp) / str(b) / "last.ckpt"
+                path.parent.mkdir()
+                torch.save(part, path)
+                self.client.log_artifact(live[b].run_id, str(path), "checkpoint")
+                self.client.set_tag(live[b].run_id, CHECKPOINT_STEP_TAG, str(step))
 
 
 def last_logged_step(client: MlflowClient, run_id: str) -> int:
@@ -178,3 +267,11 @@ def download_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> Path
     if not any(a.path == CHECKPOINT for a in client.list_artifacts(run_id, "checkpoint")):
         return None
     return Path(client.download_artifacts(run_id, CHECKPOINT, str(folder)))
+
+
+def stacked_checkpoint(paths: Iterable[Path], folder: Path) -> Path:
+    """One batch checkpoint from the runs' own (saved at the same step), as a file for Lightning."""
+    parts = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
+    path = folder / "batch.ckpt"
+    torch.save(checkpoints.stack(parts), path)
+    return path

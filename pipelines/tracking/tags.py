@@ -9,3 +9,4 @@ VARIED_TAG = "nst.varied"  # the keys the sweep varies (parent) or this run's va
 POINT_TAG = "nst.point"  # a child's place in the file's expansion
 VARIANT_TAG = "nst.variant"  # a child's variant label, when the file has variants
 ERROR_TAG = "nst.error"  # why a run FAILED or was KILLED, in one line
+BATCH_TAG = "nst.batch_size"  # how many runs optimized together as one image tensor with this one

@@ -1,0 +1,74 @@
+"""Which points of a sweep optimize together as one batch, and how many at once.
+
+Points share a batch when they differ only in what each image of a batch may have its own of
+(nst.config.PER_SAMPLE: lr, schedule, alpha, beta, gamma, seed, init, stop, style layer weights;
+and what each run logs: snapshots) and resume from the same step. Everything else decides the
+shapes, the targets or the network (images, size, layers, optimizer, precision, scales, device,
+checkpointing...) and splits batches. L-BFGS runs one image at a time (nst.optim says why).
+
+`--batch N` caps a batch at N images; `auto` (the default) chooses by device:
+- a GPU: as many as its free memory holds at half its size, by the peak memory per pixel measured
+  at 2048 px (BENCHMARKS-cuda.md), at most 64: per image, a batch of 8 at 512 px already runs
+  X× faster than one image alone, and larger batches only delay the first finished run;
+- the CPU: measured (BENCHMARKS.md, "Batches"): ...
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TypeVar
+
+import torch
+
+from nst.config import shared_settings
+from pipelines.config.runs import RunConfig, to_dict
+from pipelines.errors import UserError
+
+T = TypeVar("T")
+AUTO = "auto"
+GPU_MAX = 64  # images per batch on a GPU under `auto`
+CPU_MAX = 1  # images per batch on the CPU under `auto` (measured: BENCHMARKS.md, "Batches")
+GPU_BYTES_PER_PIXEL = 9.0 * 2**30 / (2048 * 1748)  # peak GPU memory of one 2048 px image (fp32), per pixel
+
+
+def batch_key(config: RunConfig) -> str:
+    """What two runs must share to optimize as one batch (the rest is per image), as a string."""
+    return json.dumps(to_dict(replace(shared_settings(config), snapshots=(), max_size=config.size)), sort_keys=True)
+
+
+def parse_batch(text: str) -> int | str:
+    """`--batch auto|N`."""
+    if text == AUTO:
+        return AUTO
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise UserError(f"--batch {text}: give auto or a whole number >= 1 (1 runs the points one at a time)")
+
+
+def auto_size(config: RunConfig, device: str) -> int:
+    """`--batch auto`'s cap for runs of this config on this device (module docstring)."""
+    if device != "cuda":
+        return CPU_MAX
+    free, _ = torch.cuda.mem_get_info()
+    per_image = GPU_BYTES_PER_PIXEL * config.size**2  # the square bounds the image, whatever its aspect
+    return max(1, min(GPU_MAX, int(0.5 * free / per_image)))
+
+
+def plan(items: Sequence[T], config_of: Callable[[T], RunConfig], resume_step_of: Callable[[T], int],
+         size: int | str, device_of: Callable[[RunConfig], str]) -> list[list[T]]:
+    """The items (points) in batches: those that can share one, in the order of their first item,
+    at most `size` per batch (`auto`: auto_size)."""
+    groups: dict[object, list[T]] = {}
+    for i, item in enumerate(items):
+        config = config_of(item)
+        alone = config.optimizer.name == "lbfgs"
+        key = ("alone", i) if alone else (batch_key(config), resume_step_of(item))
+        groups.setdefault(key, []).append(item)
+    batches: list[list[T]] = []
+    for members in groups.values():
+        config = config_of(members[0])
+        cap = auto_size(config, device_of(config)) if size == AUTO else int(size)
+        batches += [members[i : i + cap] for i in range(0, len(members), cap)]
+    return batches

@@ -1,0 +1,215 @@
+"""A sweep's points optimize together as one batch, each still its own run: the optimizer is torch's
+per image, a point gives the same numbers in a batch as alone, a diverging point fails alone, and
+points that cannot share a batch never do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from nst import checkpoints
+from nst.config import OptimizerConfig
+from nst.module import StyleTransfer
+from nst.optim import SampleAdam, SampleSchedules, SampleSGD
+from pipelines.cli import main
+from pipelines.config.runs import run_config
+from pipelines.errors import UserError
+from pipelines.execution.batches import batch_key, parse_batch, plan
+from pipelines.execution.run import FINISHED, RunSpec, execute, execute_batch
+from tests.lane import DEVICE, ON_GPU
+
+IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
+#: A point in a batch against the same point alone: the convolutions sum in another order for a batch.
+J_TOLERANCE = 1e-3 if ON_GPU else 1e-5  # relative, at every step
+PIXEL_TOLERANCE = 4 if ON_GPU else 1  # of 255, in the final 8-bit images
+
+
+def _config(**keys: object):  # -> RunConfig
+    return run_config({"content": str(IMAGES / "grace_hopper.jpg"), "style": str(IMAGES / "starry_night.jpg"),
+                       "size": 40, "iterations": 30, "snapshots": [0, 10], **keys})
+
+
+def _history(client: MlflowClient, run_id: str, key: str = "loss/total") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+# -- the optimizer: torch's update, image by image ------------------------------------------------
+def _gradients(shape: tuple[int, ...], steps: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(shape, generator=generator).to(DEVICE) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_per_sample_adam_and_sgd_are_torch_optim_image_by_image(name) -> None:
+    lrs, momenta = [0.1, 1.0, 0.1, 3.0], [0.9, 0.5, 0.0, 0.9]
+    start = torch.rand(4, 3, 8, 6).to(DEVICE) * 255
+    batch = torch.nn.Parameter(start.clone())
+    ours = SampleAdam(batch, lrs) if name == "adam" else SampleSGD(batch, lrs, momenta)
+    alone = [torch.nn.Parameter(start[b : b + 1].clone()) for b in range(4)]
+    theirs = [torch.optim.Adam([p], lr=lr) if name == "adam" else torch.optim.SGD([p], lr=lr, momentum=m)
+              for p, lr, m in zip(alone, lrs, momenta, strict=True)]
+    for grad in _gradients(start.shape, 5):
+        batch.grad = grad.clone()
+        ours.step()
+        for b, (p, optimizer) in enumerate(zip(alone, theirs, strict=True)):
+            p.grad = grad[b : b + 1].clone()
+            optimizer.step()
+    for b, p in enumerate(alone):
+        assert torch.equal(batch.detach()[b : b + 1], p.detach()), f"image {b}"
+
+
+def test_per_sample_schedules_are_torch_schedulers() -> None:
+    configs = [OptimizerConfig(lr=1.0, schedule="cosine"), OptimizerConfig(lr=0.5, schedule="exponential", gamma=0.9),
+               OptimizerConfig(lr=0.2)]
+    ours = SampleSchedules(configs, iterations=20)
+    holders = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=c.lr) for c in configs]
+    theirs = [torch.optim.lr_scheduler.CosineAnnealingLR(holders[0], T_max=20),
+              torch.optim.lr_scheduler.ExponentialLR(holders[1], gamma=0.9)]
+    for _ in range(20):
+        assert ours.lrs == [holders[0].param_groups[0]["lr"], holders[1].param_groups[0]["lr"], 0.2]
+        ours.step()
+        for holder, scheduler in zip(holders, theirs, strict=False):
+            holder.step()
+            scheduler.step()
+
+
+# -- a batch gives each point its own numbers ------------------------------------------------------
+def test_a_point_in_a_batch_gives_what_it_gives_alone(store) -> None:
+    points = [_config(optimizer={"lr": 0.5}), _config(optimizer={"lr": 1.0}, alpha=100.0, seed=3),
+              _config(optimizer={"lr": 2.0, "schedule": "cosine"}, gamma=10.0, stop={"rel_improvement": 1e-9})]
+    batch = execute_batch([RunSpec(c, run_name=f"batch {i}") for i, c in enumerate(points)], tracking_uri=store,
+                          experiment="same", progress=False)
+    alone = [execute(c, tracking_uri=store, experiment="same", progress=False) for c in points]
+    client = MlflowClient(store)
+    for i, (b, a) in enumerate(zip(batch, alone, strict=True)):
+        assert b.status == a.status == FINISHED, (b.error, a.error)
+        mine, theirs = _history(client, b.run_id), _history(client, a.run_id)
+        assert [s for s, _ in mine] == [s for s, _ in theirs] == list(range(30))
+        assert max(abs(x - y) / abs(y) for (_, x), (_, y) in zip(mine, theirs, strict=True)) < J_TOLERANCE, i
+        assert _history(client, b.run_id, "lr") == _history(client, a.run_id, "lr")  # the same schedule, exactly
+        images = [np.asarray(Image.open(r.final_image), dtype=np.int16) for r in (b, a)]
+        assert np.abs(images[0] - images[1]).max() <= PIXEL_TOLERANCE, i
+        assert client.get_run(b.run_id).data.tags["nst.batch_size"] == "3"
+
+
+def test_each_point_of_a_batched_sweep_is_its_own_complete_run(tmp_path, store, capsys) -> None:
+    path = tmp_path / "batched.yaml"
+    path.write_text(f"""
+name: batched
+base: {{content: {IMAGES / "grace_hopper.jpg"}, style: {IMAGES / "starry_night.jpg"}, size: 32, iterations: 12,
+        snapshots: [0, 5], checkpoint_every: 4}}
+grid: {{optimizer.lr: [0.5, 1.0, 2.0], beta: [40, 4]}}
+""")
+    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(a batch of 4)") == 4 and out.count("(a batch of 2)") == 2
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("batched").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}
+    assert len({c.data.tags["nst.run_key"] for c in children}) == 6
+    for child in children:
+        run_id = child.info.run_id
+        assert [s for s, _ in _history(client, run_id)] == list(range(12))
+        assert {m.step for m in client.get_metric_history(run_id, "quality/ssim_content")} == {0, 5, 12}
+        names = {a.path for a in client.list_artifacts(run_id)}
+        assert {"final.png", "config.yaml", "content.png", "style.png", "checkpoint", "images"} <= names
+        assert child.data.tags["nst.stop_reason"] == "ran all 12 steps"
+
+
+def test_a_diverging_point_fails_alone_and_its_batch_goes_on(tmp_path, store, monkeypatch) -> None:
+    path = tmp_path / "diverge.yaml"
+    path.write_text(f"""
+name: diverge
+base: {{content: {IMAGES / "grace_hopper.jpg"}, style: {IMAGES / "starry_night.jpg"}, size: 32, iterations: 8,
+        snapshots: [0]}}
+grid: {{optimizer.lr: [0.5, 1.0, 2.0]}}
+""")
+    real = StyleTransfer.losses
+
+    def poisoned(self):  # image 1 (lr=1) diverges at step 3
+        losses = real(self)
+        if self.trainer.global_step == 3:
+            nan = torch.tensor([1.0 if c.optimizer.lr != 1.0 else float("nan") for c in self.configs],
+                               device=self.device)
+            losses["loss/total"] = losses["loss/total"] * nan
+        return losses
+
+    monkeypatch.setattr(StyleTransfer, "losses", poisoned)
+    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet", "--batch", "3"]) == 1
+    client = MlflowClient(store)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("diverge").experiment_id])
+            if "mlflow.parentRunId" in r.data.tags}
+    failed = runs.pop("lr=1 seed=0")
+    assert failed.info.status == "FAILED" and failed.data.tags["nst.error"].startswith("diverged at step 3")
+    assert [s for s, _ in _history(client, failed.info.run_id)] == [0, 1, 2]
+    assert "last_finite.png" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+    for run in runs.values():
+        assert run.info.status == "FINISHED" and [s for s, _ in _history(client, run.info.run_id)] == list(range(8))
+
+
+def test_a_converged_point_ends_at_its_step_while_its_batch_goes_on(store) -> None:
+    points = [_config(optimizer={"lr": 1e-4}, stop={"rel_improvement": 0.5, "window": 3}), _config()]
+    converged, full = execute_batch([RunSpec(c) for c in points], tracking_uri=store, experiment="stop",
+                                    progress=False)
+    client = MlflowClient(store)
+    assert client.get_run(converged.run_id).data.tags["nst.stop_reason"].startswith("converged at step 3")
+    assert [s for s, _ in _history(client, converged.run_id)] == [0, 1, 2, 3]
+    assert [s for s, _ in _history(client, full.run_id)] == list(range(30))
+
+
+# -- which points share a batch ----------------------------------------------------------------------
+def test_points_share_a_batch_only_when_they_differ_in_per_image_settings() -> None:
+    base = _config()
+    same = [base, _config(optimizer={"lr": 2.0}), _config(alpha=1.0, seed=4, snapshots=[3]),
+            _config(layers={"content": ["relu4_2"], "style": {f"relu{i}_1": 0.1 * i for i in range(1, 6)}})]
+    assert len({batch_key(c) for c in same}) == 1
+    for other in (_config(size=48), _config(optimizer={"name": "sgd"}), _config(precision="fp32"),
+                  _config(layers={"content": ["relu3_1"]}), _config(scales=[24]), _config(checkpoint_every=7)):
+        assert batch_key(other) != batch_key(base)
+    points = [*same, _config(size=48), _config(optimizer={"name": "lbfgs"}), _config(optimizer={"name": "lbfgs"})]
+    batches = plan(points, lambda c: c, lambda c: 0, 3, lambda c: "cpu")
+    assert [len(b) for b in batches] == [3, 1, 1, 1, 1]  # cap 3; size 48 apart; L-BFGS one at a time
+    resumed = plan(same, lambda c: c, lambda c: 100 if c is same[0] else 0, 8, lambda c: "cpu")
+    assert [len(b) for b in resumed] == [1, 3]  # runs resumed from step 100 stand apart from fresh ones
+
+
+def test_a_batch_refuses_configs_that_cannot_share_one() -> None:
+    content = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="must share precision"):
+        StyleTransfer(content, content, [_config(), _config(precision="fp32")])
+    with pytest.raises(ValueError, match="L-BFGS runs one image at a time"):
+        StyleTransfer(content, content, [_config(optimizer={"name": "lbfgs"})] * 2)
+
+
+def test_batch_option_is_checked() -> None:
+    assert parse_batch("auto") == "auto" and parse_batch("8") == 8
+    for bad in ("0", "-2", "many", "1.5"):
+        with pytest.raises(UserError, match="--batch"):
+            parse_batch(bad)
+
+
+def test_a_batch_checkpoint_splits_into_each_runs_own_and_stacks_back(tmp_path) -> None:
+    import pytorch_lightning as pl
+
+    content = torch.rand(1, 3, 32, 32)
+    module = StyleTransfer(content, content, [_config(optimizer={"lr": lr}) for lr in (0.5, 1.0, 2.0)])
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(module)
+    whole = trainer._checkpoint_connector.dump_checkpoint()
+    parts = checkpoints.split(whole)
+    assert [p["state_dict"]["image"].shape[0] for p in parts] == [1, 1, 1]
+    assert [p["optimizer_states"][0]["param_groups"][0]["lrs"] for p in parts] == [[0.5], [1.0], [2.0]]
+    assert all(len(p["optimizer_states"][0]["state"][0]["exp_avg"]) == 1 for p in parts)
+    again = checkpoints.stack(parts)
+    assert torch.equal(again["state_dict"]["image"], whole["state_dict"]["image"])
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        mine, theirs = again["optimizer_states"][0]["state"][0][key], whole["optimizer_states"][0]["state"][0][key]
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
+    assert again["nst"][checkpoints.SAMPLES] == whole["nst"][checkpoints.SAMPLES]
