@@ -11,7 +11,7 @@ DEVICE  ?= auto
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install browser postgres server test test-gpu gpu-check lint experiment run report reproduce bench bench-cluster bench-peer bench-levers lr-find-check docs ui clean
+.PHONY: help install browser postgres server test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-cluster bench-peer bench-levers lr-find-check docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,10 +62,14 @@ reproduce: install  ## the Challenges slide: lr_sweep + its 0-1-pixel contrast (
 	$(NST) experiment lr_sweep_unit_pixels.yaml --quiet
 	$(NST) report lr_sweep
 
-bench: install  ## overhead, roofline, precision, memory, peer, levers -> BENCHMARKS.md (~25 min; on a GPU -> BENCHMARKS-cuda.md)
+bench: install  ## overhead, roofline, precision, memory, peer, levers, batches -> BENCHMARKS.md (~35 min; on a GPU -> BENCHMARKS-cuda.md)
 	$(PY) -m benchmarks.bench --device $(DEVICE)
 	$(PY) -m benchmarks.peer --device $(DEVICE)
 	$(PY) -m benchmarks.levers --device $(DEVICE)
+	$(PY) -m benchmarks.batch --device $(DEVICE)
+
+bench-batch: install  ## only batches: per-image step time at B = 1..64, tracked vs bare, sweeps one at a time vs batched -> BENCHMARKS.md
+	$(PY) -m benchmarks.batch --device $(DEVICE)
 
 bench-cluster: install postgres  ## Ray throughput (1 vs 2 workers), logging cost (server vs SQLite) -> BENCHMARKS.md
 	$(PY) -m benchmarks.cluster

@@ -2,7 +2,8 @@
 # The GPU check, as one command (make gpu-check; on a bare GPU machine: bash benchmarks/gpu_check.sh):
 #   tests  the GPU test lane (NST_TEST_DEVICE=cuda): every test that performs a transfer, on the GPU
 #   sweep  experiments/lr_sweep.yaml at its shipped settings into a fresh store, then `nst report`
-#   bench, peer, levers  make bench on the GPU: benchmarks.bench, .peer, .levers -> BENCHMARKS-cuda.md
+#   bench, peer, levers, batch  make bench on the GPU: benchmarks.bench, .peer, .levers, .batch -> BENCHMARKS-cuda.md
+# TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase.
 # Phases run in that order (name some to run only those: `gpu_check.sh tests sweep`), each under its
 # own time limit; a failing phase is reported and the next one still runs. Results go to $OUT
 # (default reports/gpu_check/): one log per phase, the report, BENCHMARKS-cuda.md and summary.md.
@@ -12,7 +13,7 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-reports/gpu_check}
 mkdir -p "$OUT"
 phases=("$@")
-[ ${#phases[@]} -eq 0 ] && phases=(tests sweep bench peer levers)
+[ ${#phases[@]} -eq 0 ] && phases=(tests sweep bench peer levers batch)
 export PYTHONUNBUFFERED=1 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 summary="$OUT/summary.md"
 
@@ -38,17 +39,18 @@ phase() {  # phase NAME LIMIT_SECONDS COMMAND...: run, time, log, note the outco
 for p in "${phases[@]}"; do
   case $p in
     tests)
-      workers=$("$PYTHON" -c 'import xdist' 2>/dev/null && echo "-n 6 --dist loadfile")
-      phase tests 300 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rs $workers tests ;;
+      workers=$("$PYTHON" -c 'import xdist' 2>/dev/null && echo "-n 12 --dist loadfile")
+      # shellcheck disable=SC2086  # word splitting wanted: several test paths
+      phase tests 300 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rs $workers ${TESTS:-tests} ;;
     sweep)
       store="sqlite:///$(mktemp -d)/mlflow.db"  # not under $OUT: only the report's files come back
       phase sweep 180 "$PYTHON" -m pipelines.cli experiment lr_sweep.yaml --tracking-uri "$store" --quiet
       phase report 90 "$PYTHON" -m pipelines.cli report lr_sweep --tracking-uri "$store" --out "$OUT/lr_sweep" --dpi 60
       grep -E '^\| (lr|run)|PASS|FAIL' "$OUT/lr_sweep/report.md" | head -n 12 >>"$summary" ;;
-    bench|peer|levers)
+    bench|peer|levers|batch)
       phase "$p" 240 "$PYTHON" -m "benchmarks.$p" --device cuda
       cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null ;;
-    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers)" >&2; exit 2 ;;
+    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch)" >&2; exit 2 ;;
   esac
 done
 cat "$summary"

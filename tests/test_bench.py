@@ -43,7 +43,17 @@ def test_levers_bench_runs_each_cheap_lever(tmp_path) -> None:
     assert "| without frozen weights" in text
 
 
-@pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers"])
+def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
+    from benchmarks.batch import main as batch
+
+    out = tmp_path / "BENCHMARKS.md"
+    assert batch(["--smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Batches" in text and "| 32 px |" in text and "| 3 × 32 px |" in text
+    assert "| lr_sweep, 4 steps |" in text and "| 8 points at 32 px, 3 steps |" in text
+
+
+@pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers", "benchmarks.batch"])
 def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(script: str) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")

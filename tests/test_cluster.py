@@ -51,20 +51,23 @@ def _children(uri: str, name: str) -> tuple[list, list]:
 @pytest.mark.cpu_only("Ray's default 1-CPU tasks see no GPU, so its runs and the local ones ran on different devices")
 def test_ray_grid_logs_to_postgres_server_and_matches_local(server, cluster, tmp_path) -> None:
     grid = grid_file(tmp_path, "ray_grid", size=32, iterations=20)
+    # Two batches of two: one Ray task per batch, not per point.
     done = _nst("experiment", str(grid), "--executor", "ray", "--ray-address", cluster,
-                "--tracking-uri", server, "--quiet")
+                "--tracking-uri", server, "--quiet", "--batch", "2")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "on Ray" in done.stdout
+    assert done.stdout.count("(a batch of 2) on Ray") == 4
     parents, children = _children(server, "ray_grid")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
-    # Two worker processes shared the work.
-    assert len({c.data.tags["nst.pid"] for c in children}) >= 2
+    # Two worker processes shared the work, a batch each.
+    pids = [c.data.tags["nst.pid"] for c in children]
+    assert len(set(pids)) == 2 and all(pids.count(p) == 2 for p in pids)
 
     local = f"sqlite:///{tmp_path}/local/mlflow.db"
     # A Ray task gets 1 CPU, so 1 torch thread; with 2 threads the float sums run in another order
     # (J differs in the 7th digit). Same threads, same seeds: the same bits.
-    again = _nst("experiment", str(grid), "--tracking-uri", local, "--quiet", env_extra={"OMP_NUM_THREADS": "1"})
+    again = _nst("experiment", str(grid), "--tracking-uri", local, "--quiet", "--batch", "2",
+                 env_extra={"OMP_NUM_THREADS": "1"})
     assert again.returncode == 0, again.stderr[-2000:]
     _, local_children = _children(local, "ray_grid")
     on_ray = {c.data.tags["nst.run_key"]: c.data.metrics for c in children}
@@ -78,7 +81,7 @@ def test_ray_grid_logs_to_postgres_server_and_matches_local(server, cluster, tmp
 def test_killed_ray_worker_leaves_run_killed_and_rerun_completes_it(server, cluster, tmp_path) -> None:
     grid = grid_file(tmp_path, "ray_kill", size=64, iterations=300)
     command = [*NST, "experiment", str(grid), "--executor", "ray", "--ray-address", cluster,
-               "--tracking-uri", server, "--quiet"]
+               "--tracking-uri", server, "--quiet", "--batch", "2"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     client = MlflowClient(server)
@@ -102,10 +105,11 @@ def test_killed_ray_worker_leaves_run_killed_and_rerun_completes_it(server, clus
     assert killed.info.status == "KILLED"
     assert "Ray worker died" in killed.data.tags["nst.error"]
     _, children = _children(server, "ray_kill")
-    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED", "FINISHED", "KILLED"]
+    # The killed worker's batch is KILLED, both its runs; the other batch FINISHED.
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED", "KILLED", "KILLED"]
 
     rerun = _nst("experiment", str(grid), "--executor", "ray", "--ray-address", cluster,
-                 "--tracking-uri", server, "--quiet")
+                 "--tracking-uri", server, "--quiet", "--batch", "2")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"resume run {victim.info.run_id}" in rerun.stdout
     parents, children = _children(server, "ray_kill")

@@ -73,7 +73,7 @@ def test_the_probe_follows_the_module_to_the_gpu() -> None:
     probe = quality_probe(module, content, [style], config)
     module.to("cuda")  # the VGG goes with it
     assert module.vgg.layers[0].weight.is_cuda
-    measures = probe(module.result01())
+    (measures,) = probe(module.result01())
     assert 0 < measures["quality/ssim_content"] <= 1 and measures["quality/gram_distance"] > 0
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from nst.module import StyleTransfer
@@ -72,10 +73,12 @@ def test_grid_runs_under_one_parent_then_resumes(grid_file, store, capsys) -> No
 def test_a_failing_point_does_not_stop_the_sweep(grid_file, store, monkeypatch, capsys) -> None:
     real = StyleTransfer.losses
 
-    def poisoned(self):  # force one real fault: lr=1, alpha=10 diverges at step 3
+    def poisoned(self):  # force one real fault: lr=1, alpha=10 diverges at step 3 (in whichever batch it runs)
         losses = real(self)
-        if self.config.optimizer.lr == 1.0 and self.config.alpha == 10 and self.trainer.global_step == 3:
-            losses["loss/total"] = losses["loss/total"] * float("nan")
+        if self.trainer.global_step == 3:
+            bad = [c.optimizer.lr == 1.0 and c.alpha == 10 for c in self.configs]
+            losses["loss/total"] = losses["loss/total"] * torch.tensor([float("nan") if x else 1.0 for x in bad],
+                                                                       device=self.device)
         return losses
 
     monkeypatch.setattr(StyleTransfer, "losses", poisoned)

@@ -7,10 +7,12 @@ shapes, the targets or the network (images, size, layers, optimizer, precision, 
 checkpointing...) and splits batches. L-BFGS runs one image at a time (nst.optim says why).
 
 `--batch N` caps a batch at N images; `auto` (the default) chooses by device:
-- a GPU: as many as its free memory holds at half its size, by the peak memory per pixel measured
-  at 2048 px (BENCHMARKS-cuda.md), at most 64: per image, a batch of 8 at 512 px already runs
-  X× faster than one image alone, and larger batches only delay the first finished run;
-- the CPU: measured (BENCHMARKS.md, "Batches"): ...
+- a GPU: as many as half its free memory holds, by the peak memory per pixel measured at 2048 px
+  (BENCHMARKS-cuda.md, "Memory"), at most 64;
+- the CPU: about four 128 px images' worth of pixels (4 × 128², so 16 at 64 px, 4 at 128, 1 from
+  256). A CPU step is compute-bound: measured here per image, a batch runs 1.9× faster at 64 px
+  (13 images), 1.1-1.2× at 128 px (2-4 images), and no faster at 256 px (0.98-1.11× the time of one
+  image alone at 2-8 images; BENCHMARKS.md, "Batches").
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pipelines.errors import UserError
 T = TypeVar("T")
 AUTO = "auto"
 GPU_MAX = 64  # images per batch on a GPU under `auto`
-CPU_MAX = 1  # images per batch on the CPU under `auto` (measured: BENCHMARKS.md, "Batches")
+CPU_PIXELS = 4 * 128 * 128  # pixels per batch on the CPU under `auto` (module docstring)
 GPU_BYTES_PER_PIXEL = 9.0 * 2**30 / (2048 * 1748)  # peak GPU memory of one 2048 px image (fp32), per pixel
 
 
@@ -50,7 +52,7 @@ def parse_batch(text: str) -> int | str:
 def auto_size(config: RunConfig, device: str) -> int:
     """`--batch auto`'s cap for runs of this config on this device (module docstring)."""
     if device != "cuda":
-        return CPU_MAX
+        return max(1, CPU_PIXELS // config.size**2)
     free, _ = torch.cuda.mem_get_info()
     per_image = GPU_BYTES_PER_PIXEL * config.size**2  # the square bounds the image, whatever its aspect
     return max(1, min(GPU_MAX, int(0.5 * free / per_image)))

@@ -23,7 +23,7 @@ from nst.scales import resize
 from nst.vgg import VGGFeatures, load_vgg19
 from pipelines.config.runs import RunConfig
 
-Probe = Callable[[Tensor], dict[str, float]]
+Probe = Callable[[Tensor], list[dict[str, float]]]  # images (n, 3, H, W) -> each one's metrics
 
 
 def _quality_vgg(module: StyleTransfer, config: RunConfig) -> VGGFeatures:
@@ -48,12 +48,16 @@ def quality_probe(module: StyleTransfer, content01: Tensor, styles01: list[Tenso
             targets[device] = target
         return targets[device]
 
-    def probe(image01: Tensor) -> dict[str, float]:
-        image01 = image01.detach()
-        vgg.to(image01.device)  # a no-op once there (the run's own VGG already is)
-        content = resize(content01.to(image01.device), tuple(image01.shape[-2:]))  # a pyramid's early scales
+    def probe(images01: Tensor) -> list[dict[str, float]]:
+        """The metrics of each image of a batch: one VGG pass for all of them."""
+        images01 = images01.detach()
+        vgg.to(images01.device)  # a no-op once there (the run's own VGG already is)
+        content = resize(content01.to(images01.device), tuple(images01.shape[-2:]))  # a pyramid's early scales
+        target = style_target(images01.device)
         with torch.no_grad():
-            return {"quality/ssim_content": ssim(image01, content),
-                    "quality/gram_distance": gram_distance(position_grams(vgg, image01), style_target(image01.device))}
+            grams = position_grams(vgg, images01)
+            return [{"quality/ssim_content": ssim(images01[b : b + 1], content),
+                     "quality/gram_distance": gram_distance({n: g[b : b + 1] for n, g in grams.items()}, target)}
+                    for b in range(images01.shape[0])]
 
     return probe

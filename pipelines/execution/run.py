@@ -58,10 +58,18 @@ class Inputs:
 
     content: torch.Tensor
     styles: list[torch.Tensor]
+    folder: Path | None = None  # where `write` put them as PNG, once for all the batch's runs
 
     @property
     def size(self) -> tuple[int, int]:
         return self.content.shape[-1], self.content.shape[-2]
+
+    def write(self, folder: Path) -> None:
+        """content.png, style.png (style_2.png ... for a blend), which each run logs as artifacts."""
+        save_image(self.content, folder / "content.png")
+        for i, style in enumerate(self.styles):
+            save_image(style, folder / ("style.png" if i == 0 else f"style_{i + 1}.png"))
+        self.folder = folder
 
 
 @dataclass
@@ -188,6 +196,7 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
     except WeightsError as exc:
         raise UserError(str(exc)) from None
     with tempfile.TemporaryDirectory() as tmp:
+        inputs.write(Path(tmp) / "inputs")
         samples, checkpoints = [], []
         for b, spec in enumerate(specs):
             sample, checkpoint = _open_run(client, spec, inputs, experiment, tracking_uri, device, len(specs),
@@ -263,12 +272,8 @@ def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: 
     run_tags = {k: str(v) for k, v in run_tags.items()}
     run_id = client.create_run(exp_id, tags=run_tags, run_name=spec.run_name).info.run_id
     store.log_params(client, run_id, flatten(to_dict(config)))
-    with tempfile.TemporaryDirectory() as tmp:
-        save_image(inputs.content, Path(tmp) / "content.png")
-        for i, style in enumerate(inputs.styles):  # style.png, then style_2.png, ... for a blend
-            save_image(style, Path(tmp) / ("style.png" if i == 0 else f"style_{i + 1}.png"))
-        (Path(tmp) / "config.yaml").write_text(to_yaml(config))
-        client.log_artifacts(run_id, tmp)
+    client.log_artifacts(run_id, str(inputs.folder))
+    client.log_text(run_id, to_yaml(config), "config.yaml")
     return run_id
 
 

@@ -43,7 +43,7 @@ FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 #: How MLflow names a `log_image(key="generated", step=s)` file (plus a .webp thumbnail).
 SNAPSHOT_FILE = re.compile(r"^generated\+step\+(\d+)\+.*(?<!compressed)\.png$")
 
-Probe = Callable[[Tensor], dict[str, float]]
+Probe = Callable[[Tensor], list[dict[str, float]]]  # images (n, 3, H, W) -> each one's quality metrics
 
 
 class RunWriter:
@@ -168,12 +168,14 @@ class BatchLog(pl.Callback):
         if not due:
             return  # most steps: no image is read out (that costs a clamp and a copy)
         images = module.result01()
+        snapshot = [b for b, s in due if step in s.snapshots]
+        measured = self.probe(images[snapshot]) if self.probe is not None and snapshot else []
         for b, sample in due:
             image01 = images[b : b + 1]
             if step in sample.snapshots:
                 self.client.log_image(sample.run_id, to_pil(image01), key="generated", step=step)
-                if self.probe is not None:
-                    sample.writer.log(self.probe(image01), step)
+                if measured:
+                    sample.writer.log(measured[snapshot.index(b)], step)
             if scale_end:
                 index = step // per_scale - 1
                 self.client.log_image(sample.run_id, to_pil(image01),

@@ -1,0 +1,245 @@
+"""`make bench-batch`: a sweep's points optimized one at a time against together as one batch.
+
+- per image: the step time of a bare batched loop (the module's losses and per-image Adam, no
+  Lightning, no MLflow) at B = 1, 3, 8, 64 images, divided by B;
+- tracked against bare: the marginal s/step of a tracked batch (every metric of every run logged,
+  snapshots, checkpoints) against the bare loop of the same batch;
+- whole sweeps, tracked into fresh stores, `--batch 1` against `--batch auto`: the lr sweep (3
+  points at 128 px) and a 64-point grid at 256 px (4 lr × 4 β × 4 seeds). The wall time, the
+  optimization time (the fits), and the largest relative difference in final J between the two.
+  The 64 points one at a time are timed on the first 8 and scaled by 8 (said in the table);
+- on a GPU, the bare step captured in a CUDA graph (torch.cuda.graph) against the same step
+  launched op by op, the lever for launch-bound steps.
+Writes "Batches" in BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`). `--smoke`: toy sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench import CONTENT, STYLE, Timing, _pair, _timing
+from benchmarks.device import add_device_argument, pick, sync
+from benchmarks.markdown import replace_section
+from nst.config import OptimizerConfig, TransferConfig
+from nst.module import StyleTransfer
+from nst.optim import make_optimizer
+from nst.precision import resolve_precision
+from nst.targets import build_backbone
+from pipelines.config.grid import load_experiment
+from pipelines.execution.batches import auto_size
+from pipelines.execution.run import FINISHED, RunSpec, execute_batch, quiet_lightning
+from pipelines.execution.sweep import SweepResult, run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADING = "## Batches"
+
+
+def _configs(n: int, **keys: object) -> list[TransferConfig]:
+    """n points of a grid: each its own lr (and beta), as a sweep's batch would hold."""
+    return [TransferConfig(optimizer=OptimizerConfig(lr=0.1 * (1 + i % 4)), beta=40.0 / (1 + i // 4 % 4), **keys)
+            for i in range(n)]
+
+
+def batch_loop(configs: list[TransferConfig], size: int, steps: int, device: torch.device,
+               warmup: int = 2) -> Timing:
+    """s/step of the bare batched loop: losses, backward, per-image Adam, clamp."""
+    content, style = _pair(size)
+    module = StyleTransfer(content.to(device), style.to(device), configs,
+                           backbone=build_backbone(configs[0]).to(device))
+    optimizer = make_optimizer([c.optimizer for c in configs], module.image)
+    samples = []
+    for i in range(warmup + steps):
+        sync(device)
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        module.losses()["loss/total"].sum().backward()
+        optimizer.step()
+        with torch.no_grad():
+            module.image.clamp_(0, 255)
+        sync(device)
+        if i >= warmup:
+            samples.append(time.perf_counter() - start)
+    return _timing(samples)
+
+
+def graphed_loop(configs: list[TransferConfig], size: int, steps: int, device: torch.device) -> Timing:
+    """The same step (fp32: autocast's weight cache cannot be captured) replayed from a CUDA graph:
+    one launch per step instead of one per kernel. Adam with one lr, on the device (capturable)."""
+    content, style = _pair(size)
+    module = StyleTransfer(content.to(device), style.to(device), configs,
+                           backbone=build_backbone(configs[0]).to(device))
+    optimizer = torch.optim.Adam([module.image], lr=torch.tensor(0.1, device=device), capturable=True)
+
+    def step() -> None:
+        module.losses()["loss/total"].sum().backward()
+        optimizer.step()
+        with torch.no_grad():
+            module.image.clamp_(0, 255)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=False)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=False)
+    with torch.cuda.graph(graph):
+        step()
+    samples = []
+    for _ in range(steps):
+        sync(device)
+        start = time.perf_counter()
+        graph.replay()
+        sync(device)
+        samples.append(time.perf_counter() - start)
+    return _timing(samples)
+
+
+def tracked_batch(configs: list[TransferConfig], size: int, steps: int, device: torch.device) -> float:
+    """Marginal s/step of a tracked batch: runs of `steps` and 3x`steps`, differenced."""
+    seconds = []
+    for n in (steps, 3 * steps):
+        with tempfile.TemporaryDirectory() as tmp:
+            specs = [RunSpec(replace(_run_config(size, n, device), alpha=c.alpha, beta=c.beta,
+                                     optimizer=c.optimizer)) for c in configs]
+            results = execute_batch(specs, tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="bench",
+                                    progress=False)
+            _require(results, f"the tracked batch of {len(configs)} at {size} px")
+            seconds.append(results[0].seconds)
+    return (seconds[1] - seconds[0]) / (2 * steps)
+
+
+def _run_config(size: int, steps: int, device: torch.device):  # -> RunConfig
+    from pipelines.config.runs import run_config
+
+    return run_config({"content": str(CONTENT), "style": str(STYLE), "size": size, "iterations": steps,
+                       "snapshots": [0, steps // 2], "checkpoint_every": 100, "device": device.type})
+
+
+def _require(results: list, what: str) -> None:
+    failed = [r for r in results if r.status != FINISHED]
+    if failed:
+        raise SystemExit(f"bench-batch: {what}: {len(failed)} run(s) ended {failed[0].status}, not timed: "
+                         f"{failed[0].error}")
+
+
+def sweep(path: Path, overrides: dict[str, object], batch: int | str,
+          first: int | None = None) -> tuple[float, float, dict[str, float]]:
+    """(wall s, optimization s, final J by point) of a sweep into a fresh store; `first`: only the
+    first points of the file."""
+    experiment = load_experiment(path, overrides)
+    if first is not None:
+        experiment = replace(experiment, points=experiment.points[:first])
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        done: SweepResult = run_experiment(experiment, tracking_uri=f"sqlite:///{tmp}/mlflow.db", progress=False,
+                                           say=lambda _: None, batch=batch)
+        wall = time.perf_counter() - start
+    _require([r for _, r in done.results], f"{path.name} (--batch {batch})")
+    fits = {round(r.seconds, 6) for _, r in done.results}  # a batch's runs share their fit's time
+    return wall, sum(fits), {p.key: r.losses["loss/total"] for p, r in done.results}
+
+
+def grid_file(folder: Path, size: int, steps: int, n: int = 4) -> Path:
+    """n lr x n beta x n seeds points (64 for n = 4)."""
+    path = folder / "grid.yaml"
+    lrs, betas = [0.1, 0.3, 1.0, 3.0][:n], [40, 4, 0.4, 0.04][:n]
+    path.write_text(f"""
+name: grid{n**3}
+description: {n**3} points ({n} lr x {n} beta x {n} seeds) for bench-batch
+base: {{content: {CONTENT}, style: {STYLE}, size: {size}, iterations: {steps}, snapshots: [0]}}
+grid: {{optimizer.lr: {lrs}, beta: {betas}}}
+seeds: {list(range(n))}
+""")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench-batch", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="toy sizes, seconds; checks the code, not the speed")
+    add_device_argument(parser)
+    args = parser.parse_args(argv)
+    device = pick(parser, args)
+    quiet_lightning()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its "creating tables" notes per store
+    gpu, smoke = device.type == "cuda", args.smoke
+    sizes = (32,) if smoke else (128, 256, 512) if gpu else (128, 256)
+    batches = (1, 3) if smoke else (1, 3, 8, 64)
+    lines = [HEADING, "",
+             f"`make bench-batch` on {torch.cuda.get_device_name(device) if gpu else 'this CPU'}, default precision "
+             f"({resolve_precision('auto', device.type)}). Per image: the bare loop's s/step at B images ÷ B.", "",
+             "| size | " + " | ".join(f"B = {b}" for b in batches) + f" | B = {batches[-1]} vs B = 1, per image |",
+             "|---|" + "---|" * (len(batches) + 1)]
+    for size in sizes:
+        per_image: dict[int, float] = {}
+        for b in batches:
+            if gpu or smoke or size <= 128 or b <= 8:  # 64 at 256 px: seconds a step on a CPU, for nothing
+                steps = 2 if smoke else 10 if gpu or b < 8 else 3
+                per_image[b] = batch_loop(_configs(b), size, steps, device).median / b
+                print(size, b, per_image[b], flush=True)
+        cells = [f"{per_image[b] * 1000:.2f} ms" if b in per_image else "—" for b in batches]
+        ratio = f"{per_image[1] / per_image[batches[-1]]:.1f}×" if batches[-1] in per_image else "—"
+        lines.append(f"| {size} px | " + " | ".join(cells) + f" | {ratio} |")
+
+    lines += ["", "Tracked against bare, per step of the whole batch (marginal: runs of N and 3N steps, differenced;",
+              "every run's metrics of every step logged, snapshots, checkpoints every 100 steps).", "",
+              "| batch | bare loop | tracked | overhead |", "|---|---|---|---|"]
+    shapes = [(32, 3, 3)] if smoke else [(128, 3, 100), (256, 64, 100)] if gpu else [(128, 3, 10), (128, 8, 5)]
+    for size, b, steps in shapes:
+        bare = batch_loop(_configs(b), size, steps, device).median
+        tracked = tracked_batch(_configs(b), size, steps, device)
+        lines.append(f"| {b} × {size} px | {bare * 1000:.1f} ms | {tracked * 1000:.1f} ms "
+                     f"| {tracked / bare - 1:+.1%} |")
+        print(lines[-1], flush=True)
+
+    lr_steps = 4 if smoke else 2000 if gpu else 200
+    grid_size, grid_steps, first, n = (32, 3, 2, 2) if smoke else (256, 100, 8, 4) if gpu else (256, 3, 8, 4)
+    lines += ["", "Whole sweeps into a fresh SQLite store, `--batch 1` against `--batch auto` "
+              f"(auto here: {auto_size(_run_config(grid_size, 1, device), device.type)} at {grid_size} px, "
+              f"{auto_size(_run_config(128, 1, device), device.type)} at 128 px).", "",
+              "| sweep | one at a time: wall | optimization | batched: wall | optimization | faster (wall) "
+              "| final J, largest difference |", "|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        lr_keys = {"iterations": lr_steps, "device": device.type, **({"size": 32} if smoke else {})}
+        cases = [(f"lr_sweep, {lr_steps} steps", ROOT / "experiments" / "lr_sweep.yaml", lr_keys, None),
+                 (f"{n**3} points at {grid_size} px, {grid_steps} steps",
+                  grid_file(Path(tmp), grid_size, grid_steps, n), {"device": device.type}, first)]
+        for label, path, overrides, subset in cases:
+            one_wall, one_fit, one_j = sweep(path, overrides, 1, subset)
+            wall, fit, j = sweep(path, overrides, "auto")
+            scale = len(j) / len(one_j)
+            note = f" (first {subset} × {scale:.0f})" if subset else ""
+            gap = max(abs(j[k] / v - 1) for k, v in one_j.items())
+            lines.append(f"| {label} | {one_wall * scale:.1f} s{note} | {one_fit * scale:.1f} s | {wall:.1f} s "
+                         f"| {fit:.1f} s | {one_wall * scale / wall:.1f}× | {gap:.1e} |")
+            print(lines[-1], flush=True)
+
+    if gpu:
+        size, b = (32, 3) if smoke else (128, 3)
+        configs = _configs(b, precision="fp32")
+        try:
+            plain = batch_loop(configs, size, 20, device).median
+            graphed = graphed_loop(configs, size, 20, device).median
+            row = (f"| {b} × {size} px, fp32 | {plain * 1000:.2f} ms | {graphed * 1000:.2f} ms "
+                   f"| {plain / graphed:.2f}× |")
+        except Exception as exc:  # noqa: BLE001 - a lever that cannot be captured is a finding, not a crash
+            row = f"| {b} × {size} px, fp32 | — | capture failed: {type(exc).__name__}: {str(exc)[:120]} | — |"
+        lines += ["", "The bare step captured in a CUDA graph (one launch per step) against launched op by op:", "",
+                  "| batch | op by op | CUDA graph | faster |", "|---|---|---|---|", row]
+        print(row, flush=True)
+    replace_section(args.out, HEADING, lines)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
