@@ -117,6 +117,7 @@ class StyleTransfer(pl.LightningModule):
         self.style_layers = tuple(self.config.layers.style)
         self.scale_index = 0
         self._set_targets(0)
+        self._targets_stale = False  # the targets are those of `scale_index`
         # Per-image weights: a plain number when the batch agrees (the single-run case), else (B,).
         self.alpha = self._weight("alpha", [c.alpha for c in self.configs])
         self.beta = self._weight("beta", [c.beta for c in self.configs])
@@ -284,6 +285,11 @@ class StyleTransfer(pl.LightningModule):
         return reasons
 
     # -- Lightning hooks ----------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self._targets_stale:  # resumed at a later scale of the pyramid (on_load_checkpoint)
+            self._set_targets(self.scale_index)
+            self._targets_stale = False
+
     def train_dataloader(self) -> DataLoader[int]:
         return DataLoader(_Steps(self.total_steps), batch_size=None)
 
@@ -360,12 +366,16 @@ class StyleTransfer(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Called before the weights load and the optimizers are made: size the image to the
-        # checkpoint's scale first, so that both fit.
+        # Called before the weights load and the optimizers are made, and before Lightning moves
+        # the module to its device: the image only takes the checkpoint's scale's shape here (the
+        # checkpoint fills it); that scale's targets are computed at fit start, on the device, as an
+        # uninterrupted run computed them (on the CPU they would differ in the last bits).
         state = checkpoint["nst"]
         self._loss_scale = state["loss_scale"]
         if state["scale_index"] != self.scale_index:
-            self._enter_scale(state["scale_index"])
+            self.scale_index = state["scale_index"]
+            self.image = nn.Parameter(torch.empty_like(checkpoint["state_dict"]["image"], device=self.device))
+            self._targets_stale = True
         self._seen = state["seen"]
         samples = state[checkpoints.SAMPLES]
         if len(samples) != self.batch_size:

@@ -58,20 +58,20 @@ def scale_targets(vgg: VGGFeatures, content_full: Tensor, styles_full: Sequence[
 
 
 def initial_image(config: TransferConfig, content01: Tensor, mean01: Tensor, init01: Tensor | None) -> Tensor:
-    """The starting image in 0-1 units.
+    """The starting image in 0-1 units, on `content01`'s device.
 
     content+noise (the seed): mean + r * U(-R, R) + (1 - r) * (content - mean), with the
     backbone's mean pixel, r = noise_ratio and R = noise_range / 255; "noise" is r = 1,
-    "content" is r = 0; a file is used as it is.
+    "content" is r = 0; a file is used as it is. Computed on the CPU whatever the device: the same
+    seed gives the same bits on a CPU and a GPU (a GPU fuses the multiply-adds, measured 1 ulp apart).
     """
     if init01 is not None:
         return init01.clone()
     if config.init == "content":
         return content01.clone()
     ratio = 1.0 if config.init == "noise" else config.noise_ratio
-    # Drawn on the CPU whatever the device: the same seed gives the same start on a CPU and a GPU.
     generator = torch.Generator().manual_seed(config.seed)
-    noise = torch.rand(content01.shape, generator=generator).to(content01.device)
-    noise = (noise * 2 - 1) * (config.noise_range / 255.0)
-    image = mean01 + ratio * noise + (1 - ratio) * (content01 - mean01)
-    return image.clamp(0, 1)
+    content, mean = content01.cpu(), mean01.cpu()
+    noise = (torch.rand(content.shape, generator=generator) * 2 - 1) * (config.noise_range / 255.0)
+    image = mean + ratio * noise + (1 - ratio) * (content - mean)
+    return image.clamp(0, 1).to(content01.device)

@@ -25,7 +25,8 @@ from tests.lane import DEVICE, ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 #: A point in a batch against the same point alone: the convolutions sum in another order for a batch.
-J_TOLERANCE = 1e-3 if ON_GPU else 1e-5  # relative, at every step
+#: Measured over these 30 steps: 2.4e-7 on this CPU (bf16), 1.6e-3 on an H200 (bf16, cuDNN picks other kernels).
+J_TOLERANCE = 5e-3 if ON_GPU else 1e-5  # relative, at every step
 PIXEL_TOLERANCE = 4 if ON_GPU else 1  # of 255, in the final 8-bit images
 
 
