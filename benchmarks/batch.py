@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [HEADING, "",
              f"`make bench-batch` on {torch.cuda.get_device_name(device) if gpu else 'this CPU'}, default precision "
              f"({resolve_precision('auto', device.type)}). Per image: the bare loop's s/step at B images ÷ B.", "",
-             "| size | " + " | ".join(f"B = {b}" for b in batches) + f" | B = {batches[-1]} vs B = 1, per image |",
+             "| size | " + " | ".join(f"B = {b}" for b in batches) + f" | B = {batches[-1]}: speed-up per image |",
              "|---|" + "---|" * (len(batches) + 1)]
     for size in sizes:
         per_image: dict[int, float] = {}

@@ -1,4 +1,4 @@
-"""The `nst` command line: thin wrappers over pipelines.run, .experiment and .report.
+"""The `nst` command line: thin wrappers over pipelines.execution (run, sweep) and pipelines.reports.
 
 User mistakes (UserError) become one line on stderr and exit status 2; Ctrl-C exits 130.
 """

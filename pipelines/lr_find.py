@@ -3,7 +3,7 @@
 The rule (fixed before any measurement, the same words as the report's claims):
 1. run every lr in the range for the same few steps at a low resolution (default 64 px, 60 steps);
 2. a probe *keeps the content* when its final image's coarse edge correlation with the photo
-   (Sobel magnitudes at 1/4 scale, pipelines.verdicts) is >= 0.5, the threshold below which the
+   (Sobel magnitudes at 1/4 scale, pipelines.config.claims) is >= 0.5, the threshold below which the
    `loses_content` claim holds;
 3. among the probes that keep the content and did not diverge, find the one with the lowest J after
    the probe's steps — the lr that lowers J fastest while keeping the content — and recommend the

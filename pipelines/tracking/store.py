@@ -1,6 +1,6 @@
 """MLflow, part 1: the store (URI, checks, artifact root), experiments, params and tags.
 
-Part 2, `pipelines.tracking_run`, is what logs during a run (metrics, snapshots, status,
+Part 2, `pipelines.tracking.run_log`, is what logs during a run (metrics, snapshots, status,
 checkpoints). Nothing else in the project talks to MLflow.
 """
 
