@@ -68,3 +68,14 @@ def test_bench_smoke_runs_on_the_gpu(tmp_path) -> None:
     out = tmp_path / "BENCHMARKS-cuda.md"
     assert main(["--smoke", "--device", "cuda", "--out", str(out)]) == 0
     assert "GPU" in out.read_text() and "peak GPU memory" in out.read_text()
+
+
+def test_a_benchmark_never_times_a_run_that_did_not_finish(monkeypatch) -> None:
+    """A tracked run that FAILED (on a GPU every run once did, and was timed at 0.0 ms) stops the bench."""
+    from benchmarks import bench
+    from pipelines.execution.run import RunResult
+
+    failed = RunResult("run-id", "FAILED", 0.01, error="Expected all tensors to be on the same device")
+    monkeypatch.setattr(bench, "execute", lambda *args, **kwargs: failed)
+    with pytest.raises(SystemExit, match="ended FAILED, not timed: Expected all tensors"):
+        bench.tracked_run(32, 2, 1, torch.device("cpu"))
