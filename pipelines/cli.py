@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("experiment", help="run a YAML grid of runs under one parent run (resumes)")
     exp.add_argument("config", help="experiment file: a path, or a name in experiments/ (lr_sweep.yaml)")
     exp.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
+    exp.add_argument("--yes", action="store_true", help="run a sweep of more runs than max_runs (1000 unless "
+                     "the file says) without asking")
     exp.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="run the points here one by one (local) or as Ray tasks on a cluster (ray)")
     exp.add_argument("--ray-address", help="Ray cluster: HOST:PORT or auto (default: $RAY_ADDRESS, "
@@ -72,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     lrf.add_argument("--out", type=Path, default=Path("reports/lr_find"), help="where the plot goes")
     _add_common(lrf)
 
+    ui = sub.add_parser("ui", help="the MLflow UI on a local store (127.0.0.1), with the link to the latest sweep")
+    ui.add_argument("--port", type=int, default=5000, help="HTTP port (default 5000)")
+    ui.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+
     srv = sub.add_parser("server", help="MLflow tracking server for many writers (PostgreSQL in .pg/, or SQLite)")
     srv.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
                      help="backend store: PostgreSQL started from .pg/ (default) or a SQLite file")
@@ -87,9 +93,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
     from pipelines.config.runs import merge, outside, parse_set, read_yaml, resolve_paths, run_config
     from pipelines.execution.run import FINISHED, execute
-    from pipelines.tracking.store import resolve_tracking_uri
+    from pipelines.tracking.store import resolve_tracking_uri, ui_base
 
     data: dict[str, Any] = {}
     if args.config:
@@ -114,17 +122,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if key in result.losses:
             print(f"  {key} = {result.losses[key]:.4g}")
     print(f"final image: {result.final_image}")
-    print(f"open the UI: make ui  (then http://127.0.0.1:5000), store {uri}")
+    experiment_id = MlflowClient(uri).get_run(result.run_id).info.experiment_id
+    print(f"see the run: {ui_base(uri)}/#/experiments/{experiment_id}/runs/{result.run_id}{_start_ui(uri)}")
     return EXIT_OK
 
 
+def _start_ui(uri: str) -> str:
+    """How to open a link of a local store's UI (a tracking server serves its own)."""
+    return "" if uri.startswith(("http://", "https://")) else "  (start the UI first: make ui)"
+
+
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
     from pipelines.config.grid import find_config, load_experiment
     from pipelines.config.runs import outside, parse_set
     from pipelines.execution.batches import parse_batch, plan
     from pipelines.execution.run import resolve_device
     from pipelines.execution.sweep import run_experiment, summary
-    from pipelines.tracking.store import resolve_tracking_uri
+    from pipelines.tracking.store import resolve_tracking_uri, sweep_link
 
     path = find_config(args.config)
     overrides = dict(parse_set(s) for s in args.overrides)
@@ -139,9 +155,14 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
             scales = f" at each of {', '.join(map(str, c.sizes))} px" if len(c.sizes) > 1 else ""
             print(f"  [{point.index + 1}] {point.name:<30} key {point.key}  {c.size} px, {c.iterations} it{scales}")
         batches = plan(experiment.points, lambda p: p.config, lambda p: 0, batch, lambda c: resolve_device(c.device))
-        print(f"in {len(batches)} batch{'es' if len(batches) > 1 else ''} (--batch {args.batch}) of "
-              f"{', '.join(str(len(b)) for b in batches)} runs")
+        sizes = sorted({len(b) for b in batches})
+        print(f"in {len(batches)} batch{'es' if len(batches) > 1 else ''} of {sizes[-1]} runs or fewer "
+              f"(--batch {args.batch}; sizes {', '.join(map(str, sizes))})")
         return EXIT_OK
+    n = len(experiment.points)
+    if n > experiment.max_runs and not args.yes:
+        raise UserError(f"{path}: {n} runs, more than max_runs: {experiment.max_runs}; check with --dry-run, "
+                        "then run them with --yes (or raise max_runs in the file)")
     executor = _executor(args)
     uri = resolve_tracking_uri(args.tracking_uri)
     sweep = run_experiment(experiment, tracking_uri=uri, progress=not args.quiet, executor=executor, batch=batch)
@@ -154,7 +175,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
             print(f"  {name:<28} {path}")
     for point, result in sweep.failed:
         print(f"FAILED {point.name}: {result.error}", file=sys.stderr)
-    print(f"parent run {sweep.parent_run_id}; compare the runs in the UI: make ui  (store {uri})")
+    client = MlflowClient(uri)
+    experiment_id = client.get_run(sweep.parent_run_id).info.experiment_id
+    print(f"parent run {sweep.parent_run_id} (store {uri}); compare the runs:")
+    print(f"  {sweep_link(client, uri, experiment_id, sweep.parent_run_id)}{_start_ui(uri)}")
     return EXIT_FAILED if sweep.failed else EXIT_OK
 
 
@@ -249,8 +273,27 @@ def _cmd_server(args: argparse.Namespace) -> int:
             postgres.stop()
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from pipelines.tracking.store import latest_sweep, mlflow_ui_command, resolve_tracking_uri, sweep_link
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)")
+    client = MlflowClient(uri)
+    latest = latest_sweep(client)
+    if latest:
+        print(f"the latest sweep's runs compared: {sweep_link(client, uri, *latest, port=args.port)}", flush=True)
+    try:
+        return subprocess.run(mlflow_ui_command(uri, args.port), check=False).returncode
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment, "report": _cmd_report, "lr-find": _cmd_lr_find,
-            "server": _cmd_server}
+            "server": _cmd_server, "ui": _cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines.config.grid import find_config, load_experiment
 from pipelines.config.runs import ConfigError
@@ -129,3 +130,38 @@ def test_variants_are_named_runs_combined_with_the_grid(tmp_path) -> None:
     path.write_text("name: v\n" + BASE + "variants:\n  bad: 3\n")
     with pytest.raises(UserError, match=r"variants\.bad: expected a mapping"):
         load_experiment(path)
+
+
+def test_fast_expansion_builds_the_configs_and_keys_of_building_each_point_anew(tmp_path) -> None:
+    """Each point is the first one with its varied fields replaced: it must equal the config built from
+    scratch, for nested keys, whole sub-configs, image paths, a zip, variants and a seed axis."""
+    from pipelines.config.runs import merge, resolve_paths, run_config, run_key
+
+    images = Path(__file__).resolve().parents[1] / "experiments" / "images"
+    path = tmp_path / "mixed.yaml"
+    path.write_text(f"""
+name: mixed
+base: {{content: {images / "grace_hopper.jpg"}, style: {images / "starry_night.jpg"}, size: 64,
+        optimizer: {{name: adam, lr: 0.1, schedule: cosine}}, layers: {{style: [relu1_1, relu2_1]}}}}
+grid:
+  optimizer.lr: [0.5, 2]
+  layers.style.relu1_1: [0.3, 0.7]
+  stop: [{{rel_improvement: 0.01, window: 5}}, {{rel_improvement: 0}}]
+  seed: [3, 4]
+zip:
+  style: [{images / "the_scream.jpg"}, {images / "the_kiss.jpg"}]
+  beta: [1, 10]
+variants:
+  plain: {{}}
+  sgd: {{optimizer: {{name: sgd, lr: 1e-9}}, alpha: 2}}
+""")
+    experiment = load_experiment(path)
+    assert len(experiment.points) == 2 * 2 * 2 * 2 * 2 * 2
+    roots = (path.parent, Path.cwd())
+    raw = yaml.safe_load(path.read_text())
+    for point in experiment.points:
+        varied = {k: v for k, v in point.varied.items() if k != "variant"}
+        changes = raw["variants"][point.varied["variant"]]
+        anew = run_config(resolve_paths(merge(merge(resolve_paths(raw["base"], roots), changes), varied), roots))
+        assert point.config == anew, point.name
+        assert point.key == run_key(anew), point.name

@@ -1,8 +1,10 @@
-"""The MLflow UI shows a sweep side by side, checked in a real headless Chromium.
+"""The newcomer's path through the MLflow UI, checked in a real headless Chromium.
 
-A tiny 3-point lr sweep goes into a temporary store; `mlflow ui` serves it on a free
-loopback port; Playwright drives Debian's Chromium through the runs table, the chart view
-and the image grid, and saves screenshots under reports/ui/. In CI a missing browser fails.
+A tiny 3-point lr sweep goes into a temporary store; the UI starts as `make ui` starts it (`nst ui`),
+which prints the link to the latest sweep; Playwright opens that link in Debian's Chromium and checks
+what a person sees there: the sweep's three runs listed, each one's loss curve in the charts and its
+image in the image grid. Screenshots go to reports/ui/ (the README's come from there). In CI a
+missing browser fails.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from pipelines.cli import main
 
@@ -61,32 +62,34 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory) -> Iterator[tuple[str, str]]:
-    """(base URL, experiment id) of an MLflow UI serving a freshly run 3-point sweep."""
+def ui(tmp_path_factory) -> Iterator[str]:
+    """The link `make ui` prints for a freshly run 3-point sweep, with the UI serving it."""
     _browser_or_skip()
     folder = tmp_path_factory.mktemp("ui")
     store = f"sqlite:///{folder}/mlflow.db"
     (folder / "ui_sweep.yaml").write_text(SWEEP)
     assert main(["experiment", str(folder / "ui_sweep.yaml"), "--tracking-uri", store, "--quiet"]) == 0
-    experiment_id = MlflowClient(store).get_experiment_by_name("ui_sweep").experiment_id
     port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store,
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    server = subprocess.Popen(  # what `make ui` runs
+        [sys.executable, "-m", "pipelines.cli", "ui", "--port", str(port), "--tracking-uri", store],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    url = f"http://127.0.0.1:{port}"
     try:
+        assert server.stdout is not None
+        printed = [server.stdout.readline() for _ in range(2)]
+        link = printed[1].split("compared: ", 1)[1].strip()
+        assert link.startswith(f"http://127.0.0.1:{port}/#/experiments/"), printed
         deadline = time.monotonic() + 90
         while True:
             try:
-                urllib.request.urlopen(url, timeout=2)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=2)
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("mlflow ui did not start") from None
+                    raise RuntimeError("nst ui did not start") from None
                 time.sleep(0.5)
-        yield url, experiment_id
+        yield link
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -101,27 +104,30 @@ def page(ui):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 950})
         page.set_default_timeout(30_000)
-        url, experiment_id = ui
-        page.goto(f"{url}/#/experiments/{experiment_id}/runs")
-        page.get_by_text("ui_sweep (sweep)").wait_for()
+        page.goto(ui)
+        page.get_by_text(RUNS[0], exact=True).first.wait_for()
         close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
         if close.count():  # the assistant side panel takes a third of the screen
             close.click()
+        banner = page.get_by_role("button", name="Exit shared view")
+        if banner.count():  # "you're viewing a shared view": the link's view; its banner takes room
+            page.locator("[data-component-id*='shared_view'] button[aria-label='Close'], "
+                         "button:right-of(:text('Exit shared view'))").first.click()
         yield page
         browser.close()
 
 
-def test_the_parent_run_holds_the_three_children(page) -> None:
-    parent = page.locator("[role=row]", has_text="ui_sweep (sweep)")
-    parent.locator("button[data-component-id*='runnamecellrenderer']").first.click()  # expand
+def test_the_link_lists_the_sweeps_runs_in_the_model_training_view(page) -> None:
     for name in RUNS:
         page.get_by_text(name, exact=True).first.wait_for()
-    assert page.get_by_text("4 matching runs").is_visible()
+    assert page.get_by_text("3 matching runs").is_visible()
+    assert not page.get_by_text("ui_sweep (sweep)").count()  # the children themselves, not a collapsed parent
+    assert "workflowType=machine_learning" in page.url and "/traces" not in page.url
     page.screenshot(path=SHOTS / "runs.png")
 
 
 def test_loss_total_is_charted_for_all_three_runs(page) -> None:
-    page.locator("label:has(input[value=CHART])").click()
+    assert page.locator("label:has(input[value=CHART]) input").is_checked()  # the link opens the charts
     page.get_by_placeholder("Search metric charts").fill("loss/")
     card = page.locator("[data-testid=experiment-view-compare-runs-card]", has_text="loss/total").first
     card.wait_for()
@@ -179,9 +185,13 @@ def test_screenshots_were_written() -> None:
         assert (SHOTS / name).stat().st_size > 20_000
 
 
-def test_make_ui_binds_to_loopback() -> None:
+def test_make_ui_starts_nst_ui_bound_to_loopback() -> None:
+    from pipelines.tracking.store import mlflow_ui_command
+
+    command = mlflow_ui_command("sqlite:///x/mlflow.db", 5000)
+    assert command[-4:] == ["--host", "127.0.0.1", "--port", "5000"]
     make = shutil.which("make")
     if make is None:
         pytest.skip("make not installed")
     out = subprocess.run([make, "-n", "ui"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "--host 127.0.0.1" in out and "--port 5000" in out
+    assert "nst ui --port 5000" in out

@@ -7,13 +7,16 @@
     zip: {}                   # equal-length lists varied together
     variants:                 # named sets of overrides, one run each (combined with the grid)
       luminance: {preserve_color: luminance}
-    seeds: [0]                # repeats of every grid point
+    seeds: [0]                # repeats of every grid point (or `seed` as a grid/zip axis)
     claims: [...]             # optional, judged by `nst report` (pipelines/config/claims.py)
     contrast: other_sweep     # optional: the report judges the same claims on that sweep
     notes: ...                # optional markdown, appended to the report
+    max_runs: 1000            # optional: more runs than this ask for --yes (the default 1000)
 
-Every point is validated before anything runs; errors name the file, the key and what
-was expected.
+Image paths resolve against the file's own folder first, then the working directory (`--set`
+paths against the working directory), so a file runs from any folder. Every point is validated
+before anything runs, and no two points may be the same run; errors name the file, the key and
+what was expected.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import claims as verdicts
-from pipelines.config.runs import ConfigError, RunConfig, merge, read_yaml, resolve_paths, run_config, run_key
+from pipelines.config.runs import ConfigError, RunConfig, Variations, merge, read_yaml, resolve_paths
 from pipelines.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "zip", "variants", "seeds", "claims", "contrast", "notes")
+TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "zip", "variants", "seeds", "claims", "contrast", "notes",
+                  "max_runs")
+#: Above this many runs a sweep asks to be confirmed (--yes), unless the file's `max_runs` allows them.
+MAX_RUNS = 1000
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class Experiment:
     variants: dict[str, dict[str, Any]]
     claims: list[dict[str, Any]]
     points: list[Point]
+    max_runs: int = MAX_RUNS
 
     @property
     def sweep_key(self) -> str:
@@ -165,8 +172,17 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise _fail(path, f"seeds: expected a non-empty list of integers >= 0, got {seeds!r}")
+    if "seed" in grid or "seed" in zipped:
+        # A seed axis of the grid works as one; with `seeds` too, which one wins would be a guess.
+        if "seeds" in raw:
+            raise _fail(path, "seed is in grid (or zip) and seeds is given too; vary seeds in one place: "
+                        "seeds: [1, 2] repeats every point with each seed")
+        seeds = [None]
     if not grid and not zipped and len(variants) < 2 and len(seeds) == 1:
         raise _fail(path, "grid: nothing varies; add a key with a list of values, e.g. optimizer.lr: [0.01, 0.1]")
+    max_runs = raw.get("max_runs", MAX_RUNS)
+    if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1:
+        raise _fail(path, f"max_runs: expected a whole number >= 1, got {max_runs!r}")
     claims = raw.get("claims") or []
     if not isinstance(claims, list) or not all(isinstance(c, Mapping) for c in claims):
         raise _fail(path, "claims: expected a list of {claim: ..., run: {...}} entries")
@@ -178,21 +194,8 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
 
     roots = (path.resolve().parent, Path.cwd())
     base_data = merge(resolve_paths(dict(base), roots), resolve_paths(dict(overrides or {}), (Path.cwd(),)))
-    points: list[Point] = []
-    zip_rows = list(zip(*zipped.values(), strict=True)) if zipped else [()]
-    grid_rows = list(itertools.product(*grid.values()))
-    for variant, changes in (variants or {"": {}}).items():
-        for values in grid_rows:
-            for zip_values in zip_rows:
-                for seed in seeds:
-                    varied = dict(zip(grid, values, strict=True)) | dict(zip(zipped, zip_values, strict=True))
-                    varied["seed"] = seed
-                    data = resolve_paths(merge(merge(base_data, changes), varied), roots)
-                    label = " ".join(filter(None, (variant, point_name(varied))))
-                    if variant:
-                        varied = {"variant": variant, **varied}
-                    config = run_config(data, source=f"{path} [{label}]")
-                    points.append(Point(len(points), config, varied, label, run_key(config)))
+    points = _expand(path, base_data, roots, variants, grid, zipped, seeds)
+    _refuse_duplicates(path, points)
     return Experiment(
         name=name.strip(),
         description=str(raw.get("description") or ""),
@@ -204,4 +207,41 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
         variants=variants,
         claims=claims,
         points=points,
+        max_runs=max_runs,
     )
+
+
+def _expand(path: Path, base: dict[str, Any], roots: tuple[Path, ...], variants: dict[str, dict[str, Any]],
+            grid: dict[str, list[Any]], zipped: dict[str, list[Any]], seeds: list[int | None]) -> list[Point]:
+    """Every point: each variant × the grid's product × the zipped rows × the seeds (a seed axis in
+    the grid or zip replaces the seeds)."""
+    points: list[Point] = []
+    zip_rows = list(zip(*zipped.values(), strict=True)) if zipped else [()]
+    for variant, changes in (variants or {"": {}}).items():
+        data = resolve_paths(merge(base, changes), roots)
+        variations: Variations | None = None
+        for values in itertools.product(*grid.values()):
+            for zip_values in zip_rows:
+                for seed in seeds:
+                    varied = dict(zip(grid, values, strict=True)) | dict(zip(zipped, zip_values, strict=True))
+                    if seed is not None:
+                        varied["seed"] = seed
+                    label = " ".join(filter(None, (variant, point_name(varied))))
+                    source = f"{path} [{label}]"
+                    resolved = resolve_paths(varied, roots)
+                    variations = variations or Variations(data, resolved, source)
+                    config, key = variations.config(resolved, source)
+                    shown = {"variant": variant, **varied} if variant else varied
+                    points.append(Point(len(points), config, shown, label, key))
+    return points
+
+
+def _refuse_duplicates(path: Path, points: list[Point]) -> None:
+    """Two points with one run key would be one run twice (or one of them silently skipped)."""
+    seen: dict[str, Point] = {}
+    for point in points:
+        first = seen.setdefault(point.key, point)
+        if first is not point:
+            raise _fail(path, f"points [{first.index + 1}] {first.name!r} and [{point.index + 1}] {point.name!r} "
+                        "are the same run (the same run key): remove the repeated value, or vary a key that "
+                        "changes the result")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -124,12 +126,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
     if tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            number = float(value)
         # YAML 1.1 reads 1e-4 (no dot) as a string; accept what is plainly a number.
-        if isinstance(value, str) and _NUMBER.match(value.strip()):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        elif isinstance(value, str) and _NUMBER.match(value.strip()):
+            number = float(value)
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        if not math.isfinite(number):  # .inf, .nan, 1e999: no run can use them
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str) and value:
             return value
@@ -152,10 +159,15 @@ def _field_names(cls: type) -> str:
     return ", ".join(f.name for f in dataclasses.fields(cls))
 
 
+@functools.cache  # evaluating the annotations costs more than building the config (a grid builds thousands)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     """An instance of dataclass `cls` from a mapping, validated; keys are checked by name."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
@@ -216,10 +228,10 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with dotted `overrides` applied, as a new nested dict."""
-    out = json.loads(json.dumps(base, default=list))  # deep copy of plain data
+    """`base` with dotted `overrides` applied, as a new nested dict (`base` is left as it was)."""
+    out = _copy(base)
     for key, value in overrides.items():
-        set_dotted(out, key, value)
+        set_dotted(out, key, _copy(value))
     return out
 
 
@@ -230,11 +242,7 @@ def resolve_paths(data: dict[str, Any], roots: tuple[Path, ...]) -> dict[str, An
     out = dict(data)
 
     def resolve(value: str) -> str:
-        path = Path(value).expanduser()
-        if not path.is_absolute():
-            found = [root / path for root in roots if (root / path).exists()]
-            path = found[0] if found else roots[-1] / path
-        return str(path.resolve())
+        return _resolve(value, roots)
 
     for key in ("content", "style", "init"):
         value = out.get(key)
@@ -244,6 +252,15 @@ def resolve_paths(data: dict[str, Any], roots: tuple[Path, ...]) -> dict[str, An
             continue
         out[key] = resolve(value)
     return out
+
+
+@functools.lru_cache(maxsize=4096)  # a grid resolves the same few files for every point
+def _resolve(value: str, roots: tuple[Path, ...]) -> str:
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        found = [root / path for root in roots if (root / path).exists()]
+        path = found[0] if found else roots[-1] / path
+    return str(path.resolve())
 
 
 def outside(config: RunConfig, root: Path, keys: Iterable[str]) -> list[str]:
@@ -269,8 +286,37 @@ def run_config(data: Mapping[str, Any], source: str = "config") -> RunConfig:
 
 
 # -- views of a RunConfig ---------------------------------------------------------------------------
+def _copy(data: Any) -> Any:
+    """A deep copy of plain data (mappings, lists, tuples as lists, scalars)."""
+    if isinstance(data, Mapping):
+        return {k: _copy(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_copy(v) for v in data]
+    return data
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+@functools.cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _plain(value: Any) -> Any:
+    """A config as JSON would give it back: dataclasses as dicts, tuples as lists, keys as strings."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict:
+        return {str(k): _plain(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_plain(v) for v in value]
+    return {name: _plain(getattr(value, name)) for name in _names(kind)}  # a dataclass
+
+
 def to_dict(config: RunConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    return _plain(config)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -291,13 +337,57 @@ _NOT_IN_RUN_KEY = ("checkpoint_every", "deterministic")
 _KEYED_WHEN_SET = ("gram_norm", "style_blend", "preserve_color", "scales", "stop")
 
 
-def run_key(config: RunConfig) -> str:
-    """A stable hash of the resolved config: the same key means the same result."""
-    defaults = to_dict(RunConfig(content="-", style="-"))
-    data = {k: v for k, v in to_dict(config).items()
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return to_dict(RunConfig(content="-", style="-"))
+
+
+def run_key(config: RunConfig, plain: Mapping[str, Any] | None = None) -> str:
+    """A stable hash of the resolved config: the same key means the same result. `plain`:
+    `to_dict(config)` when the caller has it already."""
+    defaults = _defaults()
+    data = {k: v for k, v in (plain or to_dict(config)).items()
             if k not in _NOT_IN_RUN_KEY and not (k in _KEYED_WHEN_SET and v == defaults[k])}
     blob = json.dumps(data, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Variations:
+    """Many configs that differ from one template in a few keys (a grid's points), built fast: the
+    template is validated once; each point coerces only its varied top-level fields (each distinct
+    value once) and gets the dataclasses' own checks through `dataclasses.replace`. The same configs
+    and run keys as `run_config(merge(data, varied))`, at a fraction of the cost (a 100,000-point grid
+    in seconds)."""
+
+    def __init__(self, data: Mapping[str, Any], first: Mapping[str, Any], source: str) -> None:
+        self.data = data  # the plain data the points share: image paths resolved, no varied key applied
+        self.template = run_config(merge(data, first), source)  # the first point: every key validated
+        self.plain = to_dict(self.template)
+        self._fields: dict[str, tuple[Any, Any]] = {}  # top field + its raw value -> (coerced, plain)
+
+    def config(self, varied: Mapping[str, Any], source: str) -> tuple[RunConfig, str]:
+        """The config with `varied` (dotted keys) applied, and its run key."""
+        groups: dict[str, dict[str, Any]] = {}
+        for key, value in varied.items():
+            groups.setdefault(key.split(".", 1)[0], {})[key] = value
+        changes, plain = {}, dict(self.plain)
+        for top, items in groups.items():
+            memo = json.dumps([top, items], sort_keys=True, default=str)
+            if memo not in self._fields:
+                raw = merge({top: self.data.get(top)} if top in self.data else {}, items)
+                if top not in _hints(RunConfig):
+                    build(RunConfig, raw)  # names the unknown key, with the closest valid one
+                try:
+                    value = _coerce(_hints(RunConfig)[top], raw[top], top)
+                except ConfigError as exc:
+                    raise ConfigError(f"{source}: {exc}") from None
+                self._fields[memo] = (value, _plain(value))
+            changes[top], plain[top] = self._fields[memo]
+        try:
+            config = dataclasses.replace(self.template, **changes)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        return config, run_key(config, plain)
 
 
 def to_yaml(config: RunConfig) -> str:

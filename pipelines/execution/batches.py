@@ -17,14 +17,14 @@ checkpointing...) and splits batches. L-BFGS runs one image at a time (nst.optim
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import TypeVar
 
 import torch
 
-from nst.config import shared_settings
+from nst.config import PER_SAMPLE, PER_SAMPLE_OPTIMIZER
 from pipelines.config.runs import RunConfig, to_dict
 from pipelines.errors import UserError
 
@@ -36,8 +36,19 @@ GPU_BYTES_PER_PIXEL = 9.0 * 2**30 / (2048 * 1748)  # peak GPU memory of one 2048
 
 
 def batch_key(config: RunConfig) -> str:
-    """What two runs must share to optimize as one batch (the rest is per image), as a string."""
-    return json.dumps(to_dict(replace(shared_settings(config), snapshots=(), max_size=config.size)), sort_keys=True)
+    """What two runs must share to optimize as one batch, as a string: the config without what is
+    per image (nst.config.shared_settings says the same; this is its fast form for big grids)."""
+    plain, default = to_dict(config), _default()
+    for name in (*PER_SAMPLE, "snapshots", "max_size"):  # what each run logs, and a guard, are per run too
+        plain[name] = default[name]
+    plain["optimizer"] = {**plain["optimizer"], **{k: default["optimizer"][k] for k in PER_SAMPLE_OPTIMIZER}}
+    plain["layers"]["style"] = sorted(plain["layers"]["style"])  # which layers, not their weights
+    return json.dumps(plain, sort_keys=True)
+
+
+@functools.cache
+def _default() -> dict:
+    return to_dict(RunConfig(content="-", style="-"))
 
 
 def parse_batch(text: str) -> int | str:

@@ -122,6 +122,20 @@ def load_init(config: RunConfig, size: tuple[int, int], client: MlflowClient | N
     return None
 
 
+def check_inputs(configs: list[RunConfig], client: MlflowClient | None = None) -> None:
+    """Every image these runs read loads at its size (UserError naming the first that does not):
+    a sweep checks all its points before it creates anything. Each distinct input is read once."""
+    sizes: dict[tuple[Any, ...], tuple[int, int]] = {}
+    inits: set[tuple[str, tuple[int, int]]] = set()
+    for config in configs:
+        shared = (config.content, config.styles, config.size, config.style_scale, tuple(config.sizes))
+        if shared not in sizes:
+            sizes[shared] = load_inputs(config).size
+        if (config.init_from_file or config.init.startswith("run:")) and (config.init, sizes[shared]) not in inits:
+            inits.add((config.init, sizes[shared]))
+            load_init(config, sizes[shared], client)
+
+
 def _final_image_of(client: MlflowClient | None, run_id: str, size: tuple[int, int]) -> torch.Tensor:
     """`init: run:<id>`: that run's final image, from the store, resized to this run's size."""
     if client is None:

@@ -20,7 +20,7 @@ from pipelines.config.grid import Experiment, Point
 from pipelines.config.runs import flatten, to_dict
 from pipelines.execution.batches import AUTO, plan
 from pipelines.execution.executors import Executor, Job, Task, run_local
-from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec, resolve_device
+from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec, check_inputs, resolve_device
 from pipelines.tracking import store
 from pipelines.tracking.run_log import CHECKPOINT_STEP_TAG
 from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
@@ -116,6 +116,7 @@ def run_experiment(
     cluster: pipelines.execution.ray_executor); resuming, skipping and the parent's status are the
     same whichever runs them."""
     client = MlflowClient(tracking_uri)
+    check_inputs([p.config for p in experiment.points], client)  # before anything is written
     exp_id = store.experiment_id(client, experiment.name, tracking_uri)
     parent_id = find_parent(client, exp_id, experiment)
     done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}

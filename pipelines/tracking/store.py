@@ -7,11 +7,12 @@ checkpoints). Nothing else in the project talks to MLflow.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlencode, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Param
@@ -39,9 +40,25 @@ HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
+#: SQLAlchemy's default driver module per database dialect (`postgresql+psycopg2://` names its own).
+SQL_DRIVERS = {"postgresql": "psycopg2", "mysql": "MySQLdb", "mssql": "pyodbc"}
+USE_INSTEAD = "use sqlite:///PATH/mlflow.db (one machine) or http://HOST:PORT (a tracking server: make server)"
+
+
 def check_store(uri: str) -> None:
-    """Fail fast, with the fix, when the store cannot be used: an unwritable SQLite folder or
-    an unreachable tracking server (answered within ~10 s, not after MLflow's retries)."""
+    """Fail fast, with the fix, when the store cannot be used: an unknown scheme, MLflow's retired
+    folder store, a database whose driver is missing or that does not answer, an unwritable SQLite
+    folder, an unreachable tracking server (each answered within ~10 s, not after MLflow's retries)."""
+    scheme = urlparse(uri).scheme
+    dialect, _, driver = scheme.partition("+")
+    if scheme in ("", "file"):
+        folder = unquote(urlparse(uri).path) if scheme else uri
+        raise UserError(f"{uri}: MLflow 3.13+ retired its file store (runs in plain folders); use "
+                        f"sqlite:///{Path(folder).resolve()}/mlflow.db, or http://HOST:PORT (a tracking server)")
+    if dialect in SQL_DRIVERS:
+        _check_database(uri, dialect, driver)
+    elif scheme not in ("sqlite", "http", "https", "databricks"):
+        raise UserError(f"{uri}: nst cannot use a {scheme!r} store; {USE_INSTEAD}")
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         try:
@@ -111,3 +128,73 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
     items = [Param(k, str(v)[:_PARAM_MAX_CHARS]) for k, v in params.items()]
     for i in range(0, len(items), _PARAMS_PER_BATCH):
         client.log_batch(run_id, params=items[i : i + _PARAMS_PER_BATCH])
+
+
+def _check_database(uri: str, dialect: str, driver: str) -> None:
+    """The database's driver is installed and the database answers (MLflow itself would retry for
+    minutes); one connection, with a short timeout."""
+    import importlib.util
+
+    module = {"psycopg": "psycopg", "pymysql": "pymysql", "mysqldb": "MySQLdb"}.get(driver, driver) or \
+        SQL_DRIVERS[dialect]
+    if importlib.util.find_spec(module) is None:
+        hint = " (pip install '.[server]'; make test installs it)" if dialect == "postgresql" else ""
+        raise UserError(f"{uri}: the {dialect} driver ({module}) is not installed{hint}; or {USE_INSTEAD}")
+    import sqlalchemy
+
+    timeout = {"connect_timeout": 5} if dialect in ("postgresql", "mysql") else {}
+    try:
+        with sqlalchemy.create_engine(uri, connect_args=timeout).connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means the same here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"cannot open the store {uri} ({first}); start the database or fix the URI, "
+                        f"or {USE_INSTEAD}") from None
+
+
+#: Where `make ui` (`nst ui`) serves a local store's UI.
+UI_PORT = 5000
+
+
+def ui_base(uri: str, port: int = UI_PORT) -> str:
+    """The UI's address for a store: a tracking server serves its own; a local store's is `nst ui`'s."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+
+
+def sweep_link(client: MlflowClient, uri: str, experiment_id: str, parent_run_id: str, port: int = UI_PORT) -> str:
+    """The MLflow UI page of one sweep: its runs (the parent's children) listed, lowest final J first,
+    and compared in the chart view with the image grid.
+
+    - `workflowType=machine_learning`: MLflow 3 otherwise opens an experiment on its GenAI overview.
+    - Sorted by a metric, not by date: under date order with a filter the UI nests the children under
+      their (collapsed) parent, and the charts draw nothing.
+    - A shared view state (the UI's own "share" mechanism: the experiment tag
+      `mlflow.sharedViewState.<key>`) shows every run, not the UI's default first 10. The same filter
+      and order stand in the link itself too, for a UI that reads no shared state.
+    """
+    facets = {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+              "orderByKey": "metrics.`loss/total`", "orderByAsc": True}
+    state = {**facets, "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs",
+             "datasetsFilter": [], "runsHiddenMode": "SHOW_ALL"}
+    key = f"nst-{parent_run_id}"
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(state))
+    query = urlencode({"viewStateShareKey": key, "workflowType": "machine_learning", "compareRunsMode": "CHART",
+                       **{k: str(v).lower() if isinstance(v, bool) else v for k, v in facets.items()}},
+                      quote_via=quote)
+    return f"{ui_base(uri, port)}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def latest_sweep(client: MlflowClient) -> tuple[str, str] | None:
+    """(experiment id, parent run id) of the sweep started last in the store, if any."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(experiments, filter_string="tags.`nst.sweep_key` != ''", max_results=1,
+                                 order_by=["attributes.start_time DESC"]) if experiments else []
+    return (parents[0].info.experiment_id, parents[0].info.run_id) if parents else None
+
+
+def mlflow_ui_command(uri: str, port: int = UI_PORT) -> list[str]:
+    """`mlflow ui` on the store, bound to loopback (nothing of a local store is served beyond this host)."""
+    import sys
+
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    return [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]

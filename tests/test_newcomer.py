@@ -1,0 +1,147 @@
+"""The newcomer's path: shipped experiments from any folder, no silent wrong runs (seeds in a grid,
+duplicate points, numbers that are not finite), a clear line for any store nst cannot use, big grids
+checked fast and confirmed before they start, and every point's inputs checked before anything is
+written."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.cli import main
+from pipelines.config.grid import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "experiments" / "images"
+CONTENT, STYLE = IMAGES / "grace_hopper.jpg", IMAGES / "starry_night.jpg"
+
+
+def _one_line_exit_2(capsys, argv: list[str], *needles: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("nst: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _file(tmp_path: Path, body: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(f"name: exp\nbase: {{content: {CONTENT}, style: {STYLE}, size: 32, iterations: 2, "
+                    f"snapshots: [0]}}\n{body}")
+    return path
+
+
+# -- from any folder ---------------------------------------------------------------------------------
+def test_a_shipped_experiment_runs_from_another_folder(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # not the project's root
+    store = f"sqlite:///{tmp_path}/store/mlflow.db"
+    code = main(["experiment", str(ROOT / "experiments" / "lr_sweep.yaml"), "--tracking-uri", store, "--quiet",
+                 "--set", "size=32", "--set", "iterations=2"])
+    assert code == 0, capsys.readouterr().err
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("lr_sweep").experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_every_shipped_experiment_names_its_images_relative_to_itself() -> None:
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        text = path.read_text()
+        assert "experiments/images/" not in text, f"{path.name}: image paths are relative to the file's folder"
+        assert "relative to this file" in text, f"{path.name}: says how its paths resolve"
+
+
+def test_a_sweep_checks_every_points_inputs_before_it_writes_anything(tmp_path, store, capsys) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image")
+    path = _file(tmp_path, f"grid: {{style: [{STYLE}, {bad}]}}\n")
+    _one_line_exit_2(capsys, ["experiment", str(path), "--tracking-uri", store, "--quiet"], str(bad), "not an image")
+    client = MlflowClient(store)
+    assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+# -- no silent wrong runs -----------------------------------------------------------------------------
+def test_seed_in_a_grid_is_a_grid_axis(tmp_path) -> None:
+    experiment = load_experiment(_file(tmp_path, "grid: {optimizer.lr: [0.1, 1], seed: [1, 2]}\n"))
+    assert sorted((p.config.optimizer.lr, p.config.seed) for p in experiment.points) == [
+        (0.1, 1), (0.1, 2), (1.0, 1), (1.0, 2)]
+    assert len({p.key for p in experiment.points}) == 4
+    assert sorted(p.name for p in experiment.points) == ["lr=0.1 seed=1", "lr=0.1 seed=2", "lr=1 seed=1",
+                                                        "lr=1 seed=2"]
+
+
+def test_seed_in_a_grid_and_seeds_at_once_is_refused(tmp_path, store, capsys) -> None:
+    path = _file(tmp_path, "grid: {seed: [1, 2]}\nseeds: [3, 4]\n")
+    _one_line_exit_2(capsys, ["experiment", str(path), "--tracking-uri", store], "seed", "seeds")
+
+
+@pytest.mark.parametrize("body", ["grid: {optimizer.lr: [0.1, 0.1]}\n",
+                                  "grid: {optimizer.lr: [0.1, 1]}\nvariants: {a: {}, b: {}}\n",
+                                  "grid: {checkpoint_every: [10, 20]}\n"])
+def test_two_points_with_one_run_key_are_refused(tmp_path, store, capsys, body) -> None:
+    path = _file(tmp_path, body)
+    _one_line_exit_2(capsys, ["experiment", str(path), "--tracking-uri", store], "the same run")
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e999"])
+def test_numbers_must_be_finite(store, capsys, value) -> None:
+    _one_line_exit_2(capsys, ["run", "--content", str(CONTENT), "--style", str(STYLE), "--set",
+                              f"optimizer.lr={value}", "--tracking-uri", store], "optimizer.lr", "finite")
+
+
+def test_a_grid_value_must_be_finite(tmp_path, store, capsys) -> None:
+    path = _file(tmp_path, "grid: {beta: [1, .inf]}\n")
+    _one_line_exit_2(capsys, ["experiment", str(path), "--tracking-uri", store], "beta", "finite")
+
+
+# -- stores nst cannot use ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("uri", "needles"), [
+    ("file:/tmp/some/folder", ("file store", "sqlite:///")),
+    ("/tmp/some/folder", ("file store", "sqlite:///")),
+    ("ftp://example.org/mlruns", ("ftp", "sqlite:///", "http://")),
+    ("mssql://user@127.0.0.1:1/db", ("mssql", "driver")),
+    ("postgresql://nobody@127.0.0.1:9/none", ("postgresql://nobody@127.0.0.1:9/none", "cannot")),
+])
+def test_a_store_nst_cannot_use_is_one_line(capsys, uri, needles) -> None:
+    start = time.monotonic()
+    _one_line_exit_2(capsys, ["run", "--content", str(CONTENT), "--style", str(STYLE), "--tracking-uri", uri],
+                     *needles)
+    assert time.monotonic() - start < 15
+
+
+# -- big grids --------------------------------------------------------------------------------------------
+def test_a_hundred_thousand_point_grid_expands_into_distinct_valid_runs(tmp_path) -> None:
+    lrs = [round(0.001 * (i + 1), 6) for i in range(400)]
+    betas = [round(0.1 * (i + 1), 6) for i in range(250)]
+    path = _file(tmp_path, f"grid: {{optimizer.lr: {lrs}, beta: {betas}}}\n")
+    experiment = load_experiment(path)  # its time is a benchmark's: make bench-expand
+    assert len(experiment.points) == 100_000 and len({p.key for p in experiment.points}) == 100_000
+    assert experiment.points[-1].config.beta == 25.0 and experiment.points[-1].config.optimizer.lr == 0.4
+    assert experiment.points[-1].name == "lr=0.4 beta=25 seed=0"
+
+
+def test_more_than_a_thousand_runs_ask_for_yes(tmp_path, store, capsys) -> None:
+    lrs = [round(0.01 * (i + 1), 6) for i in range(1001)]
+    path = _file(tmp_path, f"grid: {{optimizer.lr: {lrs}}}\n")
+    _one_line_exit_2(capsys, ["experiment", str(path), "--tracking-uri", store], "1001 runs", "--yes", "max_runs")
+    assert main(["experiment", str(path), "--tracking-uri", store, "--dry-run"]) == 0  # a dry run asks nothing
+    capped = _file(tmp_path, f"grid: {{optimizer.lr: {lrs}}}\nmax_runs: 1000\n", "capped.yaml")
+    _one_line_exit_2(capsys, ["experiment", str(capped), "--tracking-uri", store], "1001 runs", "max_runs: 1000")
+
+
+# -- make experiment installs what running needs ---------------------------------------------------------
+def test_make_experiment_installs_only_what_running_needs() -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make not installed")
+    dry = subprocess.run([make, "-n", "-B", "experiment"], cwd=ROOT, capture_output=True, text=True, check=True)
+    installs = [line for line in dry.stdout.splitlines() if "pip install" in line and "-e" in line]
+    assert installs and all("[dev]" not in line for line in installs), dry.stdout
+    dry = subprocess.run([make, "-n", "-B", "test"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert any("[dev]" in line for line in dry.stdout.splitlines() if "pip install" in line), dry.stdout
+
