@@ -274,8 +274,6 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
     from mlflow import MlflowClient
 
     from pipelines.tracking.store import latest_sweep, mlflow_ui_command, resolve_tracking_uri, sweep_link
@@ -286,10 +284,11 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     latest = latest_sweep(client)
     if latest:
         print(f"the latest sweep's runs compared: {sweep_link(client, uri, *latest, port=args.port)}", flush=True)
-    try:
-        return subprocess.run(mlflow_ui_command(uri, args.port), check=False).returncode
-    except KeyboardInterrupt:
-        return EXIT_OK
+    command = mlflow_ui_command(uri, args.port)
+    sys.stdout.flush()  # exec keeps no Python buffer
+    # Replaced by `mlflow ui` itself: Ctrl-C and kill reach the server, and nothing is left behind.
+    os.execv(command[0], command)
+    return EXIT_OK  # not reached
 
 
 COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment, "report": _cmd_report, "lr-find": _cmd_lr_find,
