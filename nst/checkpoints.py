@@ -16,6 +16,8 @@ import torch
 SAMPLES = "samples"  # checkpoint["nst"][SAMPLES]: one dict per image
 #: Keys of a per-sample optimizer's param group that hold one value per image.
 PER_SAMPLE_GROUP_KEYS = ("lrs", "momenta")
+#: The module's state_dict entries that hold one row per image (the averaged image: iterate averaging).
+PER_SAMPLE_STATE = ("image", "average_image", "average_weight")
 
 Checkpoint = dict[str, Any]
 
@@ -30,9 +32,9 @@ def _take_optimizer(state: dict[str, Any], b: int) -> dict[str, Any]:
 
 def _take(checkpoint: Checkpoint, b: int) -> Checkpoint:
     # clone(): torch.save of a view would write the whole batch's storage into every run's file.
-    image = checkpoint["state_dict"]["image"][b : b + 1].clone()
+    state = {k: v[b : b + 1].clone() if k in PER_SAMPLE_STATE else v for k, v in checkpoint["state_dict"].items()}
     return {**checkpoint,
-            "state_dict": {**checkpoint["state_dict"], "image": image},
+            "state_dict": state,
             "optimizer_states": [_take_optimizer(s, b) for s in checkpoint["optimizer_states"]],
             "nst": {**checkpoint["nst"], SAMPLES: [checkpoint["nst"][SAMPLES][b]]}}
 
@@ -62,7 +64,8 @@ def stack(parts: list[Checkpoint]) -> Checkpoint:
         raise ValueError(f"checkpoints of one batch must be at one step, got steps {sorted(steps)}")
     first = parts[0]
     return {**first,
-            "state_dict": {**first["state_dict"], "image": torch.cat([p["state_dict"]["image"] for p in parts])},
+            "state_dict": {k: torch.cat([p["state_dict"][k] for p in parts]) if k in PER_SAMPLE_STATE else v
+                           for k, v in first["state_dict"].items()},
             "optimizer_states": [_stack_optimizer([p["optimizer_states"][i] for p in parts])
                                  for i in range(len(first["optimizer_states"]))],
             "nst": {**first["nst"], SAMPLES: [s for p in parts for s in p["nst"][SAMPLES]]}}

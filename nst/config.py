@@ -17,6 +17,7 @@ INITS = ("content", "noise", "content+noise")
 OPTIMIZERS = ("adam", "lbfgs", "sgd")
 SCHEDULES = ("constant", "cosine", "exponential")
 GRAM_NORMS = ("seed", "hw", "chw")
+STYLE_LOSSES = ("gram", "w2")  # nst.losses
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the hardware computes it natively
 COLOR_MODES = ("none", "luminance", "match")
 
@@ -131,6 +132,11 @@ class TransferConfig:
     # Gram normalization of J_style: "seed" sum(dG^2) / (4 C^2 (HW)^2) (Gatys); "hw" the mean
     # square of G/HW (4x seed); "chw" of G/(CHW) (4/C^2 x seed: deep, wide layers count less).
     gram_norm: str = "seed"
+    # "gram" (Gatys et al.) or "w2": the Wasserstein-2 distance of the features' Gaussians (nst.losses).
+    style_loss: str = "gram"
+    # Iterate averaging: the image written out is an exponential moving average of the iterates with this
+    # decay per step (0: the last iterate, as Gatys et al.); the losses are still the iterate's.
+    average: float = 0.0
     # Weights of several style images (their Gram targets are blended); () = equal weights.
     style_blend: tuple[float, ...] = ()
     preserve_color: str = "none"  # "luminance" | "match": see nst.color
@@ -153,6 +159,9 @@ class TransferConfig:
             _non_negative(name, getattr(self, name))
         _one_of("tv_norm", self.tv_norm, ("l1", "l2"))
         _one_of("gram_norm", self.gram_norm, GRAM_NORMS)
+        _one_of("style_loss", self.style_loss, STYLE_LOSSES)
+        if not 0 <= self.average < 1:
+            raise ValueError(f"average must be within 0 (off) and 1 (exclusive), got {self.average}")
         _one_of("preserve_color", self.preserve_color, COLOR_MODES)
         for weight in self.style_blend:
             _non_negative("style_blend", weight)

@@ -10,6 +10,15 @@ reshaped to n_C x (n_H*n_W). The default normalizations are the seed's (DESIGN.m
     TV        = mean over pixels of |dx|^p + |dy|^p,  p = 2 (l2) or 1 (l1), image in 0-1 units
     J         = alpha * J_content + beta * J_style + gamma * TV
 
+`style_loss: w2` replaces each layer's Gram term by the Wasserstein-2 distance between Gaussians
+fitted to the generated and the style features (their means and covariances; as in
+crowsonkb/style-transfer-pytorch), per channel:
+
+    W2^2 / n_C = ( |mu_G - mu_S|^2 + tr(S_G) + tr(S_S) - 2 tr( (S_S^1/2 S_G S_S^1/2)^1/2 ) ) / n_C
+
+The Gram loss matches second moments only; W2 matches the mean and the covariance as a distance
+between distributions, which weighs a layer's channels evenly and does not grow with a layer's scale.
+
 Gram matrices and losses are computed in fp32 even when the backbone runs in bf16:
 sums of n_H*n_W products lose too many bits in bf16. Every loss is one number per image of a
 batch, (B,): the images of a batch are separate runs, each with its own weights (scalars or (B,)).
@@ -18,6 +27,7 @@ batch, (B,): the images of a batch are separate runs, each with its own weights 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -50,6 +60,58 @@ def style_layer_loss(generated: Tensor, target_gram: Tensor, norm: str = "seed")
     return (gram(generated) - target_gram).pow(2).sum(dim=(1, 2)) / factor[norm]
 
 
+class W2Target(NamedTuple):
+    """A style layer's Gaussian: the mean (C,), the covariance (C, C) and its square root."""
+
+    mean: Tensor
+    cov: Tensor
+    cov_sqrt: Tensor
+
+
+COV_EPS = 1e-4  # added to each covariance's diagonal: square roots of near-singular matrices stay finite
+
+
+def feature_moments(features: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean (B, C) and second raw moment E[f f^T] (B, C, C) of a (B, C, H, W) map's features over its
+    positions, in fp32. Raw moments of several images blend linearly (a covariance does not)."""
+    b, c, h, w = features.shape
+    flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c).float()  # a view of a channels_last map
+    return flat.mean(1), flat.transpose(1, 2) @ flat / (h * w)
+
+
+def sqrtm(matrix: Tensor) -> Tensor:
+    """The square root of a symmetric positive semi-definite matrix (or a batch of them)."""
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.clamp_min(0).sqrt().unsqueeze(-2)) @ vectors.transpose(-1, -2)
+
+
+def w2_target(mean: Tensor, raw_moment: Tensor) -> W2Target:
+    """The W2 target of a style layer from its (blended) mean and second raw moment."""
+    eye = torch.eye(mean.shape[-1], device=mean.device, dtype=mean.dtype)
+    cov = raw_moment - mean.unsqueeze(-1) * mean.unsqueeze(-2) + COV_EPS * eye
+    return W2Target(mean, cov, sqrtm(cov))
+
+
+def w2_layer_loss(generated: Tensor, target: W2Target) -> Tensor:
+    """W2^2 between Gaussians fitted to the generated and the style features, per channel: (B,)."""
+    mean, raw = feature_moments(generated)
+    c = mean.shape[-1]
+    eye = torch.eye(c, device=mean.device, dtype=mean.dtype)
+    cov = raw - mean.unsqueeze(-1) * mean.unsqueeze(-2) + COV_EPS * eye
+    # tr(sqrtm(M)) is the sum of the square roots of M's eigenvalues: no matrix square root needed here.
+    cross = target.cov_sqrt @ cov @ target.cov_sqrt
+    roots = torch.linalg.eigvalsh(cross).clamp_min(COV_EPS**2).sqrt().sum(-1)
+    traces = cov.diagonal(dim1=-2, dim2=-1).sum(-1) + target.cov.diagonal().sum()
+    return ((mean - target.mean).pow(2).sum(-1) + traces - 2 * roots) / c
+
+
+def style_layer_term(generated: Tensor, target: Tensor | W2Target, norm: str = "seed") -> Tensor:
+    """One style layer's term, per image: the Gram loss against a Gram target, W2 against a W2 target."""
+    if isinstance(target, W2Target):
+        return w2_layer_loss(generated, target)
+    return style_layer_loss(generated, target, norm)
+
+
 def total_variation(image01: Tensor, kind: str = "l2") -> Tensor:
     """Mean total variation of each image of a (B, 3, H, W) batch in 0-1 units: (B,); kind "l2" or "l1"."""
     dx = image01[..., :, 1:] - image01[..., :, :-1]
@@ -63,7 +125,7 @@ def total_variation(image01: Tensor, kind: str = "l2") -> Tensor:
 def style_transfer_losses(
     features: Features,
     content_targets: Features,
-    style_grams: Features,
+    style_targets: Mapping[str, Tensor | W2Target],
     style_weights: Mapping[str, Weight],
     image01: Tensor,
     alpha: Weight,
@@ -80,7 +142,7 @@ def style_transfer_losses(
     """
     zero = image01.new_zeros(image01.shape[0], dtype=torch.float32)
     content = sum((content_layer_loss(features[n], t) for n, t in content_targets.items()), zero)
-    per_layer = {n: style_layer_loss(features[n], g, gram_norm) for n, g in style_grams.items()}
+    per_layer = {n: style_layer_term(features[n], t, gram_norm) for n, t in style_targets.items()}
     style = sum((style_weights[n] * v for n, v in per_layer.items()), zero)
     if isinstance(gamma, Tensor):  # per image: the images whose gamma is 0 log a TV of 0
         tv = torch.where(gamma != 0, total_variation(image01.float(), tv_kind), zero)

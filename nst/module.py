@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from nst import checkpoints, color
 from nst.config import TransferConfig, blend_weights, first_difference
-from nst.losses import Weight, style_transfer_losses
+from nst.losses import W2Target, Weight, style_transfer_losses
 from nst.optim import LBFGS_ALONE, SampleSchedules, make_optimizer
 from nst.precision import resolve_precision
 from nst.scales import pyramid, resize
@@ -125,6 +125,7 @@ class StyleTransfer(pl.LightningModule):
         self.style_weights = {n: self._weight(f"style_weight_{n}", [c.layers.style[n] for c in self.configs])
                               for n in self.style_layers}
         self.image = nn.Parameter(self._start(init01))
+        self._init_average()
         self.schedules = SampleSchedules([c.optimizer for c in self.configs], self.config.iterations)
         self.last_lrs = self.schedules.lrs  # the learning rates of the last step, per image
         self.last_losses: dict[str, Tensor] = {}  # the losses of the last step, per image, on the device
@@ -163,11 +164,14 @@ class StyleTransfer(pl.LightningModule):
         """Content features and blended style Grams at scale `index` (buffers, never saved)."""
         styles = [getattr(self, f"style_full_{i}") for i in range(self.n_styles)]
         targets = scale_targets(self.vgg, self.content_full, styles, self.blend, self.sizes[index],
-                                self.content_layers, list(self.config.layers.style))
+                                self.content_layers, list(self.config.layers.style), self.config.style_loss)
         for name, value in targets.features.items():
             self.register_buffer(f"content_target_{name}", value, persistent=False)
         for name, value in targets.grams.items():
             self.register_buffer(f"style_gram_{name}", value, persistent=False)
+        for name, w2 in targets.w2.items():
+            for part, value in w2._asdict().items():
+                self.register_buffer(f"style_w2_{part}_{name}", value, persistent=False)
         self.register_buffer("content01", targets.content01, persistent=False)
         self.scale_index = index
 
@@ -175,14 +179,15 @@ class StyleTransfer(pl.LightningModule):
         """Next scale: new targets, the images upsampled to the new size (in pixel units)."""
         self._set_targets(index)
         with torch.no_grad():
-            image01 = resize(self.image01().clamp(0, 1), tuple(self.content01.shape[-2:]))
+            image01 = resize(self.written01().clamp(0, 1), tuple(self.content01.shape[-2:]))
         self.image = nn.Parameter(image01 * self.config.pixel_scale)
+        self._init_average()  # each scale averages its own iterates, from the upsampled image on
         self._seen = 0  # each scale starts with a jump in J: convergence counts from here
 
     def result01(self) -> Tensor:
         """The images to look at, in 0-1 units: clamped, and under `preserve_color: luminance`
         the optimized luminance with the content's chroma."""
-        image01 = self.image01().detach().clamp(0, 1)
+        image01 = self.written01().detach().clamp(0, 1)
         if self.config.preserve_color == "luminance":
             chroma = resize(self.chroma01, tuple(image01.shape[-2:]))
             return color.with_chroma(image01, chroma)
@@ -214,7 +219,7 @@ class StyleTransfer(pl.LightningModule):
         return style_transfer_losses(
             feats,
             {n: getattr(self, f"content_target_{n}") for n in self.content_layers},
-            {n: getattr(self, f"style_gram_{n}") for n in self.style_layers},
+            {n: self._style_target(n) for n in self.style_layers},
             self.style_weights,
             image01,
             self.alpha,
@@ -223,6 +228,35 @@ class StyleTransfer(pl.LightningModule):
             c.tv_norm,
             c.gram_norm,
         )
+
+    def _style_target(self, layer: str) -> Tensor | W2Target:
+        if self.config.style_loss == "w2":
+            return W2Target(*(getattr(self, f"style_w2_{part}_{layer}") for part in W2Target._fields))
+        return getattr(self, f"style_gram_{layer}")
+
+    # -- iterate averaging ----------------------------------------------------------------------
+    def _init_average(self) -> None:
+        """`average`: an exponential moving average of each image's iterates, debiased by its weight
+        (the sum of the decays' complements so far, as Adam debiases its moments)."""
+        if self.config.average:
+            self.register_buffer("average_image", torch.zeros_like(self.image.detach()))
+            self.register_buffer("average_weight", torch.zeros(self.batch_size, device=self.image.device))
+
+    def _update_average(self, keep: Tensor) -> None:
+        decay = self.config.average
+        if not decay:
+            return
+        mix = torch.where(keep, 1 - decay, 0.0).to(self.image.dtype)  # stopped images keep their average
+        self.average_image.mul_(1 - mix.view(-1, 1, 1, 1)).add_(mix.view(-1, 1, 1, 1) * self.image.detach())
+        self.average_weight.mul_(1 - mix).add_(mix)
+
+    def written01(self) -> Tensor:
+        """The images as written out, in 0-1 units: the iterates, or their average under `average`."""
+        if not self.config.average:
+            return self.image01()
+        weight = self.average_weight.view(-1, 1, 1, 1)
+        averaged = self.average_image / weight.clamp_min(1e-12)
+        return torch.where(weight > 0, averaged, self.image.detach()) / self.config.pixel_scale
 
     # -- stopping: divergence and convergence, per image, on the device -------------------------
     def _init_stop(self) -> None:
@@ -327,6 +361,7 @@ class StyleTransfer(pl.LightningModule):
             keep = self._check_divergence(step, total)
             moved = self.image if lbfgs else self.image.clamp(0, self.config.pixel_scale)
             self.image.copy_(torch.where(keep.view(-1, 1, 1, 1), moved, before))
+            self._update_average(keep)
             self.last_losses = {k: v.detach() for k, v in result.items()}
             self._check_convergence(step, total)
         self.schedules.step()
@@ -375,6 +410,7 @@ class StyleTransfer(pl.LightningModule):
         if state["scale_index"] != self.scale_index:
             self.scale_index = state["scale_index"]
             self.image = nn.Parameter(torch.empty_like(checkpoint["state_dict"]["image"], device=self.device))
+            self._init_average()  # shaped like the new image; the checkpoint fills it
             self._targets_stale = True
         self._seen = state["seen"]
         samples = state[checkpoints.SAMPLES]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from nst.config import TransferConfig
-from nst.losses import gram
+from nst.losses import W2Target, feature_moments, gram, w2_target
 from nst.scales import resize, resize_long_side
 from nst.vgg import LAYER_INDEX, VGGFeatures, load_vgg19
 
@@ -32,29 +32,38 @@ def build_backbone(config: TransferConfig) -> VGGFeatures:
 class Targets:
     content01: Tensor  # the content photo at this scale
     features: dict[str, Tensor]  # content layer -> its activations (fp32)
-    grams: dict[str, Tensor]  # style layer -> the blended Gram target
+    grams: dict[str, Tensor]  # style layer -> the blended Gram target (style_loss: gram)
+    w2: dict[str, W2Target]  # style layer -> the blended Gaussian (style_loss: w2)
 
 
 def scale_targets(vgg: VGGFeatures, content_full: Tensor, styles_full: Sequence[Tensor], blend: Sequence[float],
-                  size: int, content_layers: Sequence[str], style_layers: Sequence[str]) -> Targets:
+                  size: int, content_layers: Sequence[str], style_layers: Sequence[str],
+                  style_loss: str = "gram") -> Targets:
     """The targets at long side `size`: content resized to it, each style resized by the same
-    factor, their Grams blended by `blend`."""
+    factor, their Grams (or, for W2, their features' means and raw second moments) blended by `blend`."""
     content = resize_long_side(content_full, size)
     factor = size / max(content_full.shape[-2:])
     with torch.no_grad():
         both = vgg(content, [*content_layers, *style_layers])
         positions = {n: both[n].shape[-1] * both[n].shape[-2] for n in style_layers}
         grams: dict[str, Tensor] = {}
+        moments: dict[str, tuple[Tensor, Tensor]] = {}
         for weight, full in zip(blend, styles_full, strict=True):
             style = resize(full, (max(16, round(full.shape[-2] * factor)), max(16, round(full.shape[-1] * factor))))
             for name, f in vgg(style, style_layers).items():
+                if style_loss == "w2":  # per-position averages: no size correction needed
+                    mean, raw = feature_moments(f)
+                    old_mean, old_raw = moments.get(name, (0.0, 0.0))
+                    moments[name] = (old_mean + weight * mean[0], old_raw + weight * raw[0])
+                    continue
                 g = gram(f)
                 if f.shape[-1] * f.shape[-2] != positions[name]:
                     # An unnormalized Gram sums over positions: bring a style image of
                     # another size to the generated image's count, so J_style compares like with like.
                     g = g * (positions[name] / (f.shape[-1] * f.shape[-2]))
                 grams[name] = grams[name] + weight * g if name in grams else weight * g
-    return Targets(content, {n: both[n].float() for n in content_layers}, grams)
+    w2 = {name: w2_target(mean, raw) for name, (mean, raw) in moments.items()}
+    return Targets(content, {n: both[n].float() for n in content_layers}, grams, w2)
 
 
 def initial_image(config: TransferConfig, content01: Tensor, mean01: Tensor, init01: Tensor | None) -> Tensor:

@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--style", action="append", help="style painting; repeat to blend several (style_blend)")
     run.add_argument("--config", type=Path, help="YAML file of run keys (the same keys as --set)")
     run.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name (default: nst)")
+    run.add_argument("--preset", help="the recipe to start from: default (the measured one, the default) or seed "
+                     "(the slides' formulation); any --set key overrides it")
     _add_common(run)
 
     exp = sub.add_parser("experiment", help="run a YAML grid of runs under one parent run (resumes)")
@@ -62,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>/)")
     rep.add_argument("--dpi", type=int, default=110, help="figure resolution (default 110; 60 for docs)")
     rep.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    sht = sub.add_parser("sheet", help="a sweep's final images as a matrix with times and quality metrics")
+    sht.add_argument("experiment", help="experiment name (the `name:` of its YAML), e.g. gallery")
+    sht.add_argument("--rows", default="content", help="varied keys for the rows, comma-separated (default content)")
+    sht.add_argument("--cols", default="style", help="varied keys for the columns (default style)")
+    sht.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>/)")
+    sht.add_argument("--images", action="store_true", help="also write each final image as JPEG")
+    sht.add_argument("--parent", help="the sweep's parent run id (default: the latest sweep)")
+    sht.add_argument("--dpi", type=int, default=80, help="sheet resolution (default 80)")
+    sht.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
     lrf = sub.add_parser("lr-find", help="short low-resolution probes over a log range of lr; recommends one")
     lrf.add_argument("--content", required=True, help="content photo")
     lrf.add_argument("--style", action="append", required=True, help="style painting (repeat to blend)")
@@ -95,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
+    from pipelines.config import presets
     from pipelines.config.runs import merge, outside, parse_set, read_yaml, resolve_paths, run_config
     from pipelines.execution.run import FINISHED, execute
     from pipelines.tracking.store import resolve_tracking_uri, ui_base
@@ -109,7 +121,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cli = {k: v for k, v in (("content", args.content), ("style", style)) if v}
     overrides = dict(parse_set(s) for s in args.overrides)
     data = merge(data, resolve_paths({**cli, **overrides}, (Path.cwd(),)))
-    config = run_config(data, source=str(args.config) if args.config else "command line")
+    if args.preset:
+        data["preset"] = args.preset
+    config = run_config(data, source=str(args.config) if args.config else "command line", preset=presets.DEFAULT)
     for note in outside(config, Path.cwd(), overrides):
         print(note, file=sys.stderr)
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -208,6 +222,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sheet(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from pipelines.reports.readback import load_sweep
+    from pipelines.reports.sheet import cells, write_sheet
+    from pipelines.tracking.store import resolve_tracking_uri
+
+    sweep = load_sweep(MlflowClient(resolve_tracking_uri(args.tracking_uri)), args.experiment, args.parent)
+    found = cells(sweep, args.rows.split(","), args.cols.split(","))
+    path = write_sheet(found, args.out or Path("reports") / args.experiment, sweep.experiment, args.images, args.dpi)
+    print(f"sheet: {path}")
+    return EXIT_OK
+
+
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
@@ -292,7 +320,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "experiment": _cmd_experiment, "report": _cmd_report, "lr-find": _cmd_lr_find,
-            "server": _cmd_server, "ui": _cmd_ui}
+            "server": _cmd_server, "ui": _cmd_ui, "sheet": _cmd_sheet}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

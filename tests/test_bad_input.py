@@ -82,7 +82,7 @@ def test_bad_images(tmp_path, store, capsys, monkeypatch, kind, needle) -> None:
         ("device=tpu", "device must be one of auto, cpu, cuda"),
         ("optimizer.lr", "expected key=value"),
         ("style_blend=[0.5, 0.3, 0.2]", "style_blend has 3 weights for 1 style images"),
-        ("scales=[128, 512]", "scales end at 512 px, above the run's size 256"),
+        ("scales=[128, 8192]", "scales end at 8192 px, above the run's size"),
         ("scales=fine", "scales must be one of auto"),
         ("preserve_color=sepia", "preserve_color must be one of none, luminance, match"),
         ("gram_norm=frobenius", "gram_norm must be one of seed, hw, chw"),

@@ -135,6 +135,7 @@ def test_variants_are_named_runs_combined_with_the_grid(tmp_path) -> None:
 def test_fast_expansion_builds_the_configs_and_keys_of_building_each_point_anew(tmp_path) -> None:
     """Each point is the first one with its varied fields replaced: it must equal the config built from
     scratch, for nested keys, whole sub-configs, image paths, a zip, variants and a seed axis."""
+    from pipelines.config import presets
     from pipelines.config.runs import merge, resolve_paths, run_config, run_key
 
     images = Path(__file__).resolve().parents[1] / "experiments" / "images"
@@ -162,6 +163,7 @@ variants:
     for point in experiment.points:
         varied = {k: v for k, v in point.varied.items() if k != "variant"}
         changes = raw["variants"][point.varied["variant"]]
-        anew = run_config(resolve_paths(merge(merge(resolve_paths(raw["base"], roots), changes), varied), roots))
+        data = resolve_paths(merge(merge(resolve_paths(raw["base"], roots), changes), varied), roots)
+        anew = run_config(data, preset=presets.DEFAULT)  # experiment files start from the default recipe
         assert point.config == anew, point.name
         assert point.key == run_key(anew), point.name

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import claims as verdicts
+from pipelines.config import presets
 from pipelines.config.runs import ConfigError, RunConfig, Variations, merge, read_yaml, resolve_paths
 from pipelines.errors import UserError
 
@@ -229,7 +230,7 @@ def _expand(path: Path, base: dict[str, Any], roots: tuple[Path, ...], variants:
                     label = " ".join(filter(None, (variant, point_name(varied))))
                     source = f"{path} [{label}]"
                     resolved = resolve_paths(varied, roots)
-                    variations = variations or Variations(data, resolved, source)
+                    variations = variations or Variations(data, resolved, source, presets.DEFAULT)
                     config, key = variations.config(resolved, source)
                     shown = {"variant": variant, **varied} if variant else varied
                     points.append(Point(len(points), config, shown, label, key))

@@ -25,6 +25,7 @@ import yaml
 
 from nst.config import INITS, TransferConfig, blend_weights
 from nst.scales import pyramid
+from pipelines.config import presets
 from pipelines.errors import UserError
 
 #: Snapshot steps the seed's slides show, plus later ones; the last iteration is always added.
@@ -46,6 +47,8 @@ class RunConfig(TransferConfig):
     style_scale: float | None = None  # None: the style image is resized to the content's size
     snapshots: tuple[int, ...] = DEFAULT_SNAPSHOTS
     device: str = "auto"
+    # The recipe these settings started from (pipelines.config.presets); a label: the values are the keys.
+    preset: str = "seed"
     checkpoint_every: int = 100  # steps between resumable checkpoints (0: none)
     # Deterministic GPU kernels: bit-identical runs and resumes on one GPU (nst.determinism).
     deterministic: bool = False
@@ -277,10 +280,11 @@ def outside(config: RunConfig, root: Path, keys: Iterable[str]) -> list[str]:
     return notes
 
 
-def run_config(data: Mapping[str, Any], source: str = "config") -> RunConfig:
-    """A validated RunConfig; errors are prefixed with `source` (a file name or 'command line')."""
+def run_config(data: Mapping[str, Any], source: str = "config", preset: str = presets.LIBRARY) -> RunConfig:
+    """A validated RunConfig over its preset (data["preset"], else `preset`); errors are prefixed with
+    `source` (a file name or 'command line')."""
     try:
-        return build(RunConfig, data)
+        return build(RunConfig, presets.with_preset(data, preset))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
@@ -331,10 +335,10 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 #: Keys that change how a run is carried out, not what it computes.
-_NOT_IN_RUN_KEY = ("checkpoint_every", "deterministic")
+_NOT_IN_RUN_KEY = ("checkpoint_every", "deterministic", "preset")
 #: Keys added after runs were first keyed: at their default they leave the key as it was, so a
 #: store's finished runs stay finished for a sweep run again.
-_KEYED_WHEN_SET = ("gram_norm", "style_blend", "preserve_color", "scales", "stop")
+_KEYED_WHEN_SET = ("gram_norm", "style_blend", "preserve_color", "scales", "stop", "style_loss", "average")
 
 
 @functools.cache
@@ -359,14 +363,19 @@ class Variations:
     and run keys as `run_config(merge(data, varied))`, at a fraction of the cost (a 100,000-point grid
     in seconds)."""
 
-    def __init__(self, data: Mapping[str, Any], first: Mapping[str, Any], source: str) -> None:
-        self.data = data  # the plain data the points share: image paths resolved, no varied key applied
-        self.template = run_config(merge(data, first), source)  # the first point: every key validated
+    def __init__(self, data: Mapping[str, Any], first: Mapping[str, Any], source: str,
+                 preset: str = presets.LIBRARY) -> None:
+        # The plain data the points share, over its preset: image paths resolved, no varied key applied.
+        self.data = presets.with_preset(data, preset)
+        self.template = run_config(merge(self.data, first), source)  # the first point: every key validated
         self.plain = to_dict(self.template)
         self._fields: dict[str, tuple[Any, Any]] = {}  # top field + its raw value -> (coerced, plain)
 
     def config(self, varied: Mapping[str, Any], source: str) -> tuple[RunConfig, str]:
         """The config with `varied` (dotted keys) applied, and its run key."""
+        if any(key.split(".", 1)[0] == "preset" for key in varied):  # a recipe per point: built whole
+            config = run_config(merge(self.data, varied), source)
+            return config, run_key(config)
         groups: dict[str, dict[str, Any]] = {}
         for key, value in varied.items():
             groups.setdefault(key.split(".", 1)[0], {})[key] = value
