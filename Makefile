@@ -12,7 +12,7 @@ DEVICE  ?= auto
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install install-dev browser postgres server test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
+.PHONY: help install install-dev browser postgres server recipes gallery test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -93,6 +93,14 @@ bench-levers: install  ## only the levers: layouts, in-place ReLUs, checkpointin
 
 lr-find-check: install  ## nst lr-find against full lr sweeps on three image pairs -> docs/lr_find/check.md (~15 min)
 	$(PY) -m benchmarks.lr_find_check
+
+recipes: install  ## the recipe comparison (6 recipes x 3 pairs at 512 px, ~40 min here) -> docs/recipes/
+	$(NST) experiment recipes.yaml --quiet
+	$(NST) sheet recipes --rows content,style --cols variant --out docs/recipes
+
+gallery: install  ## 4 photos x 3 paintings at 512 px with the default recipe (~25 min here) -> docs/gallery/
+	$(NST) experiment gallery.yaml --quiet
+	$(NST) sheet gallery --rows content --cols style --out docs/gallery --images
 
 docs: install  ## refresh the report committed under docs/ (small figures) from the store
 	$(NST) report lr_sweep --out docs/lr_sweep --dpi 60

@@ -156,7 +156,7 @@ def grid_file(folder: Path, size: int, steps: int, n: int = 4) -> Path:
     path.write_text(f"""
 name: grid{n**3}
 description: {n**3} points ({n} lr x {n} beta x {n} seeds) for bench-batch
-base: {{content: {CONTENT}, style: {STYLE}, size: {size}, iterations: {steps}, snapshots: [0]}}
+base: {{preset: seed, content: {CONTENT}, style: {STYLE}, size: {size}, iterations: {steps}, snapshots: [0]}}
 grid: {{optimizer.lr: {lrs}, beta: {betas}}}
 seeds: {list(range(n))}
 """)

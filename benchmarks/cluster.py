@@ -92,6 +92,7 @@ def grid_file(folder: Path, name: str, size: int, iterations: int) -> Path:
     path.write_text(f"""
 name: {name}
 base:
+  preset: seed  # the slides' formulation: Adam, batchable (experiment files default to L-BFGS)
   content: {IMAGES / "grace_hopper.jpg"}
   style: {IMAGES / "starry_night.jpg"}
   size: {size}

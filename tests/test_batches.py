@@ -102,8 +102,8 @@ def test_each_point_of_a_batched_sweep_is_its_own_complete_run(tmp_path, store, 
     path = tmp_path / "batched.yaml"
     path.write_text(f"""
 name: batched
-base: {{content: {IMAGES / "grace_hopper.jpg"}, style: {IMAGES / "starry_night.jpg"}, size: 32, iterations: 12,
-        snapshots: [0, 5], checkpoint_every: 4}}
+base: {{preset: seed, content: {IMAGES / "grace_hopper.jpg"}, style: {IMAGES / "starry_night.jpg"}, size: 32,
+        iterations: 12, snapshots: [0, 5], checkpoint_every: 4}}
 grid: {{optimizer.lr: [0.5, 1.0, 2.0], beta: [40, 4]}}
 """)
     assert main(["experiment", str(path), "--tracking-uri", store, "--quiet", "--batch", "4"]) == 0
@@ -127,8 +127,8 @@ def test_a_diverging_point_fails_alone_and_its_batch_goes_on(tmp_path, store, mo
     path = tmp_path / "diverge.yaml"
     path.write_text(f"""
 name: diverge
-base: {{content: {IMAGES / "grace_hopper.jpg"}, style: {IMAGES / "starry_night.jpg"}, size: 32, iterations: 8,
-        snapshots: [0]}}
+base: {{preset: seed, content: {IMAGES / "grace_hopper.jpg"}, style: {IMAGES / "starry_night.jpg"}, size: 32,
+        iterations: 8, snapshots: [0]}}
 grid: {{optimizer.lr: [0.5, 1.0, 2.0]}}
 """)
     real = StyleTransfer.losses
@@ -199,17 +199,19 @@ def test_a_batch_checkpoint_splits_into_each_runs_own_and_stacks_back(tmp_path) 
     import pytorch_lightning as pl
 
     content = torch.rand(1, 3, 32, 32)
-    module = StyleTransfer(content, content, [_config(optimizer={"lr": lr}) for lr in (0.5, 1.0, 2.0)])
+    module = StyleTransfer(content, content, [_config(optimizer={"lr": lr}, average=0.5) for lr in (0.5, 1.0, 2.0)])
     trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
     trainer.fit(module)
     whole = trainer._checkpoint_connector.dump_checkpoint()
     parts = checkpoints.split(whole)
     assert [p["state_dict"]["image"].shape[0] for p in parts] == [1, 1, 1]
+    assert [p["state_dict"]["average_image"].shape[0] for p in parts] == [1, 1, 1]  # iterate averaging's too
     assert [p["optimizer_states"][0]["param_groups"][0]["lrs"] for p in parts] == [[0.5], [1.0], [2.0]]
     assert all(len(p["optimizer_states"][0]["state"][0]["exp_avg"]) == 1 for p in parts)
     again = checkpoints.stack(parts)
-    assert torch.equal(again["state_dict"]["image"], whole["state_dict"]["image"])
+    for key in ("image", "average_image", "average_weight"):
+        assert torch.equal(again["state_dict"][key], whole["state_dict"][key])
     for key in ("exp_avg", "exp_avg_sq", "step"):
         mine, theirs = again["optimizer_states"][0]["state"][0][key], whole["optimizer_states"][0]["state"][0][key]
         assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))

@@ -15,6 +15,7 @@ def _sweep(name: str) -> str:
 name: {name}
 description: one of two sweeps sharing a store
 base:
+  preset: seed  # the slides' formulation: Adam, batchable (experiment files default to L-BFGS)
   content: {IMAGES / "grace_hopper.jpg"}
   style: {IMAGES / "the_kiss.jpg"}
   size: 32

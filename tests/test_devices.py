@@ -80,6 +80,7 @@ def test_the_probe_follows_the_module_to_the_gpu() -> None:
 SWEEP = """
 name: memory
 base:
+  preset: seed  # the slides' formulation: Adam, batchable (experiment files default to L-BFGS)
   content: {content}
   style: {style}
   iterations: 3

@@ -14,6 +14,7 @@ GRID = f"""
 name: tiny
 description: a 2x2 grid for tests
 base:
+  preset: seed  # the slides' formulation: Adam, batchable (experiment files default to L-BFGS)
   content: {IMAGES / "grace_hopper.jpg"}
   style: {IMAGES / "starry_night.jpg"}
   size: 32

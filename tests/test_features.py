@@ -219,3 +219,32 @@ def test_init_from_a_file_starts_from_that_image(store, tmp_path) -> None:
     images = [a.path for a in client.list_artifacts(result.run_id, "images") if a.path.endswith(".png")]
     first = _tensor(client.download_artifacts(result.run_id, next(p for p in images if "+step+0+" in p)))
     assert torch.allclose(first, torch.tensor([10, 200, 30]).view(1, 3, 1, 1) / 255.0, atol=1 / 255)
+
+
+# -- style options: W2, iterate averaging ---------------------------------------------------------
+def test_w2_style_loss_runs_and_lowers_its_loss(store) -> None:
+    result = _run(store, style_loss="w2", beta=1000.0, iterations=15)
+    history = sorted(MlflowClient(store).get_metric_history(result.run_id, "loss/style"), key=lambda m: m.step)
+    assert history[-1].value < 0.7 * history[0].value
+
+
+def test_iterate_averaging_writes_the_debiased_average_of_the_iterates(pair) -> None:
+    import pytorch_lightning as pl
+
+    from nst.config import OptimizerConfig
+
+    iterates: list[torch.Tensor] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, *args) -> None:  # type: ignore[no-untyped-def]
+            iterates.append(module.image.detach().clone())
+
+    config = TransferConfig(iterations=4, layers=LAYERS, average=0.5, optimizer=OptimizerConfig(lr=20.0))
+    module = StyleTransfer(*pair, config)
+    pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, accelerator=ACCELERATOR, callbacks=[Record()]).fit(module)
+    average, weight = torch.zeros_like(iterates[0]), 0.0
+    for image in iterates:
+        average, weight = 0.5 * average + 0.5 * image, 0.5 * weight + 0.5
+    assert torch.allclose(module.written01() * 255, (average / weight).cpu(), atol=1e-4)
+    assert not torch.allclose(module.written01(), module.image01())  # the average is not the last iterate

@@ -53,3 +53,40 @@ def test_total_loss_combines_terms_and_names_metrics() -> None:
     assert losses["loss/style"].item() == pytest.approx(s)
     tv = total_variation(image).item()
     assert losses["loss/total"].item() == pytest.approx(10 * c + 40 * s + 2 * tv, rel=1e-5)
+
+
+def test_w2_is_zero_for_the_same_features_and_the_mean_shift_otherwise() -> None:
+    """W2 between Gaussians: 0 for the same distribution; a pure shift of the mean costs |shift|^2
+    (per channel); scaled features with diagonal covariances cost the difference of the std devs."""
+    from nst.losses import feature_moments, w2_layer_loss, w2_target
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 4, 16, 16, generator=generator)
+    target = w2_target(*(m[0] for m in feature_moments(features)))
+    assert w2_layer_loss(features, target).item() == pytest.approx(0.0, abs=1e-3)
+    shift = torch.tensor([1.0, -2.0, 0.5, 0.0]).view(1, 4, 1, 1)
+    assert w2_layer_loss(features + shift, target).item() == pytest.approx((1 + 4 + 0.25) / 4, rel=1e-3)
+    independent = torch.zeros(1, 2, 64, 64)
+    independent[:, 0] = torch.randn(64, 64, generator=generator)
+    independent[:, 1] = 3 * torch.randn(64, 64, generator=generator)
+    target = w2_target(*(m[0] for m in feature_moments(independent)))
+    moments = feature_moments(2 * independent)  # std devs doubled: W2^2 = sum of (2s - s)^2 = s1^2 + s2^2
+    variances = (moments[1][0] - moments[0][0].outer(moments[0][0])).diagonal() / 4
+    expected = variances.sum().item() / 2
+    assert w2_layer_loss(2 * independent, target).item() == pytest.approx(expected, rel=2e-2)
+
+
+def test_style_terms_are_per_image_and_weights_may_differ_per_image() -> None:
+    gen = {"relu1_1": torch.rand(3, 2, 4, 4), "relu4_2": torch.rand(3, 2, 2, 2)}
+    content = {"relu4_2": torch.zeros(1, 2, 2, 2)}
+    grams = {"relu1_1": torch.zeros(1, 2, 2)}
+    image = torch.rand(3, 3, 8, 8)
+    alpha = torch.tensor([1.0, 10.0, 100.0])
+    gamma = torch.tensor([0.0, 1.0, 0.0])
+    batch = style_transfer_losses(gen, content, grams, {"relu1_1": 0.5}, image, alpha, 40.0, gamma)
+    assert batch["loss/total"].shape == (3,)
+    assert batch["loss/tv"][0] == 0 and batch["loss/tv"][1] > 0 and batch["loss/tv"][2] == 0  # 0 where gamma is 0
+    for b in range(3):
+        alone = style_transfer_losses({k: v[b : b + 1] for k, v in gen.items()}, content, grams, {"relu1_1": 0.5},
+                                      image[b : b + 1], float(alpha[b]), 40.0, [0.0, 1.0, 0.0][b])
+        assert torch.allclose(batch["loss/total"][b], alone["loss/total"][0])

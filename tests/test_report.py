@@ -13,6 +13,7 @@ SWEEP = f"""
 name: tiny_lr
 description: three learning rates, tiny
 base:
+  preset: seed  # the slides' formulation: Adam, batchable (experiment files default to L-BFGS)
   content: {IMAGES / "grace_hopper.jpg"}
   style: {IMAGES / "the_scream.jpg"}
   size: 32

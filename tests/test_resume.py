@@ -26,6 +26,7 @@ SWEEP = f"""
 name: resumable
 description: two points, checkpoints every 20 steps
 base:
+  preset: seed  # the slides' formulation: Adam, batchable (experiment files default to L-BFGS)
   content: {IMAGES / "grace_hopper.jpg"}
   style: {IMAGES / "the_scream.jpg"}
   size: 40

@@ -35,6 +35,7 @@ SWEEP = f"""
 name: ui_sweep
 description: Three learning rates, for the browser test.
 base:
+  preset: seed  # the slides' formulation: Adam, batchable (experiment files default to L-BFGS)
   content: {IMAGES / "grace_hopper.jpg"}
   style: {IMAGES / "starry_night.jpg"}
   size: 64

@@ -1,0 +1,84 @@
+"""Presets: `nst run` and experiment files start from the default recipe, `seed` is the slides'
+formulation exactly (the seed experiments' runs keep their keys), a user's keys win, key by key
+inside nested settings; `nst sheet` lays a sweep's finals out as a matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.cli import main
+from pipelines.config import presets
+from pipelines.config.grid import load_experiment
+from pipelines.config.runs import ConfigError, RunConfig, run_config, run_key
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "experiments" / "images"
+PAIR = {"content": str(IMAGES / "grace_hopper.jpg"), "style": str(IMAGES / "starry_night.jpg")}
+
+
+def test_seed_is_the_library_defaults_and_keeps_run_keys() -> None:
+    seed = run_config({**PAIR, "preset": "seed"})
+    assert seed == RunConfig(**PAIR) == run_config(PAIR)  # nobody naming a preset gets nst.config's defaults
+    assert run_key(seed) == run_key(RunConfig(**PAIR))
+
+
+def test_the_default_recipe_is_what_the_command_line_and_experiment_files_start_from(tmp_path) -> None:
+    default = run_config({**PAIR, "preset": "default"})
+    for key, value in presets.PRESETS["default"].items():
+        if not isinstance(value, dict):
+            assert getattr(default, key) == (tuple(value) if isinstance(value, list) else value), key
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"name: exp\nbase: {{content: {PAIR['content']}, style: {PAIR['style']}}}\n"
+                    "grid: {beta: [1, 2]}\n")
+    point = load_experiment(path).points[0]
+    assert point.config.preset == "default" and point.config.init == default.init
+
+
+def test_a_users_keys_win_key_by_key_inside_nested_settings() -> None:
+    config = run_config({**PAIR, "preset": "default", "optimizer": {"lr": 0.5}, "beta": 7.0})
+    default = run_config({**PAIR, "preset": "default"})
+    assert config.optimizer.lr == 0.5 and config.optimizer.name == default.optimizer.name
+    assert config.beta == 7.0 and config.init == default.init
+
+
+def test_an_unknown_preset_is_named(store, capsys) -> None:
+    with pytest.raises(ConfigError, match="preset: expected one of seed, default"):
+        run_config({**PAIR, "preset": "fancy"})
+    code = main(["run", "--content", PAIR["content"], "--style", PAIR["style"], "--preset", "fancy",
+                 "--tracking-uri", store])
+    assert code == 2 and "preset: expected one of" in capsys.readouterr().err
+
+
+def test_nst_run_logs_which_preset_it_started_from(store) -> None:
+    assert main(["run", "--content", PAIR["content"], "--style", PAIR["style"], "--set", "size=32",
+                 "--set", "iterations=2", "--tracking-uri", store, "--quiet"]) == 0
+    assert main(["run", "--content", PAIR["content"], "--style", PAIR["style"], "--preset", "seed",
+                 "--set", "size=32", "--set", "iterations=2", "--tracking-uri", store, "--quiet"]) == 0
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("nst").experiment_id], order_by=["attributes.start_time"])
+    assert [r.data.params["preset"] for r in runs] == ["default", "seed"]
+    assert runs[0].data.params["init"] == presets.PRESETS["default"]["init"]
+    assert runs[1].data.params["init"] == "content+noise"
+
+
+def test_sheet_lays_out_a_sweeps_finals_by_what_they_vary(tmp_path, store) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""
+name: tiny
+base: {{preset: seed, size: 32, iterations: 3, snapshots: [0]}}
+grid:
+  content: [{IMAGES / "grace_hopper.jpg"}, {IMAGES / "coffee.jpg"}]
+  style: [{IMAGES / "starry_night.jpg"}, {IMAGES / "the_kiss.jpg"}]
+""")
+    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet"]) == 0
+    out = tmp_path / "sheet"
+    assert main(["sheet", "tiny", "--out", str(out), "--images", "--tracking-uri", store]) == 0
+    text = (out / "sheet.md").read_text()
+    assert "| | starry_night | the_kiss |" in text and "| grace_hopper |" in text and "| coffee |" in text
+    assert text.count("· SSIM") == 4 and (out / "sheet.jpg").stat().st_size > 10_000
+    names = sorted(p.name for p in out.glob("*.jpg"))
+    assert names == ["coffee__starry_night.jpg", "coffee__the_kiss.jpg", "grace_hopper__starry_night.jpg",
+                     "grace_hopper__the_kiss.jpg"]
