@@ -100,6 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--pg-dir", type=Path, default=Path(".pg"), help="PostgreSQL's folder (default .pg)")
     srv.add_argument("--allowed-hosts", help="Host headers MLflow accepts when bound beyond loopback "
                      "(e.g. 'head-node:5000,10.0.0.5:5000')")
+    srv.add_argument("--auth", action="store_true",
+                     help="sign-in required (always on when --host is not loopback); users: nst server add-user")
+    srv.add_argument("--serve-network-without-auth", action="store_true",
+                     help="bind beyond loopback with no sign-in: anyone who reaches the port can read, change and "
+                     "delete every run")
+    actions = srv.add_subparsers(dest="action")
+    user = actions.add_parser("add-user", help="a user of an authenticated server (prints the password)")
+    user.add_argument("name", help="the user's name (MLFLOW_TRACKING_USERNAME)")
+    user.add_argument("--read-only", action="store_true", help="may read and compare runs, not create or change them")
+    user.add_argument("--password-stdin", action="store_true", help="take the password from standard input")
+    user.add_argument("--url", help="the server (default http://127.0.0.1:PORT)")
+    user.add_argument("--data", type=Path, default=Path("mlruns/server"),
+                      help="the server's folder, where auth/admin_password lies (default mlruns/server)")
     return parser
 
 
@@ -248,8 +261,10 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     if args.points < 2:
         raise UserError(f"--points {args.points}: need at least 2 learning rates to compare")
     style = args.style[0] if len(args.style) == 1 else args.style
-    base = {"content": args.content, "style": style, "size": args.size, "iterations": args.iterations,
-            "snapshots": [0], "checkpoint_every": 0}
+    # Probes of Adam's lr on the seed's formulation (the default recipe is L-BFGS: no lr to find);
+    # --set preset=default probes on the default's keys instead, with --set optimizer.name=adam.
+    base = {"preset": "seed", "content": args.content, "style": style, "size": args.size,
+            "iterations": args.iterations, "snapshots": [0], "checkpoint_every": 0}
     overrides = dict(parse_set(s) for s in args.overrides)
     base = merge(resolve_paths(base, (Path.cwd(),)), resolve_paths(overrides, (Path.cwd(),)))
     lrs = log_range(args.lr_min, args.lr_max, args.points)
@@ -266,39 +281,23 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    import signal
+    from pipelines.tracking.server import Serving, serve
 
-    from pipelines.tracking.server import (
-        Postgres,
-        mlflow_server_command,
-        start_mlflow_server,
-        stop_mlflow_server,
-        wait_until_up,
-    )
+    if args.action == "add-user":
+        from pipelines.tracking.auth import AuthFolder, add_user, read_password
 
-    postgres = Postgres(args.pg_dir, args.pg_port) if args.db == "postgresql" else None
-    args.data.mkdir(parents=True, exist_ok=True)
-    backend = postgres.start() if postgres else f"sqlite:///{(args.data / 'mlflow.db').resolve()}"
-    command = mlflow_server_command(backend, args.data / "artifacts", args.host, args.port)
-    if args.allowed_hosts:
-        command += ["--allowed-hosts", args.allowed_hosts]
-    # Stopped by Ctrl-C or by `kill` (a job scheduler's way): either way take the server down cleanly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    server = start_mlflow_server(command)
-    try:
-        url = f"http://{'127.0.0.1' if args.host == '0.0.0.0' else args.host}:{args.port}"
-        wait_until_up(url, server)
-        print(f"tracking server up: {url}  (backend {backend})")
-        print(f"point runs at it:  export MLFLOW_TRACKING_URI={url}   # Ctrl-C stops the server")
-        return server.wait()
-    except KeyboardInterrupt:
-        print("nst server: stopped", file=sys.stderr)
+        url = args.url or f"http://127.0.0.1:{args.port}"
+        password = read_password(args.password_stdin)
+        add_user(url, AuthFolder(args.data / "auth"), args.name, password, args.read_only)
+        rights = "read-only" if args.read_only else "may create and change runs"
+        print(f"user {args.name} added to {url} ({rights})")
+        if not args.password_stdin:
+            print(f"password: {password}   (shown once; give it to {args.name})")
+        print(f"they sign in with:  export MLFLOW_TRACKING_USERNAME={args.name} MLFLOW_TRACKING_PASSWORD=…")
         return EXIT_OK
-    finally:
-        stop_mlflow_server(server)
-        if postgres:
-            postgres.stop()
+    return serve(Serving(db=args.db, host=args.host, port=args.port, data=args.data, pg_dir=args.pg_dir,
+                         pg_port=args.pg_port, allowed_hosts=args.allowed_hosts, auth=args.auth,
+                         without_auth=args.serve_network_without_auth))
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:

@@ -51,6 +51,16 @@ def parse_resources(text: str | None) -> dict[str, Any]:
     return resources
 
 
+#: MLflow's standard ways for a client to sign in to a tracking server.
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def credentials() -> dict[str, str]:
+    """The driver's sign-in, for its workers: they log as the user who ran the sweep, whatever the
+    environment their `ray start` had."""
+    return {key: os.environ[key] for key in CREDENTIALS if os.environ.get(key)}
+
+
 def _execute_in_worker(job: Job) -> list[RunResult]:
     """What a Ray task runs: one tracked batch, without progress bars (nobody sees a worker's tty)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -76,7 +86,8 @@ def ray_executor(address: str | None = None, resources: dict[str, Any] | None = 
             raise UserError(f"cannot reach the Ray cluster at {address or 'RAY_ADDRESS'} ({exc}); "
                             "start it with `ray start --head` or fix --ray-address") from None
         # No retries: a retried task would start a second child run; the driver resumes instead.
-        remote = ray.remote(max_retries=0)(_execute_in_worker).options(**(resources or {}))
+        remote = ray.remote(max_retries=0)(_execute_in_worker).options(
+            **(resources or {}), runtime_env={"env_vars": credentials()})
         pending = {}
         for job in jobs:
             pending[remote.remote(job)] = job

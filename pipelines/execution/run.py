@@ -284,7 +284,7 @@ def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: 
         run_tags[MLFLOW_RUN_NOTE] = spec.description
     # A tracking server takes only strings (protobuf); SQLite would have taken anything.
     run_tags = {k: str(v) for k, v in run_tags.items()}
-    run_id = client.create_run(exp_id, tags=run_tags, run_name=spec.run_name).info.run_id
+    run_id = store.create_run(client, exp_id, tags=run_tags, run_name=spec.run_name)
     store.log_params(client, run_id, flatten(to_dict(config)))
     client.log_artifacts(run_id, str(inputs.folder))
     client.log_text(run_id, to_yaml(config), "config.yaml")

@@ -77,15 +77,15 @@ def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) ->
         VARIED_TAG: json.dumps(experiment.varied_keys),
         MLFLOW_RUN_NOTE: experiment.description or f"sweep {experiment.name}",
     }
-    run = client.create_run(exp_id, tags=tags, run_name=f"{experiment.name} (sweep)")
+    run_id = store.create_run(client, exp_id, tags=tags, run_name=f"{experiment.name} (sweep)")
     params = {f"grid.{k}": v for k, v in experiment.grid.items()}
     params |= {f"zip.{k}": v for k, v in experiment.zip.items()}
     params |= {f"variant.{k}": v for k, v in experiment.variants.items()}
     params |= {"seeds": experiment.seeds, "runs": len(experiment.points)}
     base = experiment.points[0].config
     params |= {f"base.{k}": v for k, v in flatten(to_dict(base)).items()}
-    store.log_params(client, run.info.run_id, params)
-    return run.info.run_id
+    store.log_params(client, run_id, params)
+    return run_id
 
 
 class Clock:

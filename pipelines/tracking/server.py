@@ -4,6 +4,7 @@ SQLite takes one writer at a time; a sweep spread over Ray workers on several ho
 database server. `nst server` (make server) starts Debian's PostgreSQL on loopback with its
 data in `.pg/` under the project, then MLflow's server in front of it, with artifacts served
 from a directory (clients upload through the server, so workers need no shared disk).
+Beyond loopback it signs users in (auth.py): nobody reaches the runs without a password.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import UserError
+from pipelines.tracking.auth import APP, AuthFolder, is_loopback
 
 PG_DATABASE, PG_USER = "mlflow", "nst"
 
@@ -53,7 +55,10 @@ class Postgres:
 
     @property
     def uri(self) -> str:
-        return f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{self.port}/{PG_DATABASE}"
+        return self.uri_of(PG_DATABASE)
+
+    def uri_of(self, database: str) -> str:
+        return f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *cmd: str) -> None:
         done = subprocess.run([*_as_owner(), *cmd], capture_output=True, text=True)
@@ -72,13 +77,17 @@ class Postgres:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder.resolve()}"
         self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "postgres.log"),
                   "-o", options, "-w", "start")
-        exists = subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres", "-tAc",
-             f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"], capture_output=True, text=True)
+        return self.database(PG_DATABASE)
+
+    def database(self, name: str) -> str:
+        """The URI of database `name` (runs: mlflow; users of an authenticated server: mlflow_auth),
+        created on first use."""
+        psql = ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres"]
+        exists = subprocess.run([*psql, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+                                capture_output=True, text=True)
         if exists.stdout.strip() != "1":
-            subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres",
-                            "-c", f"CREATE DATABASE {PG_DATABASE}"], capture_output=True, check=True)
-        return self.uri
+            subprocess.run([*psql, "-c", f"CREATE DATABASE {name}"], capture_output=True, check=True)
+        return self.uri_of(name)
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
@@ -87,20 +96,22 @@ class Postgres:
 
 
 def mlflow_server_command(backend_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int = 5000,
-                          workers: int = 2) -> list[str]:
-    """`mlflow server` with proxied artifacts: clients upload and download through it."""
+                          workers: int = 2, app: str | None = None) -> list[str]:
+    """`mlflow server` with proxied artifacts: clients upload and download through it. `app`:
+    MLflow's name of a server app (auth.APP: sign-in required)."""
     artifacts.mkdir(parents=True, exist_ok=True)
     return [str(Path(sys.executable).parent / "mlflow"), "server",
             "--backend-store-uri", backend_uri,
             "--artifacts-destination", str(artifacts.resolve()),
-            "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers)]
+            "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers),
+            *(["--app-name", app] if app else [])]
 
 
-def start_mlflow_server(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+def start_mlflow_server(command: list[str], env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[bytes]:
     """Start it in its own process group, so that stopping it stops its uvicorn workers too.
 
     MLflow 3's GenAI job runner (seven huey consumers, ~1.7 GB) serves nothing nst logs: off."""
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return subprocess.Popen(command, env=env, start_new_session=True, **popen)
 
 
@@ -127,3 +138,73 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes] | None = None, time
         except OSError:
             time.sleep(0.5)
     raise UserError(f"mlflow server at {url} did not answer within {timeout:.0f} s")
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What `nst server` was asked for."""
+
+    db: str = "postgresql"
+    host: str = "127.0.0.1"
+    port: int = 5000
+    data: Path = Path("mlruns/server")
+    pg_dir: Path = Path(".pg")
+    pg_port: int = 5433
+    allowed_hosts: str | None = None
+    auth: bool = False
+    without_auth: bool = False
+
+    def signs_in(self) -> bool:
+        """Sign-in is on when asked for, and whenever the server is reachable beyond loopback
+        unless the user said, by name, that anyone may use it."""
+        if self.auth and self.without_auth:
+            raise UserError("--auth and --serve-network-without-auth contradict each other; pick one")
+        if self.without_auth and is_loopback(self.host):
+            raise UserError(f"--serve-network-without-auth: {self.host} is loopback, nothing to open; drop the flag")
+        return self.auth or not (self.without_auth or is_loopback(self.host))
+
+
+def serve(options: Serving) -> int:
+    """`nst server`: PostgreSQL (or SQLite) and `mlflow server` in front of it, until Ctrl-C or kill."""
+    signs_in = options.signs_in()
+    postgres = Postgres(options.pg_dir, options.pg_port) if options.db == "postgresql" else None
+    options.data.mkdir(parents=True, exist_ok=True)
+    backend = postgres.start() if postgres else f"sqlite:///{(options.data / 'mlflow.db').resolve()}"
+    env: dict[str, str] = {}
+    try:
+        if signs_in:
+            auth = AuthFolder(options.data / "auth")
+            users_db = auth.folder.resolve() / "users.db"
+            users = postgres.database("mlflow_auth") if postgres else f"sqlite:///{users_db}"
+            if auth.prepare(users):
+                print(f"admin password (shown this once): {auth.admin_password()}\n"
+                      f"  kept in {auth.admin_password_file} (mode 0600: only you can read it)")
+            env = auth.server_env()
+        elif not is_loopback(options.host):
+            print(f"WARNING: serving {options.host}:{options.port} WITHOUT authentication: anyone who reaches "
+                  "the port can read, change and delete every run", file=sys.stderr)
+        command = mlflow_server_command(backend, options.data / "artifacts", options.host, options.port,
+                                        app=APP if signs_in else None)
+        if options.allowed_hosts:
+            command += ["--allowed-hosts", options.allowed_hosts]
+        # Stopped by Ctrl-C or by `kill` (a job scheduler's way): either way take the server down cleanly.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        server = start_mlflow_server(command, env)
+        try:
+            url = f"http://{'127.0.0.1' if options.host == '0.0.0.0' else options.host}:{options.port}"
+            wait_until_up(url, server)
+            print(f"tracking server up: {url}  (backend {backend})")
+            if signs_in:
+                print(f"sign-in required; add users: nst server add-user NAME [--read-only]  (admin password: "
+                      f"{AuthFolder(options.data / 'auth').admin_password_file})")
+            print(f"point runs at it:  export MLFLOW_TRACKING_URI={url}   # Ctrl-C stops the server", flush=True)
+            return server.wait()
+        except KeyboardInterrupt:
+            print("nst server: stopped", file=sys.stderr)
+            return 0
+        finally:
+            stop_mlflow_server(server)
+    finally:
+        if postgres:
+            postgres.stop()

@@ -75,13 +75,50 @@ def check_store(uri: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
             MlflowClient(uri).search_experiments(max_results=1)
     elif uri.startswith(("http://", "https://")):
-        for key, value in HTTP_ENV.items():
-            os.environ.setdefault(key, value)
-        try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as exc:  # noqa: BLE001 - any failure to talk to it means the same here
-            raise UserError(f"tracking server {uri} is unreachable ({type(exc).__name__}); "
-                            "start it (make server) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
+        _check_server(uri)
+
+
+def _check_server(uri: str) -> None:
+    """The server answers, and lets this user in (MLflow's standard MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD, sent as HTTP basic auth)."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    for key, value in HTTP_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        answer = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
+                              params={"max_results": 1})
+    except Exception as exc:  # noqa: BLE001 - any failure to talk to it means the same here
+        raise UserError(f"tracking server {uri} is unreachable ({type(exc).__name__}); "
+                        "start it (make server) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if answer.status_code == 401 and not user:
+        raise UserError(f"tracking server {uri} asks who you are: set MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD (its admin makes users: nst server add-user NAME)")
+    if answer.status_code == 401:
+        raise UserError(f"tracking server {uri} refused user {user!r}: wrong name or password "
+                        "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
+    if answer.status_code == 403:
+        raise UserError(f"tracking server {uri}: user {user!r} may not read runs there; ask its admin")
+
+
+def denied(uri: str, exc: Exception) -> UserError | None:
+    """The one line for a write the server refused (a read-only user), else None."""
+    status = exc.get_http_status_code() if isinstance(exc, MlflowException) else None
+    if status != 403:
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    return UserError(f"tracking server {uri}: user {user!r} may read runs but not create or change them "
+                     "(a read-only user); ask its admin for a user that can write (nst server add-user NAME)")
+
+
+def create_run(client: MlflowClient, exp_id: str, **kwargs: Any) -> str:
+    """A new run's id; a server's refusal (a read-only user) as one line, before any work."""
+    try:
+        return client.create_run(exp_id, **kwargs).info.run_id
+    except MlflowException as exc:
+        raise (denied(client.tracking_uri, exc) or exc) from None
 
 
 def artifact_root(uri: str) -> str | None:
@@ -97,19 +134,22 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment `name`, created (or restored) when needed."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name),
-                                            tags=EXPERIMENT_KIND)
-        except MlflowException:  # another process created it a moment ago
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-    if experiment.lifecycle_stage == "deleted":
-        client.restore_experiment(experiment.experiment_id)
-    if "mlflow.experimentKind" not in experiment.tags:
-        client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name),
+                                                tags=EXPERIMENT_KIND)
+            except MlflowException as exc:  # another process created it a moment ago?
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise exc from None
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        if "mlflow.experimentKind" not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    except MlflowException as exc:
+        raise (denied(uri, exc) or exc) from None
     return experiment.experiment_id
 
 
