@@ -18,8 +18,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from nst.images import load_image
 from pipelines.errors import UserError
-from pipelines.tracking.tags import POINT_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
 from pipelines.tracking.run_log import SNAPSHOT_FILE
+from pipelines.tracking.tags import POINT_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
 
 LOSSES = ("loss/total", "loss/content", "loss/style")
 

@@ -3,8 +3,9 @@ image captioned with its time and its quality metrics (SSIM to the photo, distan
 statistics to the painting's). The recipes' comparison (rows: photo × painting, columns: recipe)
 and the gallery's contact sheet (rows: photos, columns: paintings) are both sheets.
 
-Writes `sheet.jpg` (paintings and photos: a JPEG is a tenth of a PNG) and `sheet.md` (the same numbers as a table) to --out, and with --images each
-final image as `<row>__<column>.jpg` beside them. Everything comes from the store.
+Writes `sheet.jpg` (paintings and photos: a JPEG is a tenth of a PNG) and `sheet.md` (the same
+numbers as a table) to --out, and with --images each final image as `<row>__<column>.jpg` beside
+them. Everything comes from the store.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend is chosen first
+import matplotlib.pyplot as plt
 
-from nst.images import to_pil  # noqa: E402
-from pipelines.reports.readback import RunView, SweepView  # noqa: E402
+from nst.images import to_pil
+from pipelines.reports.readback import RunView, SweepView
 
 
 @dataclass(frozen=True)

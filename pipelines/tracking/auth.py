@@ -17,6 +17,7 @@ import configparser
 import ipaddress
 import os
 import secrets
+import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
@@ -110,6 +111,17 @@ class AuthFolder:
         return {"MLFLOW_AUTH_CONFIG_PATH": str(self.config_file.resolve()),
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret_key_file.read_text().strip(),
                 "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password()}
+
+
+def bootstrap(env: dict[str, str]) -> None:
+    """Create the users' tables and the admin once, before the server's workers start: each worker
+    would do it too, and two creating the same tables at once fail (MLflow does this step itself only
+    for its own app name, basic-auth)."""
+    done = subprocess.run([sys.executable, "-c", "from mlflow.server.auth import bootstrap_admin_user as b; b()"],
+                          env={**os.environ, **env}, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise UserError(f"the server's user database could not be prepared: {last[:300]}")
 
 
 def admin_client(url: str, auth: AuthFolder) -> AuthServiceClient:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import UserError
-from pipelines.tracking.auth import APP, AuthFolder, is_loopback
+from pipelines.tracking.auth import APP, AuthFolder, bootstrap, is_loopback
 
 PG_DATABASE, PG_USER = "mlflow", "nst"
 
@@ -180,13 +180,16 @@ def serve(options: Serving) -> int:
                 print(f"admin password (shown this once): {auth.admin_password()}\n"
                       f"  kept in {auth.admin_password_file} (mode 0600: only you can read it)")
             env = auth.server_env()
+            bootstrap(env)
         elif not is_loopback(options.host):
             print(f"WARNING: serving {options.host}:{options.port} WITHOUT authentication: anyone who reaches "
                   "the port can read, change and delete every run", file=sys.stderr)
         command = mlflow_server_command(backend, options.data / "artifacts", options.host, options.port,
                                         app=APP if signs_in else None)
         if options.allowed_hosts:
-            command += ["--allowed-hosts", options.allowed_hosts]
+            # This host's own clients (nst server add-user, a browser on the head node) come by loopback.
+            loopback = f"127.0.0.1:{options.port},localhost:{options.port}"
+            command += ["--allowed-hosts", f"{options.allowed_hosts},{loopback}"]
         # Stopped by Ctrl-C or by `kill` (a job scheduler's way): either way take the server down cleanly.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
