@@ -26,6 +26,7 @@ from pipelines.config.grid import Point
 from pipelines.errors import UserError
 from pipelines.execution.executors import Announce, Executor, Job, Task
 from pipelines.execution.run import FAILED, KILLED, RunResult
+from pipelines.tracking.auth import CREDENTIALS
 
 #: The keys of Ray's task options a user may set per run.
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources", "accelerator_type")
@@ -49,10 +50,6 @@ def parse_resources(text: str | None) -> dict[str, Any]:
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
             raise UserError(f"--resources: {key} must be a number >= 0, got {value!r}")
     return resources
-
-
-#: MLflow's standard ways for a client to sign in to a tracking server.
-CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 def credentials() -> dict[str, str]:

@@ -34,6 +34,8 @@ ADMIN = "admin"
 WRITERS = "nst-writers"
 WORKSPACE = "default"  # MLflow keeps roles per workspace; without workspaces everything is in this one
 USERNAME, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+#: MLflow's standard ways for a client to sign in to a tracking server.
+CREDENTIALS = (USERNAME, PASSWORD, "MLFLOW_TRACKING_TOKEN")
 
 
 def is_loopback(host: str) -> bool:
@@ -150,10 +152,9 @@ def add_user(url: str, auth: AuthFolder, name: str, password: str, read_only: bo
     """Create user `name` on the server at `url`; a writer unless `read_only`."""
     from mlflow.exceptions import MlflowException, RestException
 
-    from pipelines.tracking.store import HTTP_ENV
+    from pipelines.tracking.store import fail_fast_http
 
-    for key, value in HTTP_ENV.items():  # an unreachable server answered in seconds, not minutes
-        os.environ.setdefault(key, value)
+    fail_fast_http()
     client = admin_client(url, auth)
     try:
         client.create_user(name, password)

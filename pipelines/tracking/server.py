@@ -154,6 +154,10 @@ class Serving:
     auth: bool = False
     without_auth: bool = False
 
+    @property
+    def auth_folder(self) -> AuthFolder:
+        return AuthFolder(self.data / "auth")
+
     def signs_in(self) -> bool:
         """Sign-in is on when asked for, and whenever the server is reachable beyond loopback
         unless the user said, by name, that anyone may use it."""
@@ -164,24 +168,28 @@ class Serving:
         return self.auth or not (self.without_auth or is_loopback(self.host))
 
 
+def _sign_in(options: Serving, postgres: Postgres | None) -> dict[str, str]:
+    """The secrets and the users' database (beside the runs' database), ready before the server starts;
+    returns the server's environment. The admin password is printed on the first start only."""
+    auth = options.auth_folder
+    users = postgres.database("mlflow_auth") if postgres else f"sqlite:///{auth.folder.resolve() / 'users.db'}"
+    if auth.prepare(users):
+        print(f"admin password (shown this once): {auth.admin_password()}\n"
+              f"  kept in {auth.admin_password_file} (mode 0600: only you can read it)")
+    env = auth.server_env()
+    bootstrap(env)
+    return env
+
+
 def serve(options: Serving) -> int:
     """`nst server`: PostgreSQL (or SQLite) and `mlflow server` in front of it, until Ctrl-C or kill."""
     signs_in = options.signs_in()
     postgres = Postgres(options.pg_dir, options.pg_port) if options.db == "postgresql" else None
     options.data.mkdir(parents=True, exist_ok=True)
     backend = postgres.start() if postgres else f"sqlite:///{(options.data / 'mlflow.db').resolve()}"
-    env: dict[str, str] = {}
     try:
-        if signs_in:
-            auth = AuthFolder(options.data / "auth")
-            users_db = auth.folder.resolve() / "users.db"
-            users = postgres.database("mlflow_auth") if postgres else f"sqlite:///{users_db}"
-            if auth.prepare(users):
-                print(f"admin password (shown this once): {auth.admin_password()}\n"
-                      f"  kept in {auth.admin_password_file} (mode 0600: only you can read it)")
-            env = auth.server_env()
-            bootstrap(env)
-        elif not is_loopback(options.host):
+        env = _sign_in(options, postgres) if signs_in else {}
+        if not signs_in and not is_loopback(options.host):
             print(f"WARNING: serving {options.host}:{options.port} WITHOUT authentication: anyone who reaches "
                   "the port can read, change and delete every run", file=sys.stderr)
         command = mlflow_server_command(backend, options.data / "artifacts", options.host, options.port,
@@ -200,7 +208,7 @@ def serve(options: Serving) -> int:
             print(f"tracking server up: {url}  (backend {backend})")
             if signs_in:
                 print(f"sign-in required; add users: nst server add-user NAME [--read-only]  (admin password: "
-                      f"{AuthFolder(options.data / 'auth').admin_password_file})")
+                      f"{options.auth_folder.admin_password_file})")
             print(f"point runs at it:  export MLFLOW_TRACKING_URI={url}   # Ctrl-C stops the server", flush=True)
             return server.wait()
         except KeyboardInterrupt:

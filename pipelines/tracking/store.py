@@ -19,6 +19,7 @@ from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 
 from pipelines.errors import UserError
+from pipelines.tracking.auth import USERNAME
 
 #: The default store, relative to the working directory (the project root under `make`).
 DEFAULT_STORE = Path("mlruns")
@@ -38,6 +39,12 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 #: MLflow's HTTP client retries for minutes by default; a user waits at most ~10 s for "unreachable".
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "4",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def fail_fast_http() -> None:
+    """MLflow's HTTP client answers an unreachable server in seconds (unless the user set its retries)."""
+    for key, value in HTTP_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 #: SQLAlchemy's default driver module per database dialect (`postgresql+psycopg2://` names its own).
@@ -84,15 +91,14 @@ def _check_server(uri: str) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    for key, value in HTTP_ENV.items():
-        os.environ.setdefault(key, value)
+    fail_fast_http()
     try:
         answer = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
                               params={"max_results": 1})
     except Exception as exc:  # noqa: BLE001 - any failure to talk to it means the same here
         raise UserError(f"tracking server {uri} is unreachable ({type(exc).__name__}); "
                         "start it (make server) or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    user = os.environ.get(USERNAME)
     if answer.status_code == 401 and not user:
         raise UserError(f"tracking server {uri} asks who you are: set MLFLOW_TRACKING_USERNAME and "
                         "MLFLOW_TRACKING_PASSWORD (its admin makes users: nst server add-user NAME)")
@@ -108,7 +114,7 @@ def denied(uri: str, exc: Exception) -> UserError | None:
     status = exc.get_http_status_code() if isinstance(exc, MlflowException) else None
     if status != 403:
         return None
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    user = os.environ.get(USERNAME)
     return UserError(f"tracking server {uri}: user {user!r} may read runs but not create or change them "
                      "(a read-only user); ask its admin for a user that can write (nst server add-user NAME)")
 
