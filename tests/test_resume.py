@@ -16,7 +16,6 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from pipelines.cli import main
 from tests.lane import ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
@@ -53,17 +52,22 @@ def _history(client: MlflowClient, run_id: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss/total"))
 
 
+def _command(path: Path, store: str, batch: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", "experiment", str(path), "--tracking-uri", store, "--quiet",
+            "--batch", batch]
+
+
+def _sweep(path: Path, store: str, batch: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(_command(path, store, batch), capture_output=True, timeout=600)
+
+
 @pytest.mark.parametrize("batch", ["1", "2"])
 def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch) -> None:
     path = tmp_path / "resumable.yaml"
     path.write_text(SWEEP)
     store = f"sqlite:///{tmp_path}/store/mlflow.db"
     client = MlflowClient(store)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "experiment", str(path), "--tracking-uri", store, "--quiet",
-         "--batch", batch],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    process = subprocess.Popen(_command(path, store, batch), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     killed_id, deadline = None, time.monotonic() + 180
     while killed_id is None and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.3)
@@ -81,13 +85,17 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch) -
         assert [r.info.status for r in _children(client).values()] == ["RUNNING", "RUNNING"]
         assert all(client.list_artifacts(r.info.run_id, "checkpoint") for r in _children(client).values())
 
-    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet", "--batch", batch]) == 0
+    # The same command again, and the uninterrupted reference, each in a fresh process as the killed
+    # one was: what earlier tests left in this process's torch state cannot tell them apart.
+    done = _sweep(path, store, batch)
+    assert done.returncode == 0, done.stderr[-2000:]
     runs = _children(client)
     assert sorted(runs) == ["lr=0.5 seed=0", "lr=1 seed=0"]  # resumed in place, no third run
     assert all(r.info.status == "FINISHED" for r in runs.values())
 
     reference = f"sqlite:///{tmp_path}/reference/mlflow.db"
-    assert main(["experiment", str(path), "--tracking-uri", reference, "--quiet", "--batch", batch]) == 0
+    done = _sweep(path, reference, batch)
+    assert done.returncode == 0, done.stderr[-2000:]
     ref_client = MlflowClient(reference)
     ref_runs = _children(ref_client)
     for name, run in runs.items():
