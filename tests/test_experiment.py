@@ -110,3 +110,23 @@ def test_dry_run_prints_runs_and_touches_nothing(grid_file, store, capsys) -> No
     out = capsys.readouterr().out
     assert "tiny: 4 runs" in out and "lr=1 alpha=10 seed=0" in out and "2 it" in out
     assert not Path(store.removeprefix("sqlite:///")).exists()
+
+
+def test_a_painting_edited_in_place_runs_again(tmp_path, store, capsys) -> None:
+    # The run key holds the images' bytes, not only their paths: a finished point is skipped only
+    # while its pictures are the ones it ran with.
+    painting = tmp_path / "painting.jpg"
+    painting.write_bytes((IMAGES / "starry_night.jpg").read_bytes())
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(GRID.replace(str(IMAGES / "starry_night.jpg"), str(painting)))
+    command = ["experiment", str(grid), "--tracking-uri", store, "--quiet", "--set", "iterations=2"]
+    assert main(command) == 0
+    assert main(command) == 0
+    assert capsys.readouterr().out.count("skip ") == 4
+
+    painting.write_bytes((IMAGES / "the_scream.jpg").read_bytes())  # another picture, the same path
+    assert main(command) == 0
+    assert "skip " not in capsys.readouterr().out
+    parents, children = _runs(store)
+    assert len(parents) == 2 and len(children) == 8
+    assert len({c.data.tags["nst.run_key"] for c in children}) == 8

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -266,13 +267,18 @@ def _resolve(value: str, roots: tuple[Path, ...]) -> str:
     return str(path.resolve())
 
 
+def input_files(config: RunConfig) -> list[tuple[str, str]]:
+    """(key, path) of every image file the run reads: the photo, each painting, an init image."""
+    files = [("content", config.content), *(("style", s) for s in config.styles)]
+    return [*files, ("init", config.init)] if config.init_from_file else files
+
+
 def outside(config: RunConfig, root: Path, keys: Iterable[str]) -> list[str]:
     """Notes for the image paths among `keys` (those set with --set) that resolve outside
     `root`: allowed, but worth saying. A missing file gets its own error later instead."""
     notes = []
-    files = [("content", config.content), *(("style", s) for s in config.styles), ("init", config.init)]
-    for key, value in files:
-        if key not in keys or (key == "init" and not config.init_from_file) or not Path(value).exists():
+    for key, value in input_files(config):
+        if key not in keys or not Path(value).exists():
             continue
         if not Path(value).resolve().is_relative_to(root.resolve()):
             where = Path(value).resolve()
@@ -346,12 +352,28 @@ def _defaults() -> dict[str, Any]:
     return to_dict(RunConfig(content="-", style="-"))
 
 
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The bytes' hash; size and mtime in the cache key read the file again once it changes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _digest(path: str) -> str | None:
+    try:
+        stat = os.stat(path)
+    except OSError:  # missing or unreadable: loading the image names the problem
+        return None
+    return _file_digest(path, stat.st_size, stat.st_mtime_ns)
+
+
 def run_key(config: RunConfig, plain: Mapping[str, Any] | None = None) -> str:
-    """A stable hash of the resolved config: the same key means the same result. `plain`:
-    `to_dict(config)` when the caller has it already."""
+    """A stable hash of the resolved config and of its image files' bytes: the same key means the same
+    result, so a sweep run again after a painting was edited in place runs its points anew instead of
+    skipping them as finished. `plain`: `to_dict(config)` when the caller has it already."""
     defaults = _defaults()
     data = {k: v for k, v in (plain or to_dict(config)).items()
             if k not in _NOT_IN_RUN_KEY and not (k in _KEYED_WHEN_SET and v == defaults[k])}
+    data["input_bytes"] = [_digest(path) for _, path in input_files(config)]
     blob = json.dumps(data, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
