@@ -94,7 +94,7 @@ bench-levers: install  ## only the levers: layouts, in-place ReLUs, checkpointin
 lr-find-check: install  ## nst lr-find against full lr sweeps on three image pairs -> docs/lr_find/check.md (~15 min)
 	$(PY) -m benchmarks.lr_find_check
 
-recipes: install  ## the recipe comparison (6 recipes x 3 pairs at 512 px, ~40 min here) -> docs/recipes/
+recipes: install  ## the recipe comparison (6 recipes x 3 pairs at 512 px, ~37 min here) -> docs/recipes/
 	$(NST) experiment recipes.yaml --quiet
 	$(NST) sheet recipes --rows content,style --cols variant --out docs/recipes
 
