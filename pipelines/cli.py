@@ -261,9 +261,9 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     if args.points < 2:
         raise UserError(f"--points {args.points}: need at least 2 learning rates to compare")
     style = args.style[0] if len(args.style) == 1 else args.style
-    # Probes of Adam's lr on the seed's formulation (the default recipe is L-BFGS: no lr to find);
-    # --set preset=default probes on the default's keys instead, with --set optimizer.name=adam.
-    base = {"preset": "seed", "content": args.content, "style": style, "size": args.size,
+    # find_lr probes Adam's lr on the seed's formulation; --set preset=default probes on the default's
+    # keys instead, with --set optimizer.name=adam.
+    base = {"content": args.content, "style": style, "size": args.size,
             "iterations": args.iterations, "snapshots": [0], "checkpoint_every": 0}
     overrides = dict(parse_set(s) for s in args.overrides)
     base = merge(resolve_paths(base, (Path.cwd(),)), resolve_paths(overrides, (Path.cwd(),)))

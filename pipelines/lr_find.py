@@ -103,7 +103,10 @@ def _probe(client: MlflowClient, run_id: str, lr: float, status: str, content_pa
 
 def find_lr(base: dict[str, Any], lrs: list[float], *, tracking_uri: str, name: str = "lr_find",
             say: Callable[[str], None] = print) -> tuple[list[Probe], Probe, str, str]:
-    """Run the probes as one sweep; returns (probes, recommended, why, parent run id)."""
+    """Run the probes as one sweep; returns (probes, recommended, why, parent run id). The probes vary
+    Adam's lr on the seed's formulation unless `base` names another preset: the default recipe is
+    L-BFGS, which has no lr to find (probes of it diverge from lr 2.2 up)."""
+    base = {"preset": "seed", **base}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.yaml"
         path.write_text(experiment_yaml(name, base, lrs))

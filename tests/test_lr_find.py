@@ -7,7 +7,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from pipelines.cli import main
-from pipelines.lr_find import Probe, log_range, recommend
+from pipelines.lr_find import Probe, find_lr, log_range, recommend
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 
@@ -48,6 +48,20 @@ def test_lr_find_runs_probes_as_one_sweep_and_recommends(store, tmp_path, capsys
     assert sorted(float(c.data.params["optimizer.lr"]) for c in children) == [0.1, 1.0, 10.0]
     recommended = parents[0].data.tags["nst.lr_find.recommended"]
     assert f"recommended lr: {recommended} " in out
+    assert {(c.data.params["preset"], c.data.params["optimizer.name"]) for c in children} == {("seed", "adam")}
+
+
+def test_find_lr_probes_adam_on_the_seed_formulation_for_every_caller(store) -> None:
+    # `make lr-find-check` calls find_lr directly: its probes once ran the default recipe (L-BFGS),
+    # which has no lr to find and diverged from lr 2.2 up.
+    base = {"content": str(IMAGES / "grace_hopper.jpg"), "style": str(IMAGES / "starry_night.jpg"),
+            "size": 32, "iterations": 2, "snapshots": [0], "checkpoint_every": 0}
+    probes, _, _, parent = find_lr(base, [0.1, 10.0], tracking_uri=store, name="probes", say=lambda _: None)
+    assert [p.status for p in probes] == ["FINISHED", "FINISHED"]
+    client = MlflowClient(store)
+    children = client.search_runs([client.get_experiment_by_name("probes").experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert {(c.data.params["preset"], c.data.params["optimizer.name"]) for c in children} == {("seed", "adam")}
 
 
 def test_lr_find_rejects_an_empty_range(capsys) -> None:
