@@ -1,5 +1,6 @@
 """`nst run`: a real tracked run in a temporary MLflow store, and bad input at the edge."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,7 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_every_step(store, content_path, s
         [sys.executable, "-m", "pipelines.cli", "run", "--content", str(content_path), "--style", str(style_path),
          "--set", "size=32", "--set", "iterations=100000", "--tracking-uri", store, "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT below prints every thread's stack
     )
     client, deadline, run_id = MlflowClient(store), time.monotonic() + 120, None
     while time.monotonic() < deadline and run_id is None:  # wait until steps reach the store
@@ -117,7 +119,12 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_every_step(store, content_path, s
             run_id = runs[0].info.run_id
     assert run_id is not None, "the run never logged a metric"
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # (once in a full suite) show where it hangs, not only that it does
+        process.send_signal(signal.SIGABRT)
+        _, err = process.communicate()
+        pytest.fail(f"still running 60 s after Ctrl-C; its stacks:\n{err[-6000:]}")
     assert process.returncode == 130, err
     assert "Traceback" not in err and "KILLED" in err
     run = client.get_run(run_id)
