@@ -1,22 +1,18 @@
 """One run's configuration: the frozen `RunConfig`, built from YAML and `--set` overrides.
 
 Defaults live on the dataclasses (nst.config for the library's settings, RunConfig for the
-run's own); this module only validates, coerces and merges what a user wrote, with errors
-that name the key, what was expected and, for unknown keys, the closest valid one.
+run's own); this module merges what a user wrote, resolves its image paths and validates it
+through pipelines.config.coerce, whose errors name the key, what was expected and, for unknown
+keys, the closest valid one. It also keys a run (`run_key`) and expands grids fast (`Variations`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
-import math
 import os
-import re
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +23,11 @@ import yaml
 from nst.config import INITS, TransferConfig, blend_weights
 from nst.scales import pyramid
 from pipelines.config import presets
+from pipelines.config.coerce import ConfigError, build, coerce, hints
 from pipelines.errors import UserError
 
 #: Snapshot steps the seed's slides show, plus later ones; the last iteration is always added.
 DEFAULT_SNAPSHOTS = (0, 500, 1000, 2000, 3000, 5000)
-
-
-class ConfigError(UserError):
-    """A config value or key is wrong; the message names it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,103 +84,6 @@ class RunConfig(TransferConfig):
     def snapshot_steps(self) -> list[int]:
         """Snapshot steps within the run, plus the last one."""
         return sorted({s for s in self.snapshots if s <= self.total_steps} | {self.total_steps})
-
-
-# -- building dataclasses from plain data ---------------------------------------------------------
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """`value` as type `tp`, or ConfigError naming `key` and what was expected."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _coerce(option, value, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {_field_names(tp)}, got {_describe(value)}")
-        return build(tp, value, prefix=f"{key}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
-    if tp is float:
-        number = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        # YAML 1.1 reads 1e-4 (no dot) as a string; accept what is plainly a number.
-        elif isinstance(value, str) and _NUMBER.match(value.strip()):
-            number = float(value)
-        if number is None:
-            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
-        if not math.isfinite(number):  # .inf, .nan, 1e999: no run can use them
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str) and value:
-            return value
-        raise ConfigError(f"{key}: expected a non-empty string, got {_describe(value)}")
-    if origin is tuple:
-        item = typing.get_args(tp)[0]
-        items = value if isinstance(value, list | tuple) else [value]
-        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(items))
-    if origin is dict:
-        _, item = typing.get_args(tp)
-        if isinstance(value, list | tuple):  # a list of layers: equal weights summing to 1
-            value = {v: 1.0 / len(value) for v in value} if value else {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping (or a list), got {_describe(value)}")
-        return {str(k): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
-    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not a user error
-
-
-def _field_names(cls: type) -> str:
-    return ", ".join(f.name for f in dataclasses.fields(cls))
-
-
-@functools.cache  # evaluating the annotations costs more than building the config (a grid builds thousands)
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """An instance of dataclass `cls` from a mapping, validated; keys are checked by name."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = _hints(cls)
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {_field_names(cls)}"
-            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
-    missing = [
-        n for n, f in fields.items()
-        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"missing key '{prefix}{missing[0]}'")
-    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        raise ConfigError(f"{prefix}{exc}") from None
 
 
 # -- files and overrides ----------------------------------------------------------------------------
@@ -406,10 +302,10 @@ class Variations:
             memo = json.dumps([top, items], sort_keys=True, default=str)
             if memo not in self._fields:
                 raw = merge({top: self.data.get(top)} if top in self.data else {}, items)
-                if top not in _hints(RunConfig):
+                if top not in hints(RunConfig):
                     build(RunConfig, raw)  # names the unknown key, with the closest valid one
                 try:
-                    value = _coerce(_hints(RunConfig)[top], raw[top], top)
+                    value = coerce(hints(RunConfig)[top], raw[top], top)
                 except ConfigError as exc:
                     raise ConfigError(f"{source}: {exc}") from None
                 self._fields[memo] = (value, _plain(value))
