@@ -47,9 +47,9 @@ test: install-dev browser postgres  ## lint and run the test suite (installs .ve
 	$(VENV)/bin/pytest -q
 
 test-gpu: install-dev  ## the test suite on a CUDA GPU: every test that performs a transfer runs there (NST_TEST_DEVICE=cuda)
-	NST_TEST_DEVICE=cuda $(VENV)/bin/pytest -q -rs -n 6 --dist loadfile
+	NST_TEST_DEVICE=cuda OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -rfEs -n auto --dist loadgroup
 
-gpu-check: install-dev  ## on a GPU: test lane, lr sweep + report, make bench -> reports/gpu_check/, BENCHMARKS-cuda.md (~8 min)
+gpu-check: install-dev  ## on a GPU: test lane, lr sweep + report, make bench -> reports/gpu_check/ (its BENCHMARKS-cuda.md; ~12 min)
 	PYTHON=$(PY) bash benchmarks/gpu_check.sh
 
 lint: install-dev  ## ruff

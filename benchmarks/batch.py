@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{per_image[b] * 1000:.2f} ms" if b in per_image else "—" for b in batches]
         ratio = f"{per_image[1] / per_image[batches[-1]]:.1f}×" if batches[-1] in per_image else "—"
         lines.append(f"| {size} px | " + " | ".join(cells) + f" | {ratio} |")
+        replace_section(args.out, HEADING, lines)  # row by row: a bench cut off keeps what it measured
 
     lines += ["", "Tracked against bare, per step of the whole batch (marginal: runs of N and 3N steps, differenced;",
               "every run's metrics of every step logged, snapshots, checkpoints every 100 steps).", "",
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {b} × {size} px | {bare * 1000:.1f} ms | {tracked * 1000:.1f} ms "
                      f"| {tracked / bare - 1:+.1%} |")
         print(lines[-1], flush=True)
+        replace_section(args.out, HEADING, lines)
 
     lr_steps = 4 if smoke else 2000 if gpu else 200
     grid_size, grid_steps, first, n = (32, 3, 2, 2) if smoke else (256, 100, 8, 4) if gpu else (256, 3, 8, 4)
@@ -222,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {label} | {one_wall * scale:.1f} s{note} | {one_fit * scale:.1f} s | {wall:.1f} s "
                          f"| {fit:.1f} s | {one_wall * scale / wall:.1f}× | {gap:.1e} |")
             print(lines[-1], flush=True)
+            replace_section(args.out, HEADING, lines)
 
     if gpu:
         size, b = (32, 3) if smoke else (128, 3)

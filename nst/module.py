@@ -154,7 +154,9 @@ class StyleTransfer(pl.LightningModule):
         """Each image's start (its own seed, init and noise), in pixel units."""
         inits = list(init01) if isinstance(init01, Sequence) else [init01] * self.batch_size
         vgg = self.vgg
-        mean01 = (vgg._mean / vgg.convention.scale).index_select(1, vgg._order)
+        # On the CPU: a GPU divides by a number as a multiply by its reciprocal (1 ulp apart, seen
+        # on an H100), and the same seed must start from the same bits on any device.
+        mean01 = (vgg._mean.cpu() / vgg.convention.scale).index_select(1, vgg._order.cpu())
         hw = tuple(self.content01.shape[-2:])
         starts = [initial_image(c, self.content01, mean01, None if i is None else resize(i, hw))
                   for c, i in zip(self.configs, inits, strict=True)]

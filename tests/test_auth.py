@@ -28,6 +28,10 @@ NST = [sys.executable, "-m", "pipelines.cli"]
 SIGN_IN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=5"
 CHROMIUM = "/usr/bin/chromium"
+
+# What these check (sign-in, users, the server's stores) does not depend on where a run's pixels are
+# optimized; they need the server's extras (full mlflow, PostgreSQL), which a GPU machine may not have.
+pytestmark = pytest.mark.cpu_only("the tracking server's sign-in: a transfer's device changes nothing it checks")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 

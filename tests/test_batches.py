@@ -27,7 +27,12 @@ IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 #: A point in a batch against the same point alone: the convolutions sum in another order for a batch.
 #: Measured over these 30 steps: 2.4e-7 on this CPU (bf16), 1.6e-3 on an H200 (bf16, cuDNN picks other kernels).
 J_TOLERANCE = 5e-3 if ON_GPU else 1e-5  # relative, at every step
-PIXEL_TOLERANCE = 4 if ON_GPU else 1  # of 255, in the final 8-bit images
+#: Of 255, in the final 8-bit images: the largest difference, and the mean. On a GPU Adam at lr 1
+#: moves a pixel by about lr a step whatever its gradient's size, so a near-zero gradient whose sign
+#: flips with the summation order sends a few pixels the other way: 6 at most on an H100 (4 on an H200),
+#: nearly every other pixel 0 or 1 apart. The mean bound keeps that "a few".
+PIXEL_TOLERANCE = 10 if ON_GPU else 1
+PIXEL_MEAN_TOLERANCE = 0.5 if ON_GPU else 1.0
 
 
 def _config(**keys: object):  # -> RunConfig
@@ -94,7 +99,8 @@ def test_a_point_in_a_batch_gives_what_it_gives_alone(store) -> None:
         assert max(abs(x - y) / abs(y) for (_, x), (_, y) in zip(mine, theirs, strict=True)) < J_TOLERANCE, i
         assert _history(client, b.run_id, "lr") == _history(client, a.run_id, "lr")  # the same schedule, exactly
         images = [np.asarray(Image.open(r.final_image), dtype=np.int16) for r in (b, a)]
-        assert np.abs(images[0] - images[1]).max() <= PIXEL_TOLERANCE, i
+        gap = np.abs(images[0] - images[1])
+        assert gap.max() <= PIXEL_TOLERANCE and gap.mean() <= PIXEL_MEAN_TOLERANCE, (i, gap.max(), gap.mean())
         assert client.get_run(b.run_id).data.tags["nst.batch_size"] == "3"
 
 

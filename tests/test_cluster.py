@@ -17,6 +17,9 @@ from mlflow import MlflowClient
 from benchmarks.cluster import grid_file, local_ray, tracking_server
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]' (make test installs it)")
+# One Ray cluster at a time: under pytest-xdist (the GPU lane: --dist loadgroup) both tests go to one
+# worker; dealt to two, two clusters on one machine made the second's rerun die (NodeDiedError).
+pytestmark = pytest.mark.xdist_group("ray")
 
 ROOT = Path(__file__).resolve().parents[1]
 NST = [sys.executable, "-m", "pipelines.cli"]
