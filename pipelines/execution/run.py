@@ -15,6 +15,7 @@ import platform
 import tempfile
 import time
 import warnings
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -209,12 +210,13 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
         backbone = build_backbone(config)
     except WeightsError as exc:
         raise UserError(str(exc)) from None
-    with tempfile.TemporaryDirectory() as tmp:
+    # The runs' metrics are written by one thread beside the optimization (RunWriter says why).
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1, thread_name_prefix="nst-metrics") as writer:
         inputs.write(Path(tmp) / "inputs")
         samples, checkpoints = [], []
         for b, spec in enumerate(specs):
             sample, checkpoint = _open_run(client, spec, inputs, experiment, tracking_uri, device, len(specs),
-                                           Path(tmp) / str(b))
+                                           Path(tmp) / str(b), writer)
             samples.append(sample)
             checkpoints.append(checkpoint)
         # From here on the runs exist: whatever happens, each ends FINISHED, FAILED or KILLED, never RUNNING.
@@ -245,7 +247,7 @@ def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: s
 
 
 def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: str, tracking_uri: str, device: str,
-              batch: int, folder: Path) -> tuple[Sample, Path | None]:
+              batch: int, folder: Path, writer: Executor) -> tuple[Sample, Path | None]:
     """The spec's run, created or resumed, and its checkpoint (downloaded) when it resumes from one."""
     checkpoint, skip_through, done = None, -1, set()
     if spec.resume_run_id:
@@ -259,8 +261,8 @@ def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: s
             client.set_tag(run_id, key, value)
     else:
         run_id = _start_run(client, spec, inputs, experiment, tracking_uri, device, batch)
-    writer = RunWriter(client, run_id, skip_through)
-    return Sample(run_id, writer, set(spec.config.snapshot_steps) - done), checkpoint
+    return Sample(run_id, RunWriter(client, run_id, skip_through, writer=writer),
+                  set(spec.config.snapshot_steps) - done), checkpoint
 
 
 def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: str, tracking_uri: str,

@@ -19,6 +19,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,23 @@ Probe = Callable[[Tensor], list[dict[str, float]]]  # images (n, 3, H, W) -> eac
 class RunWriter:
     """One run's metrics, buffered and written at most once per `flush_seconds` (and when asked).
     Steps up to `skip_through` are already in the store (a resumed run recomputes them bit for bit)
-    and are not written twice."""
+    and are not written twice.
+
+    With a `writer` (one thread, shared by a batch's runs) the timed writes happen beside the
+    optimization: MLflow writes ~5,000 rows/s into SQLite, and a batch of 64 runs logs 640 a step,
+    which on a GPU cost 1.5x the step itself when written in the loop (+149% at 64 x 256 px, H100).
+    One thread, first in first out, so a run's rows reach the store in step order: after a kill -9
+    the store holds steps 0..k with no gap, which is what resuming relies on (MLflow's own async
+    logging writes batches from a pool of threads, in any order). A write asked for without
+    `unless_recent` waits until every row so far is in the store."""
 
     def __init__(self, client: MlflowClient, run_id: str, skip_through: int = -1,
-                 flush_seconds: float = 2.0) -> None:
+                 flush_seconds: float = 2.0, writer: Executor | None = None) -> None:
         self.client, self.run_id, self.skip_through = client, run_id, skip_through
-        self.flush_seconds = flush_seconds
-        self.seconds = 0.0  # time spent buffering and writing metrics, for the bench
+        self.flush_seconds, self.writer = flush_seconds, writer
+        self.seconds = 0.0  # time the optimization loop spent buffering and writing metrics, for the bench
         self._buffer: list[Metric] = []
+        self._pending: list[Future[None]] = []
         self._last_flush = time.monotonic()
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -72,10 +82,30 @@ class RunWriter:
             return
         start = time.perf_counter()
         buffer, self._buffer = self._buffer, []
-        for i in range(0, len(buffer), _METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=buffer[i : i + _METRICS_PER_BATCH])
+        if self.writer is None:
+            self._write(buffer)
+        else:
+            self._raise_failed()  # a store that broke mid-run stops the run now, not at its end
+            self._pending.append(self.writer.submit(self._write, buffer))
+            if not unless_recent:
+                self._wait()
         self._last_flush = time.monotonic()
         self.seconds += time.perf_counter() - start
+
+    def _write(self, metrics: list[Metric]) -> None:
+        for i in range(0, len(metrics), _METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + _METRICS_PER_BATCH])
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            future.result()
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
 
 @dataclass

@@ -1,0 +1,74 @@
+"""The runs' metrics are written by a thread beside the optimization (pipelines/tracking/run_log.py):
+every step reaches a real SQLite store once, in step order, and a store that fails is not hidden."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from pipelines.config.runs import run_config
+from pipelines.execution.run import FAILED, execute
+from pipelines.tracking.run_log import RunWriter
+
+KEYS = ["loss/total", "loss/content", "loss/style", "lr"]
+
+
+def test_every_step_reaches_the_store_once_in_step_order(store, monkeypatch) -> None:
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("rows")).info.run_id
+    first_steps: list[int] = []  # what each write to the store began with, in the order of the writes
+    log_batch = MlflowClient.log_batch
+
+    def spy(self, run_id, metrics=(), **kwargs):  # the real write, watched
+        first_steps.append(metrics[0].step)
+        return log_batch(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", spy)
+    with ThreadPoolExecutor(1) as writer:
+        rows = RunWriter(client, run_id, skip_through=9, flush_seconds=0.0, writer=writer)
+        for step in range(600):
+            rows.log({k: float(step) for k in KEYS}, step)
+            if step % 50 == 49:
+                rows.flush(unless_recent=True)  # handed to the thread; the loop goes on
+        rows.flush()  # waits: every row so far is in the store
+        for key in KEYS:
+            assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(10, 600)), key
+    assert first_steps == sorted(first_steps) and len(first_steps) >= 12
+
+
+def test_a_store_that_fails_mid_run_ends_the_run_failed_with_its_error(store, monkeypatch, tmp_path) -> None:
+    images = Path(__file__).resolve().parents[1] / "experiments" / "images"
+    config = run_config({"content": str(images / "grace_hopper.jpg"), "style": str(images / "starry_night.jpg"),
+                         "size": 32, "iterations": 120, "snapshots": [0], "checkpoint_every": 50})
+    log_batch = MlflowClient.log_batch
+    writes = []
+
+    def fails_on_the_second_metrics_write(self, run_id, metrics=(), **kwargs):
+        if metrics:
+            writes.append(len(metrics))
+            if len(writes) == 2:
+                raise MlflowException("disk I/O error")
+        return log_batch(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", fails_on_the_second_metrics_write)
+    result = execute(config, tracking_uri=store, experiment="broken", progress=False)
+    assert result.status == FAILED
+    assert "disk I/O error" in (result.error or "")
+    assert MlflowClient(store).get_run(result.run_id).info.status == FAILED
+
+
+@pytest.mark.parametrize("writer", [False, True])
+def test_a_write_asked_for_waits_for_the_store(store, writer) -> None:
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("wait")).info.run_id
+    pool = ThreadPoolExecutor(1) if writer else None
+    rows = RunWriter(client, run_id, writer=pool)
+    rows.log({"loss/total": 1.0}, 0)
+    rows.flush()
+    assert [m.step for m in client.get_metric_history(run_id, "loss/total")] == [0]
+    if pool is not None:
+        pool.shutdown()
