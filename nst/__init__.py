@@ -6,7 +6,8 @@ A pure library: no MLflow, no YAML. `pipelines` adds config files, tracking and 
 from nst.config import BackboneConfig, LayersConfig, OptimizerConfig, TransferConfig
 from nst.determinism import deterministic
 from nst.images import ImageError, load_image, save_image
-from nst.module import DivergedError, StyleTransfer
+from nst.module import StyleTransfer
+from nst.stopping import DivergedError
 from nst.vgg import LAYER_NAMES, WeightsError, load_vgg19
 
 __all__ = [

@@ -10,7 +10,7 @@ get alone. The frozen VGG-19 is held outside the module's registry, so it is nev
 
 Nothing waits for the device during a step: the losses of the last step are device tensors in
 `last_losses` (one value per image) for callbacks to collect, and an image that diverges or
-converges is masked on the device (`moving`), its step and reason in `diverged_at`/`stopped_at`.
+converges is masked on the device (nst.stopping: `stops.moving`, its step and reason beside it).
 
 Deviations from Gatys et al., on purpose:
 - Adam and SGD: pixels are projected back into the valid range [0, pixel_scale] after
@@ -40,18 +40,9 @@ from nst.losses import W2Target, Weight, style_transfer_losses
 from nst.optim import LBFGS_ALONE, SampleSchedules, make_optimizer
 from nst.precision import resolve_precision
 from nst.scales import pyramid, resize
+from nst.stopping import Stops
 from nst.targets import build_backbone, initial_image, scale_targets
 from nst.vgg import VGGFeatures
-
-NEVER = -1  # diverged_at / stopped_at of an image that did not
-
-
-class DivergedError(RuntimeError):
-    """A loss became NaN or infinite."""
-
-    def __init__(self, step: int, value: float) -> None:
-        super().__init__(f"diverged at step {step} (loss/total = {value})")
-        self.step = step
 
 
 class _Steps(torch.utils.data.Dataset[int]):
@@ -130,7 +121,7 @@ class StyleTransfer(pl.LightningModule):
         self.last_lrs = self.schedules.lrs  # the learning rates of the last step, per image
         self.last_losses: dict[str, Tensor] = {}  # the losses of the last step, per image, on the device
         self._loss_scale: float | None = None  # L-BFGS only: see _lbfgs_scale
-        self._init_stop()
+        self.stops = Stops(self.configs, self.content_full.device)
 
     @property
     def batch_size(self) -> int:
@@ -184,7 +175,7 @@ class StyleTransfer(pl.LightningModule):
             image01 = resize(self.written01().clamp(0, 1), tuple(self.content01.shape[-2:]))
         self.image = nn.Parameter(image01 * self.config.pixel_scale)
         self._init_average()  # each scale averages its own iterates, from the upsampled image on
-        self._seen = 0  # each scale starts with a jump in J: convergence counts from here
+        self.stops.seen = 0  # each scale starts with a jump in J: convergence counts from here
 
     def result01(self) -> Tensor:
         """The images to look at, in 0-1 units: clamped, and under `preserve_color: luminance`
@@ -260,66 +251,6 @@ class StyleTransfer(pl.LightningModule):
         averaged = self.average_image / weight.clamp_min(1e-12)
         return torch.where(weight > 0, averaged, self.image.detach()) / self.config.pixel_scale
 
-    # -- stopping: divergence and convergence, per image, on the device -------------------------
-    def _init_stop(self) -> None:
-        b, device = self.batch_size, self.content_full.device
-        windows = [c.stop.window for c in self.configs]
-        self.register_buffer("moving", torch.ones(b, dtype=torch.bool, device=device), persistent=False)
-        self.register_buffer("diverged_at", torch.full((b,), NEVER, device=device), persistent=False)
-        self.register_buffer("diverged_value", torch.zeros(b, device=device), persistent=False)
-        self.register_buffer("stopped_at", torch.full((b,), NEVER, device=device), persistent=False)
-        self.register_buffer("stop_gain", torch.zeros(b, dtype=torch.float64, device=device), persistent=False)
-        # J of the last max(window) + 1 steps, a ring per image, in float64 as Python's floats were.
-        self.register_buffer("history", torch.zeros(max(windows) + 1, b, dtype=torch.float64, device=device),
-                             persistent=False)
-        self.register_buffer("windows", torch.tensor(windows, device=device), persistent=False)
-        self.register_buffer("rel_improvement", torch.tensor([c.stop.rel_improvement for c in self.configs],
-                                                             dtype=torch.float64, device=device), persistent=False)
-        self._stops = any(c.stop.rel_improvement for c in self.configs)
-        self._seen = 0  # steps in the history since the current scale began
-
-    def _check_divergence(self, step: int, total: Tensor) -> Tensor:
-        """Mark the images whose J is not finite at this step; returns which keep their update."""
-        finite = torch.isfinite(total)
-        newly = self.moving & ~finite
-        self.diverged_at.copy_(torch.where(newly, step, self.diverged_at))
-        self.diverged_value.copy_(torch.where(newly, total, self.diverged_value))
-        keep = self.moving & finite
-        self.moving.copy_(keep)
-        return keep
-
-    def _check_convergence(self, step: int, total: Tensor) -> None:
-        """`stop`: an image stops once its J fell by less than rel_improvement over its last
-        `window` steps (at the last scale only; each scale starts with a jump in J)."""
-        if not self._stops or self.scale_index != len(self.sizes) - 1:
-            return
-        size = self.history.shape[0]
-        self.history[self._seen % size] = total.double()
-        self._seen += 1
-        old = self.history.gather(0, ((self._seen - 1 - self.windows) % size).view(1, -1)).squeeze(0)
-        new = total.double()
-        gain = torch.where(old != 0, (old - new) / old.abs(), torch.zeros_like(old))
-        ready = (self.windows < self._seen) & (self.rel_improvement > 0)
-        converged = self.moving & ready & (gain < self.rel_improvement)
-        self.stopped_at.copy_(torch.where(converged, step, self.stopped_at))
-        self.stop_gain.copy_(torch.where(converged, gain, self.stop_gain))
-        self.moving.copy_(self.moving & ~converged)
-
-    def stop_reasons(self) -> list[str | None]:
-        """Why each image ended early (None: it did not); reads the device."""
-        diverged, stopped = self.diverged_at.tolist(), self.stopped_at.tolist()
-        values, gains = self.diverged_value.tolist(), self.stop_gain.tolist()
-        reasons: list[str | None] = []
-        for c, d, s, v, g in zip(self.configs, diverged, stopped, values, gains, strict=True):
-            if d != NEVER:
-                reasons.append(str(DivergedError(d, v)))
-            elif s != NEVER:
-                reasons.append(f"converged at step {s}: J fell {g:.2e} over the last {c.stop.window} steps "
-                               f"(< rel_improvement {c.stop.rel_improvement:g})")
-            else:
-                reasons.append(None)
-        return reasons
-
     # -- Lightning hooks ----------------------------------------------------------------------
     def on_fit_start(self) -> None:
         if self._targets_stale:  # resumed at a later scale of the pyramid (on_load_checkpoint)
@@ -351,7 +282,7 @@ class StyleTransfer(pl.LightningModule):
             optimizer.zero_grad()
             result.update(self.losses())
             # Images that stopped contribute nothing; each image's gradient is its own J's.
-            objective = torch.where(self.moving, result["loss/total"], 0.0).sum()
+            objective = torch.where(self.stops.moving, result["loss/total"], 0.0).sum()
             if lbfgs:
                 objective = objective / self._lbfgs_scale(objective)
             self.manual_backward(objective)
@@ -360,12 +291,13 @@ class StyleTransfer(pl.LightningModule):
         optimizer.step(closure=closure)
         with torch.no_grad():
             total = result["loss/total"].detach()
-            keep = self._check_divergence(step, total)
+            keep = self.stops.diverge(step, total)
             moved = self.image if lbfgs else self.image.clamp(0, self.config.pixel_scale)
             self.image.copy_(torch.where(keep.view(-1, 1, 1, 1), moved, before))
             self._update_average(keep)
             self.last_losses = {k: v.detach() for k, v in result.items()}
-            self._check_convergence(step, total)
+            if self.scale_index == len(self.sizes) - 1:  # each scale starts with a jump in J: the last one only
+                self.stops.converge(step, total)
         self.schedules.step()
 
     def _new_optimizer(self) -> None:
@@ -391,15 +323,9 @@ class StyleTransfer(pl.LightningModule):
         checkpoint["nst"] = {
             "loss_scale": self._loss_scale,  # part of L-BFGS' objective: resume needs it
             "scale_index": self.scale_index,
-            "seen": self._seen,
-            checkpoints.SAMPLES: [
-                {"moving": m, "diverged_at": d, "diverged_value": v, "stopped_at": s, "stop_gain": g,
-                 "history": h, "schedule": sched}
-                for m, d, v, s, g, h, sched in zip(
-                    self.moving.tolist(), self.diverged_at.tolist(), self.diverged_value.tolist(),
-                    self.stopped_at.tolist(), self.stop_gain.tolist(), [h.clone() for h in self.history.T.cpu()],
-                    self.schedules.state_dicts(), strict=True)
-            ],
+            "seen": self.stops.seen,
+            checkpoints.SAMPLES: [sample | {"schedule": schedule} for sample, schedule
+                                  in zip(self.stops.samples(), self.schedules.state_dicts(), strict=True)],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -414,13 +340,11 @@ class StyleTransfer(pl.LightningModule):
             self.image = nn.Parameter(torch.empty_like(checkpoint["state_dict"]["image"], device=self.device))
             self._init_average()  # shaped like the new image; the checkpoint fills it
             self._targets_stale = True
-        self._seen = state["seen"]
+        self.stops.seen = state["seen"]
         samples = state[checkpoints.SAMPLES]
         if len(samples) != self.batch_size:
             raise ValueError(f"the checkpoint holds {len(samples)} images; this batch has {self.batch_size}")
-        for name in ("moving", "diverged_at", "diverged_value", "stopped_at", "stop_gain"):
-            getattr(self, name).copy_(torch.tensor([s[name] for s in samples]))
-        self.history.copy_(torch.stack([s["history"] for s in samples], dim=1))
+        self.stops.load(samples)
         self.schedules.load_state_dicts(s["schedule"] for s in samples)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -10,7 +10,8 @@ import torch
 from nst.config import LayersConfig, OptimizerConfig, TransferConfig
 from nst.determinism import deterministic
 from nst.images import load_image
-from nst.module import DivergedError, StyleTransfer
+from nst.module import StyleTransfer
+from nst.stopping import DivergedError
 from nst.targets import build_backbone
 from tests.lane import ACCELERATOR
 
@@ -113,11 +114,11 @@ def test_divergence_is_masked_on_the_device_and_reported_with_its_step(pair, mon
 
     monkeypatch.setattr(StyleTransfer, "losses", poisoned)
     _fit(module, 4)
-    reasons = module.stop_reasons()
+    reasons = module.stops.reasons()
     assert reasons[1] == str(DivergedError(2, float("nan"))) and reasons[0] is None and reasons[2] is None
     assert torch.equal(module.image[1].cpu(), images[2][1].cpu())  # still the image whose J was last finite
     assert not torch.equal(module.image[0].cpu(), images[3][0].cpu())  # the others moved on
-    assert module.moving.tolist() == [True, False, True]
+    assert module.stops.moving.tolist() == [True, False, True]
 
 
 def test_backbone_is_cut_at_the_deepest_loss_layer() -> None:

@@ -4,15 +4,17 @@ every step reaches a real SQLite store once, in step order, and a store that fai
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from pipelines.config.runs import run_config
 from pipelines.execution.run import FAILED, execute
-from pipelines.tracking.run_log import RunWriter
+from pipelines.tracking.run_log import RunWriter, whole_steps
 
 KEYS = ["loss/total", "loss/content", "loss/style", "lr"]
 
@@ -72,3 +74,13 @@ def test_a_write_asked_for_waits_for_the_store(store, writer) -> None:
     assert [m.step for m in client.get_metric_history(run_id, "loss/total")] == [0]
     if pool is not None:
         pool.shutdown()
+
+
+def test_a_write_never_cuts_a_steps_rows_in_two() -> None:
+    # 10 losses a step and, at snapshot steps, 3 quality metrics more: 1,000-row cuts would split steps.
+    rows = [Metric(f"m{k}", 1.0, 0, step) for step in range(500) for k in range(13 if step % 7 == 0 else 10)]
+    chunks = list(whole_steps(rows))
+    assert [m for chunk in chunks for m in chunk] == rows
+    assert all(len(chunk) <= 1000 for chunk in chunks) and len(chunks) > 1
+    for before, after in pairwise(chunks):
+        assert before[-1].step != after[0].step

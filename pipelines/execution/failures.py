@@ -12,8 +12,8 @@ import gc
 
 import torch
 
-from nst.module import DivergedError
 from nst.precision import resolve_precision
+from nst.stopping import DivergedError
 from pipelines.config.runs import RunConfig
 
 GIB = 2**30

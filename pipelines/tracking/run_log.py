@@ -18,9 +18,10 @@ from __future__ import annotations
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from torch import Tensor
 
 from nst import checkpoints
 from nst.images import to_pil
-from nst.module import NEVER, StyleTransfer
+from nst.module import StyleTransfer
+from nst.stopping import NEVER
 from pipelines.tracking.tags import ERROR_TAG
 
 _METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
@@ -93,8 +95,8 @@ class RunWriter:
         self.seconds += time.perf_counter() - start
 
     def _write(self, metrics: list[Metric]) -> None:
-        for i in range(0, len(metrics), _METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + _METRICS_PER_BATCH])
+        for chunk in whole_steps(metrics):
+            self.client.log_batch(self.run_id, metrics=chunk)
 
     def _raise_failed(self) -> None:
         done = [f for f in self._pending if f.done()]
@@ -106,6 +108,21 @@ class RunWriter:
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()
+
+
+def whole_steps(metrics: list[Metric], limit: int = _METRICS_PER_BATCH) -> Iterator[list[Metric]]:
+    """The rows in writes of at most `limit` that never cut a step's rows in two: each write is one
+    transaction, so a kill -9 between two leaves no step with `loss/total` but without the rest (a
+    resume skips every step whose `loss/total` is in the store)."""
+    chunk: list[Metric] = []
+    for _, rows in groupby(metrics, key=lambda m: m.step):
+        step = list(rows)
+        if chunk and len(chunk) + len(step) > limit:
+            yield chunk
+            chunk = []
+        chunk.extend(step)
+    if chunk:
+        yield chunk
 
 
 @dataclass
@@ -182,7 +199,7 @@ class BatchLog(pl.Callback):
 
     def _note_ends(self, module: StyleTransfer) -> None:
         """Where each image stopped (diverged at step k: steps < k are its; converged at k: <= k)."""
-        diverged, stopped = module.diverged_at.tolist(), module.stopped_at.tolist()
+        diverged, stopped = module.stops.diverged_at.tolist(), module.stops.stopped_at.tolist()
         for b, sample in self.live:
             if diverged[b] != NEVER:
                 sample.end = sample.image_end = diverged[b]
@@ -217,7 +234,7 @@ class BatchLog(pl.Callback):
         ended = [(b, s) for b, s in self.live if s.end != float("inf")]
         if not ended:
             return
-        reasons, diverged, images = module.stop_reasons(), module.diverged_at.tolist(), module.result01()
+        reasons, diverged, images = module.stops.reasons(), module.stops.diverged_at.tolist(), module.result01()
         for b, sample in ended:
             image01 = images[b : b + 1]
             if diverged[b] != NEVER:
