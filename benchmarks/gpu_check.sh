@@ -4,7 +4,8 @@
 #   sweep  experiments/lr_sweep.yaml at its shipped settings into a fresh store, then `nst report`
 #   batch, bench, levers, peer  make bench on the GPU: benchmarks.batch, .bench, .levers, .peer -> BENCHMARKS-cuda.md
 # All of it takes longer than one 10-minute GPU call (an H100: tests ~4-5 min, sweep + report 71 s,
-# batch ~4 min, bench ~2.5 min): the first phases are the ones least measured so far.
+# batch ~4 min, bench ~2.5 min): the first phases are the ones least measured so far. One 10-minute
+# call:  LIMIT_tests=230 LIMIT_batch=270 bash benchmarks/gpu_check.sh tests sweep batch
 # Under a time limit that may cut it off, the pytest lane is stopped with SIGINT, so that it still
 # prints its failures.
 # TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase;
