@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from pipelines.errors import UserError
-from pipelines.execution.run import resolve_device
+from pipelines.execution.inputs import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 

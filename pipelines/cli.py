@@ -165,7 +165,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from pipelines.config.grid import find_config, load_experiment
     from pipelines.config.runs import outside, parse_set
     from pipelines.execution.batches import parse_batch, plan
-    from pipelines.execution.run import resolve_device
+    from pipelines.execution.inputs import resolve_device
     from pipelines.execution.sweep import run_experiment, summary
     from pipelines.tracking.store import resolve_tracking_uri, sweep_link
 

@@ -3,8 +3,9 @@
 A batch is several runs of a sweep that share the content, style, size, layers and optimizer
 (pipelines.execution.batches groups them): they optimize together as one image tensor, each
 image its own MLflow run with its own metrics, snapshots, checkpoint and status. A single run
-(`nst run`) is a batch of one. Everything a user can get wrong about the inputs (files, weights)
-is checked before any MLflow run is created, so bad input leaves nothing in the store.
+(`nst run`) is a batch of one. Everything a user can get wrong about the inputs (files, weights;
+pipelines.execution.inputs) is checked before any MLflow run is created, so bad input leaves
+nothing in the store.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from nst.determinism import deterministic
-from nst.images import MIN_SIDE, ImageError, load_image, save_image
+from nst.images import save_image
 from nst.module import StyleTransfer
 from nst.precision import resolve_precision
 from nst.targets import build_backbone
@@ -36,6 +37,7 @@ from nst.vgg import VGGFeatures, WeightsError
 from pipelines.config.runs import RunConfig, flatten, run_key, to_dict, to_yaml
 from pipelines.errors import UserError
 from pipelines.execution.failures import describe_failure, release_memory
+from pipelines.execution.inputs import Inputs, load_init, load_inputs, resolve_device
 from pipelines.execution.probe import quality_probe
 from pipelines.tracking import run_log, store
 from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, RunWriter, Sample  # noqa: F401 - statuses
@@ -54,26 +56,6 @@ class RunResult:
 
 
 @dataclass
-class Inputs:
-    """What a batch's runs share: the content and style images, sized as their config says."""
-
-    content: torch.Tensor
-    styles: list[torch.Tensor]
-    folder: Path | None = None  # where `write` put them as PNG, once for all the batch's runs
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.content.shape[-1], self.content.shape[-2]
-
-    def write(self, folder: Path) -> None:
-        """content.png, style.png (style_2.png ... for a blend), which each run logs as artifacts."""
-        save_image(self.content, folder / "content.png")
-        for i, style in enumerate(self.styles):
-            save_image(style, folder / ("style.png" if i == 0 else f"style_{i + 1}.png"))
-        self.folder = folder
-
-
-@dataclass
 class RunSpec:
     """One run of a batch: its config, where it goes in the store, and the run it resumes (if any)."""
 
@@ -83,76 +65,6 @@ class RunSpec:
     tags: dict[str, Any] | None = None
     description: str | None = None
     resume_run_id: str | None = None
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA GPU is visible; use --set device=cpu or auto")
-    return device
-
-
-def load_inputs(config: RunConfig) -> Inputs:
-    """The content and style(s), sized as the config says."""
-    try:
-        content = load_image(config.content, config.size)
-        height, width = content.shape[-2:]
-        smallest = round(min(height, width) * config.sizes[0] / max(height, width))
-        if smallest < MIN_SIDE:
-            raise UserError(f"scales: at {config.sizes[0]} px the content is {smallest} px on its short side; "
-                            f"VGG-19 needs at least {MIN_SIDE}: start the pyramid at a larger size")
-        if config.style_scale is None:
-            styles = [load_image(s, (width, height)) for s in config.styles]
-        else:
-            styles = [load_image(s, round(config.size * config.style_scale)) for s in config.styles]
-    except ImageError as exc:
-        raise UserError(str(exc)) from None
-    return Inputs(content, styles)
-
-
-def load_init(config: RunConfig, size: tuple[int, int], client: MlflowClient | None = None) -> torch.Tensor | None:
-    """The run's start image when it starts from a file or another run's final image, else None."""
-    try:
-        if config.init.startswith("run:"):
-            return _final_image_of(client, config.init.removeprefix("run:"), size)
-        if config.init_from_file:
-            return load_image(config.init, size)
-    except ImageError as exc:
-        raise UserError(str(exc)) from None
-    return None
-
-
-def check_inputs(configs: list[RunConfig], client: MlflowClient | None = None) -> None:
-    """Every image these runs read loads at its size (UserError naming the first that does not):
-    a sweep checks all its points before it creates anything. Each distinct input is read once."""
-    sizes: dict[tuple[Any, ...], tuple[int, int]] = {}
-    inits: set[tuple[str, tuple[int, int]]] = set()
-    for config in configs:
-        shared = (config.content, config.styles, config.size, config.style_scale, tuple(config.sizes))
-        if shared not in sizes:
-            sizes[shared] = load_inputs(config).size
-        if (config.init_from_file or config.init.startswith("run:")) and (config.init, sizes[shared]) not in inits:
-            inits.add((config.init, sizes[shared]))
-            load_init(config, sizes[shared], client)
-
-
-def _final_image_of(client: MlflowClient | None, run_id: str, size: tuple[int, int]) -> torch.Tensor:
-    """`init: run:<id>`: that run's final image, from the store, resized to this run's size."""
-    if client is None:
-        raise UserError("init: run:<id> needs a tracking store to read the run from")
-    try:
-        client.get_run(run_id)
-    except Exception:  # noqa: BLE001 - MLflow raises several types for a bad id
-        raise UserError(f"init: run {run_id} is not in the store; copy a run id from the UI or `nst run`'s "
-                        "output (same --tracking-uri)") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, "final.png", tmp)
-        except Exception:  # noqa: BLE001
-            raise UserError(f"init: run {run_id} has no final.png (it did not finish); "
-                            "start from a FINISHED run") from None
-        return load_image(path, size)
 
 
 def versions() -> dict[str, str]:

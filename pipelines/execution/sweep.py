@@ -20,7 +20,8 @@ from pipelines.config.grid import Experiment, Point
 from pipelines.config.runs import flatten, to_dict
 from pipelines.execution.batches import AUTO, plan
 from pipelines.execution.executors import Executor, Job, Task, run_local
-from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec, check_inputs, resolve_device
+from pipelines.execution.inputs import check_inputs, resolve_device
+from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec
 from pipelines.tracking import store
 from pipelines.tracking.run_log import CHECKPOINT_STEP_TAG
 from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
