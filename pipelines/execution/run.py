@@ -40,7 +40,8 @@ from pipelines.execution.failures import describe_failure, release_memory
 from pipelines.execution.inputs import Inputs, load_init, load_inputs, resolve_device
 from pipelines.execution.probe import quality_probe
 from pipelines.tracking import run_log, store
-from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, RunWriter, Sample  # noqa: F401 - statuses
+from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, Sample  # noqa: F401 - statuses
+from pipelines.tracking.run_writer import RunWriter
 from pipelines.tracking.tags import BATCH_TAG
 
 
@@ -122,7 +123,7 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
         backbone = build_backbone(config)
     except WeightsError as exc:
         raise UserError(str(exc)) from None
-    # The runs' metrics are written by one thread beside the optimization (RunWriter says why).
+    # The runs' metrics are written by one thread beside the optimization (pipelines.tracking.run_writer says why).
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1, thread_name_prefix="nst-metrics") as writer:
         inputs.write(Path(tmp) / "inputs")
         samples, checkpoints = [], []
@@ -173,7 +174,7 @@ def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: s
             client.set_tag(run_id, key, value)
     else:
         run_id = _start_run(client, spec, inputs, experiment, tracking_uri, device, batch)
-    return Sample(run_id, RunWriter(client, run_id, skip_through, writer=writer),
+    return Sample(run_id, RunWriter(client, run_id, writer, skip_through),
                   set(spec.config.snapshot_steps) - done), checkpoint
 
 

@@ -3,8 +3,8 @@
 A batch is one Lightning fit of one image tensor; each image in it is its own MLflow run.
 `BatchLog` collects every step's losses on the device (a step never waits for the device to
 report them) and every `CHUNK` steps, and at snapshots, checkpoints and the end, brings them to
-the host in one copy. Each run gets its own rows (`RunWriter`: buffered, written in batches, a
-SQLite write costs milliseconds), its snapshot images with their quality metrics, and its end:
+the host in one copy. Each run gets its own rows (`RunWriter`: buffered, written by a thread beside
+the optimization), its snapshot images with their quality metrics, and its end:
 FAILED when its image diverged, FINISHED when it converged or ran all its steps, each as soon as
 it is known. `Checkpoints` saves each run's share of the batch's state as that run's
 `checkpoint/last.ckpt`, exactly what the run would have saved alone.
@@ -17,27 +17,23 @@ from __future__ import annotations
 
 import re
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Executor, Future
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 from torch import Tensor
 
 from nst import checkpoints
 from nst.images import to_pil
 from nst.module import StyleTransfer
 from nst.stopping import NEVER
+from pipelines.tracking.run_writer import RunWriter
 from pipelines.tracking.tags import ERROR_TAG
 
-_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 CHUNK = 50  # steps whose losses stay on the device before they are read back in one copy
 CHECKPOINT = "checkpoint/last.ckpt"  # artifact path of a run's latest checkpoint
 CHECKPOINT_STEP_TAG = "nst.checkpoint_step"  # the step of that checkpoint: runs resumed together share it
@@ -47,82 +43,6 @@ FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 SNAPSHOT_FILE = re.compile(r"^generated\+step\+(\d+)\+.*(?<!compressed)\.png$")
 
 Probe = Callable[[Tensor], list[dict[str, float]]]  # images (n, 3, H, W) -> each one's quality metrics
-
-
-class RunWriter:
-    """One run's metrics, buffered and written at most once per `flush_seconds` (and when asked).
-    Steps up to `skip_through` are already in the store (a resumed run recomputes them bit for bit)
-    and are not written twice.
-
-    With a `writer` (one thread, shared by a batch's runs) the timed writes happen beside the
-    optimization: MLflow writes ~5,000 rows/s into SQLite, and a batch of 64 runs logs 640 a step,
-    which on a GPU cost 1.5x the step itself when written in the loop (+149% at 64 x 256 px, H100).
-    One thread, first in first out, so a run's rows reach the store in step order: after a kill -9
-    the store holds steps 0..k with no gap, which is what resuming relies on (MLflow's own async
-    logging writes batches from a pool of threads, in any order). A write asked for without
-    `unless_recent` waits until every row so far is in the store."""
-
-    def __init__(self, client: MlflowClient, run_id: str, skip_through: int = -1,
-                 flush_seconds: float = 2.0, writer: Executor | None = None) -> None:
-        self.client, self.run_id, self.skip_through = client, run_id, skip_through
-        self.flush_seconds, self.writer = flush_seconds, writer
-        self.seconds = 0.0  # time the optimization loop spent buffering and writing metrics, for the bench
-        self._buffer: list[Metric] = []
-        self._pending: list[Future[None]] = []
-        self._last_flush = time.monotonic()
-
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
-        if step <= self.skip_through:
-            return
-        start = time.perf_counter()
-        now = int(time.time() * 1000)
-        self._buffer.extend(Metric(key=k, value=float(v), timestamp=now, step=step) for k, v in metrics.items())
-        self.seconds += time.perf_counter() - start
-
-    def flush(self, *, unless_recent: bool = False) -> None:
-        if unless_recent and time.monotonic() - self._last_flush < self.flush_seconds:
-            return
-        start = time.perf_counter()
-        buffer, self._buffer = self._buffer, []
-        if self.writer is None:
-            self._write(buffer)
-        else:
-            self._raise_failed()  # a store that broke mid-run stops the run now, not at its end
-            self._pending.append(self.writer.submit(self._write, buffer))
-            if not unless_recent:
-                self._wait()
-        self._last_flush = time.monotonic()
-        self.seconds += time.perf_counter() - start
-
-    def _write(self, metrics: list[Metric]) -> None:
-        for chunk in whole_steps(metrics):
-            self.client.log_batch(self.run_id, metrics=chunk)
-
-    def _raise_failed(self) -> None:
-        done = [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if not f.done()]
-        for future in done:
-            future.result()
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-
-
-def whole_steps(metrics: list[Metric], limit: int = _METRICS_PER_BATCH) -> Iterator[list[Metric]]:
-    """The rows in writes of at most `limit` that never cut a step's rows in two: each write is one
-    transaction, so a kill -9 between two leaves no step with `loss/total` but without the rest (a
-    resume skips every step whose `loss/total` is in the store)."""
-    chunk: list[Metric] = []
-    for _, rows in groupby(metrics, key=lambda m: m.step):
-        step = list(rows)
-        if chunk and len(chunk) + len(step) > limit:
-            yield chunk
-            chunk = []
-        chunk.extend(step)
-    if chunk:
-        yield chunk
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The runs' metrics are written by a thread beside the optimization (pipelines/tracking/run_log.py):
+"""The runs' metrics are written by a thread beside the optimization (pipelines/tracking/run_writer.py):
 every step reaches a real SQLite store once, in step order, and a store that fails is not hidden."""
 
 from __future__ import annotations
@@ -7,14 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 
-import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from pipelines.config.runs import run_config
 from pipelines.execution.run import FAILED, execute
-from pipelines.tracking.run_log import RunWriter, whole_steps
+from pipelines.tracking.run_writer import RunWriter, whole_steps
 
 KEYS = ["loss/total", "loss/content", "loss/style", "lr"]
 
@@ -31,7 +30,7 @@ def test_every_step_reaches_the_store_once_in_step_order(store, monkeypatch) -> 
 
     monkeypatch.setattr(MlflowClient, "log_batch", spy)
     with ThreadPoolExecutor(1) as writer:
-        rows = RunWriter(client, run_id, skip_through=9, flush_seconds=0.0, writer=writer)
+        rows = RunWriter(client, run_id, writer, skip_through=9, flush_seconds=0.0)
         for step in range(600):
             rows.log({k: float(step) for k in KEYS}, step)
             if step % 50 == 49:
@@ -63,17 +62,14 @@ def test_a_store_that_fails_mid_run_ends_the_run_failed_with_its_error(store, mo
     assert MlflowClient(store).get_run(result.run_id).info.status == FAILED
 
 
-@pytest.mark.parametrize("writer", [False, True])
-def test_a_write_asked_for_waits_for_the_store(store, writer) -> None:
+def test_a_write_asked_for_waits_for_the_store(store) -> None:
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment("wait")).info.run_id
-    pool = ThreadPoolExecutor(1) if writer else None
-    rows = RunWriter(client, run_id, writer=pool)
-    rows.log({"loss/total": 1.0}, 0)
-    rows.flush()
-    assert [m.step for m in client.get_metric_history(run_id, "loss/total")] == [0]
-    if pool is not None:
-        pool.shutdown()
+    with ThreadPoolExecutor(1) as writer:
+        rows = RunWriter(client, run_id, writer)
+        rows.log({"loss/total": 1.0}, 0)
+        rows.flush()
+        assert [m.step for m in client.get_metric_history(run_id, "loss/total")] == [0]
 
 
 def test_a_write_never_cuts_a_steps_rows_in_two() -> None:

@@ -1,0 +1,81 @@
+"""One run's metrics on their way into the store, written by a thread beside the optimization.
+
+MLflow writes ~5,000 rows/s into SQLite, and a batch of 64 runs logs 640 a step: written in the
+loop, they made the tracked step 2.5x the bare one on an H100 (64 x 256 px). A batch's runs share
+one writer thread, first in first out, so a run's rows reach the store in step order, in writes
+that never cut a step in two: after a kill -9 the store holds whole steps 0..k with no gap, which
+is what resuming relies on (MLflow's own async logging writes from a pool of threads, in any order).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor, Future
+from itertools import groupby
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+
+
+class RunWriter:
+    """One run's metrics, buffered and handed to `writer` at most once per `flush_seconds` (and when
+    asked: then it waits until every row so far is in the store). Steps up to `skip_through` are
+    already in the store (a resumed run recomputes them bit for bit) and are not written twice."""
+
+    def __init__(self, client: MlflowClient, run_id: str, writer: Executor, skip_through: int = -1,
+                 flush_seconds: float = 2.0) -> None:
+        self.client, self.run_id, self.writer = client, run_id, writer
+        self.skip_through, self.flush_seconds = skip_through, flush_seconds
+        self.seconds = 0.0  # time the optimization loop spent buffering and handing over metrics, for the bench
+        self._buffer: list[Metric] = []
+        self._pending: list[Future[None]] = []
+        self._last_flush = time.monotonic()
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        if step <= self.skip_through:
+            return
+        start = time.perf_counter()
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(key=k, value=float(v), timestamp=now, step=step) for k, v in metrics.items())
+        self.seconds += time.perf_counter() - start
+
+    def flush(self, *, unless_recent: bool = False) -> None:
+        if unless_recent and time.monotonic() - self._last_flush < self.flush_seconds:
+            return
+        start = time.perf_counter()
+        buffer, self._buffer = self._buffer, []
+        if buffer:
+            self._pending.append(self.writer.submit(self._write, buffer))
+        # Waiting or not, a write that failed raises here: a broken store stops the run now, not at its end.
+        self._collect(wait=not unless_recent)
+        self._last_flush = time.monotonic()
+        self.seconds += time.perf_counter() - start
+
+    def _write(self, metrics: list[Metric]) -> None:
+        for chunk in whole_steps(metrics):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def _collect(self, wait: bool) -> None:
+        """Drop the finished writes (all of them when `wait`), raising the first one's error."""
+        done = self._pending if wait else [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if f not in done]
+        for future in done:
+            future.result()
+
+
+def whole_steps(metrics: list[Metric], limit: int = _METRICS_PER_BATCH) -> Iterator[list[Metric]]:
+    """The rows in writes of at most `limit` that never cut a step's rows in two: each write is one
+    transaction, so a kill -9 between two leaves no step with `loss/total` but without the rest (a
+    resume skips every step whose `loss/total` is in the store)."""
+    chunk: list[Metric] = []
+    for _, rows in groupby(metrics, key=lambda m: m.step):
+        step = list(rows)
+        if chunk and len(chunk) + len(step) > limit:
+            yield chunk
+            chunk = []
+        chunk.extend(step)
+    if chunk:
+        yield chunk
