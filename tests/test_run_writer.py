@@ -3,16 +3,23 @@ every step reaches a real SQLite store once, in step order, and a store that fai
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
+import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
+from PIL import Image
 
+from nst.images import to_pil
 from pipelines.config.runs import run_config
-from pipelines.execution.run import FAILED, execute
+from pipelines.execution.run import FAILED, FINISHED, execute
+from pipelines.tracking.run_log import CHECKPOINT_STEP_TAG, Checkpoints, download_checkpoint
 from pipelines.tracking.run_writer import RunWriter, whole_steps
 
 KEYS = ["loss/total", "loss/content", "loss/style", "lr"]
@@ -34,7 +41,7 @@ def test_every_step_reaches_the_store_once_in_step_order(store, monkeypatch) -> 
         for step in range(600):
             rows.log({k: float(step) for k in KEYS}, step)
             if step % 50 == 49:
-                rows.flush(unless_recent=True)  # handed to the thread; the loop goes on
+                rows.flush(due_only=True, wait=False)  # handed to the thread; the loop goes on
         rows.flush()  # waits: every row so far is in the store
         for key in KEYS:
             assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(10, 600)), key
@@ -80,3 +87,58 @@ def test_a_write_never_cuts_a_steps_rows_in_two() -> None:
     assert all(len(chunk) <= 1000 for chunk in chunks) and len(chunks) > 1
     for before, after in pairwise(chunks):
         assert before[-1].step != after[0].step
+
+
+def _config(iterations: int, **keys: object):
+    images = Path(__file__).resolve().parents[1] / "experiments" / "images"
+    return run_config({"content": str(images / "grace_hopper.jpg"), "style": str(images / "starry_night.jpg"),
+                       "size": 32, "iterations": iterations, **keys})
+
+
+def test_checkpoints_are_saved_on_the_writer_thread_after_the_rows_before_them(store, monkeypatch) -> None:
+    log_batch, set_tag = MlflowClient.log_batch, MlflowClient.set_tag
+    written: dict[str, int] = {}  # run id -> the highest step whose rows are in the store
+    saved: list[tuple[str, int, int]] = []  # (thread, checkpoint step, highest step in the store then)
+
+    def rows(self, run_id, metrics=(), **kwargs):
+        log_batch(self, run_id, metrics=metrics, **kwargs)
+        if metrics:
+            written[run_id] = max(written.get(run_id, -1), *(m.step for m in metrics))
+
+    def tag(self, run_id, key, value, *args, **kwargs):
+        if key == CHECKPOINT_STEP_TAG:
+            saved.append((threading.current_thread().name, int(value), written.get(run_id, -1)))
+        return set_tag(self, run_id, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", rows)
+    monkeypatch.setattr(MlflowClient, "set_tag", tag)
+    result = execute(_config(130, snapshots=[0], checkpoint_every=40), tracking_uri=store, experiment="ckpt",
+                     progress=False)
+    assert result.status == FINISHED, result.error
+    assert [step for _, step, _ in saved] == [40, 80, 120]
+    for thread, step, in_store in saved:
+        assert thread.startswith("nst-metrics"), "the loop must not wait for a checkpoint's save"
+        assert in_store >= step - 1, f"checkpoint {step} reached the store before step {step - 1}'s rows"
+
+
+def test_a_checkpoint_holds_its_step_however_late_the_thread_saves_it(store, monkeypatch, tmp_path) -> None:
+    # The thread saves while the loop goes on changing the image: what it saves must be a copy taken at its step.
+    save = Checkpoints._save
+
+    def late(self, state, runs, step):
+        time.sleep(1.0)  # the loop meanwhile runs on, tens of steps at 32 px
+        save(self, state, runs, step)
+
+    monkeypatch.setattr(Checkpoints, "_save", late)
+    config = _config(150, snapshots=[100], checkpoint_every=100)
+    result = execute(config, tracking_uri=store, experiment="late", progress=False)
+    assert result.status == FINISHED, result.error
+    client = MlflowClient(store)
+    checkpoint = torch.load(download_checkpoint(client, result.run_id, tmp_path), map_location="cpu",
+                            weights_only=False)
+    assert checkpoint["global_step"] == 100
+    snapshot = next(a.path for a in client.list_artifacts(result.run_id, "images") if "generated+step+100+" in a.path
+                    and not a.path.endswith(".webp"))
+    logged = np.asarray(Image.open(client.download_artifacts(result.run_id, snapshot, str(tmp_path))))
+    held = np.asarray(to_pil((checkpoint["state_dict"]["image"] / config.pixel_scale).clamp(0, 1)))
+    assert np.array_equal(held, logged)  # the image after 100 updates, as the step-100 snapshot shows it

@@ -7,7 +7,7 @@ the host in one copy. Each run gets its own rows (`RunWriter`: buffered, written
 the optimization), its snapshot images with their quality metrics, and its end:
 FAILED when its image diverged, FINISHED when it converged or ran all its steps, each as soon as
 it is known. `Checkpoints` saves each run's share of the batch's state as that run's
-`checkpoint/last.ckpt`, exactly what the run would have saved alone.
+`checkpoint/last.ckpt`, exactly what the run would have saved alone, on the writer thread.
 
 Metric step k is the loss of the image after k updates, also across a resume; snapshot step s
 is the image after s updates (step 0: the initial image).
@@ -18,12 +18,14 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from mlflow import MlflowClient
 from torch import Tensor
 
@@ -31,7 +33,7 @@ from nst import checkpoints
 from nst.images import to_pil
 from nst.module import StyleTransfer
 from nst.stopping import NEVER
-from pipelines.tracking.run_writer import RunWriter
+from pipelines.tracking.run_writer import RunWriter, collect
 from pipelines.tracking.tags import ERROR_TAG
 
 CHUNK = 50  # steps whose losses stay on the device before they are read back in one copy
@@ -97,8 +99,9 @@ class BatchLog(pl.Callback):
                 trainer.should_stop = True
 
     # -- reading the device back ----------------------------------------------------------------
-    def flush(self, module: StyleTransfer, write: bool = False) -> None:
-        """Bring the buffered losses to the host (one copy) and give each live run its rows."""
+    def flush(self, module: StyleTransfer, *, due_only: bool = True, wait: bool = False) -> None:
+        """Bring the buffered losses to the host (one copy) and give each live run its rows; the
+        runs hand them to the writer thread as RunWriter.flush does (`due_only`, `wait`)."""
         if self._rows:
             values = torch.stack(self._rows).cpu().tolist()  # [row][metric][image]
             self._rows = []
@@ -115,7 +118,7 @@ class BatchLog(pl.Callback):
                     sample.last = metrics
             self._meta = []
         for _, sample in self.live:
-            sample.writer.flush(unless_recent=not write)
+            sample.writer.flush(due_only=due_only, wait=wait)
 
     def _note_ends(self, module: StyleTransfer) -> None:
         """Where each image stopped (diverged at step k: steps < k are its; converged at k: <= k)."""
@@ -194,30 +197,42 @@ class BatchLog(pl.Callback):
 
 
 class Checkpoints(pl.Callback):
-    """Every `every` steps: write every run's metrics so far, then save each live run's share of
-    the batch's state (image, optimizer state, stop state; no VGG) as its `checkpoint/last.ckpt`.
-    Saved before a step, so every metric before it is in the store and a resume leaves no gap."""
+    """Every `every` steps, each live run's share of the batch's state (image, optimizer state, stop
+    state; no VGG) saved as its `checkpoint/last.ckpt`. Taken before a step, and saved by the
+    writer thread behind every metric row so far: first in, first out, so a checkpoint reaches the
+    store only after every step before it (a resume leaves no gap), and the loop waits for neither."""
 
-    def __init__(self, client: MlflowClient, every: int, log: BatchLog) -> None:
-        self.client, self.every, self.batch_log = client, every, log
+    def __init__(self, client: MlflowClient, every: int, log: BatchLog, writer: Executor) -> None:
+        self.client, self.every, self.batch_log, self.writer = client, every, log, writer
+        self._pending: list[Future[None]] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
         if step == 0 or step % self.every:
             return
-        self.batch_log.flush(module, write=True)  # type: ignore[arg-type]
-        # Lightning's own checkpoint dict (what trainer.save_checkpoint writes), taken apart per run.
-        parts = checkpoints.split(trainer._checkpoint_connector.dump_checkpoint())
-        live = dict(self.batch_log.live)
+        self.batch_log.flush(module, due_only=False)  # type: ignore[arg-type]  # queued ahead of the checkpoint
+        # Lightning's own checkpoint dict (what trainer.save_checkpoint writes), copied to the host
+        # now: it refers to the live image and optimizer state, which the next steps change.
+        state = apply_to_collection(trainer._checkpoint_connector.dump_checkpoint(), Tensor,
+                                    lambda t: t.detach().to("cpu", copy=True))
+        runs = {b: s.run_id for b, s in self.batch_log.live}
+        self._pending = collect(self._pending, wait=False)
+        self._pending.append(self.writer.submit(self._save, state, runs, step))
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._pending = collect(self._pending, wait=True)  # a checkpoint that failed fails its runs
+
+    def _save(self, state: dict[str, Any], runs: dict[int, str], step: int) -> None:
+        """Each run's part as its checkpoint artifact (on the writer thread)."""
         with tempfile.TemporaryDirectory() as tmp:
-            for b, part in enumerate(parts):
-                if b not in live:
+            for b, part in enumerate(checkpoints.split(state)):
+                if b not in runs:
                     continue
                 path = Path(tmp) / str(b) / "last.ckpt"
                 path.parent.mkdir()
                 torch.save(part, path)
-                self.client.log_artifact(live[b].run_id, str(path), "checkpoint")
-                self.client.set_tag(live[b].run_id, CHECKPOINT_STEP_TAG, str(step))
+                self.client.log_artifact(runs[b], str(path), "checkpoint")
+                self.client.set_tag(runs[b], CHECKPOINT_STEP_TAG, str(step))
 
 
 def last_logged_step(client: MlflowClient, run_id: str) -> int:

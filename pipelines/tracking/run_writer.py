@@ -42,15 +42,17 @@ class RunWriter:
         self._buffer.extend(Metric(key=k, value=float(v), timestamp=now, step=step) for k, v in metrics.items())
         self.seconds += time.perf_counter() - start
 
-    def flush(self, *, unless_recent: bool = False) -> None:
-        if unless_recent and time.monotonic() - self._last_flush < self.flush_seconds:
+    def flush(self, *, due_only: bool = False, wait: bool = True) -> None:
+        """Hand the buffered rows to the writer thread (`due_only`: only once `flush_seconds` passed
+        since the last hand-over); `wait`: until every row so far is in the store."""
+        if due_only and time.monotonic() - self._last_flush < self.flush_seconds:
             return
         start = time.perf_counter()
         buffer, self._buffer = self._buffer, []
         if buffer:
             self._pending.append(self.writer.submit(self._write, buffer))
         # Waiting or not, a write that failed raises here: a broken store stops the run now, not at its end.
-        self._collect(wait=not unless_recent)
+        self._pending = collect(self._pending, wait)
         self._last_flush = time.monotonic()
         self.seconds += time.perf_counter() - start
 
@@ -58,12 +60,12 @@ class RunWriter:
         for chunk in whole_steps(metrics):
             self.client.log_batch(self.run_id, metrics=chunk)
 
-    def _collect(self, wait: bool) -> None:
-        """Drop the finished writes (all of them when `wait`), raising the first one's error."""
-        done = self._pending if wait else [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if f not in done]
-        for future in done:
-            future.result()
+def collect(pending: list[Future[None]], wait: bool) -> list[Future[None]]:
+    """The writes still running (none when `wait`); the first finished one's error is raised."""
+    done = pending if wait else [f for f in pending if f.done()]
+    for future in done:
+        future.result()
+    return [f for f in pending if f not in done]
 
 
 def whole_steps(metrics: list[Metric], limit: int = _METRICS_PER_BATCH) -> Iterator[list[Metric]]:
