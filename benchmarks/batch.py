@@ -9,7 +9,7 @@
   optimization time (the fits), and the largest relative difference in final J between the two.
   The 64 points one at a time are timed on the first 8 and scaled by 8 (said in the table);
 - on a GPU, the bare step captured in a CUDA graph (torch.cuda.graph) against the same step
-  launched op by op, the lever for launch-bound steps.
+  launched op by op, the lever for launch-bound steps (fp32 and bf16, 128 to 512 px).
 Writes "Batches" in BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`). `--smoke`: toy sizes.
 """
 
@@ -70,8 +70,8 @@ def batch_loop(configs: list[TransferConfig], size: int, steps: int, device: tor
 
 
 def graphed_loop(configs: list[TransferConfig], size: int, steps: int, device: torch.device) -> Timing:
-    """The same step (fp32: autocast's weight cache cannot be captured) replayed from a CUDA graph:
-    one launch per step instead of one per kernel. Adam with one lr, on the device (capturable)."""
+    """The same step replayed from a CUDA graph: one launch per step instead of one per kernel.
+    Adam with one lr, on the device (capturable)."""
     content, style = _pair(size)
     module = StyleTransfer(content.to(device), style.to(device), configs,
                            backbone=build_backbone(configs[0]).to(device))
@@ -191,6 +191,24 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {size} px | " + " | ".join(cells) + f" | {ratio} |")
         replace_section(args.out, HEADING, lines)  # row by row: a bench cut off keeps what it measured
 
+    # Before the whole sweeps: short, and it decides what a launch-bound step could gain.
+    if gpu:
+        lines += ["", "The bare step captured in a CUDA graph (one launch per step) against launched op by op:", "",
+                  "| batch | op by op | CUDA graph | faster |", "|---|---|---|---|"]
+        for size, b, precision in [(32, 3, "bf16")] if smoke else [(128, 3, "fp32"), (128, 3, "bf16"),
+                                                                    (256, 8, "bf16"), (512, 8, "bf16")]:
+            configs = _configs(b, precision=precision)
+            try:
+                plain = batch_loop(configs, size, 20, device).median
+                graphed = graphed_loop(configs, size, 20, device).median
+                row = (f"| {b} × {size} px, {precision} | {plain * 1000:.2f} ms | {graphed * 1000:.2f} ms "
+                       f"| {plain / graphed:.2f}× |")
+            except Exception as exc:  # noqa: BLE001 - a step that cannot be captured is a finding, not a crash
+                row = (f"| {b} × {size} px, {precision} | — | capture failed: {type(exc).__name__}: "
+                       f"{str(exc)[:120]} | — |")
+            lines.append(row)
+            print(row, flush=True)
+            replace_section(args.out, HEADING, lines)
     lines += ["", "Tracked against bare, per step of the whole batch (marginal: runs of N and 3N steps, differenced;",
               "every run's metrics of every step logged, snapshots, checkpoints every 100 steps).", "",
               "| batch | bare loop | tracked | overhead |", "|---|---|---|---|"]
@@ -226,19 +244,6 @@ def main(argv: list[str] | None = None) -> int:
             print(lines[-1], flush=True)
             replace_section(args.out, HEADING, lines)
 
-    if gpu:
-        size, b = (32, 3) if smoke else (128, 3)
-        configs = _configs(b, precision="fp32")
-        try:
-            plain = batch_loop(configs, size, 20, device).median
-            graphed = graphed_loop(configs, size, 20, device).median
-            row = (f"| {b} × {size} px, fp32 | {plain * 1000:.2f} ms | {graphed * 1000:.2f} ms "
-                   f"| {plain / graphed:.2f}× |")
-        except Exception as exc:  # noqa: BLE001 - a lever that cannot be captured is a finding, not a crash
-            row = f"| {b} × {size} px, fp32 | — | capture failed: {type(exc).__name__}: {str(exc)[:120]} | — |"
-        lines += ["", "The bare step captured in a CUDA graph (one launch per step) against launched op by op:", "",
-                  "| batch | op by op | CUDA graph | faster |", "|---|---|---|---|", row]
-        print(row, flush=True)
     replace_section(args.out, HEADING, lines)
     print("\n".join(lines))
     return 0

@@ -202,7 +202,9 @@ class StyleTransfer(pl.LightningModule):
         """All losses of the current images, keyed by their metric names, one value per image."""
         image01 = self.image01()
         autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            # No cast cache: autocast caches only leaves that require grad, which the frozen VGG's
+            # weights are not, so it saves nothing here; off, a step can be captured in a CUDA graph.
+            torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
             if resolve_precision(self.config.precision, self.device.type) == "bf16"
             else nullcontext()
         )
