@@ -21,7 +21,7 @@ from pipelines.config.runs import run_config
 from pipelines.errors import UserError
 from pipelines.execution.batches import batch_key, parse_batch, plan
 from pipelines.execution.run import FINISHED, RunSpec, execute, execute_batch
-from tests.lane import DEVICE, ON_GPU
+from tests.lane import ACCELERATOR, DEVICE, ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 #: A point in a batch against the same point alone: the convolutions sum in another order for a batch.
@@ -207,7 +207,7 @@ def test_a_batch_checkpoint_splits_into_each_runs_own_and_stacks_back(tmp_path) 
     content = torch.rand(1, 3, 32, 32)
     module = StyleTransfer(content, content, [_config(optimizer={"lr": lr}, average=0.5) for lr in (0.5, 1.0, 2.0)])
     trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+                         enable_model_summary=False, accelerator=ACCELERATOR, default_root_dir=tmp_path)
     trainer.fit(module)
     whole = trainer._checkpoint_connector.dump_checkpoint()
     parts = checkpoints.split(whole)

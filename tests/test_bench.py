@@ -12,6 +12,7 @@ from benchmarks.bench import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.heavy
 def test_bench_smoke_writes_every_table(tmp_path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     assert main(["--smoke", "--out", str(out)]) == 0
@@ -21,6 +22,7 @@ def test_bench_smoke_writes_every_table(tmp_path) -> None:
     assert text.count("| 32 px |") == 1 and "bf16" in text
 
 
+@pytest.mark.heavy
 def test_peer_bench_scores_pastiche_and_nst_by_one_objective(tmp_path) -> None:
     from benchmarks.peer import main as peer
 
@@ -30,6 +32,7 @@ def test_peer_bench_scores_pastiche_and_nst_by_one_objective(tmp_path) -> None:
     assert "## Peer: pastiche" in text and text.count("| bf16") == 3
 
 
+@pytest.mark.heavy
 def test_levers_bench_runs_each_cheap_lever(tmp_path) -> None:
     from benchmarks.levers import main as levers
 
@@ -43,6 +46,7 @@ def test_levers_bench_runs_each_cheap_lever(tmp_path) -> None:
     assert "| without frozen weights" in text
 
 
+@pytest.mark.heavy
 def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     from benchmarks.batch import main as batch
 
@@ -63,6 +67,7 @@ def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(script: str) -> None:
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "no CUDA GPU" in done.stderr
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 def test_bench_smoke_runs_on_the_gpu(tmp_path) -> None:
     out = tmp_path / "BENCHMARKS-cuda.md"

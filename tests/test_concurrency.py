@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
@@ -27,6 +28,7 @@ grid:
 """
 
 
+@pytest.mark.heavy
 def test_two_sweeps_share_one_sqlite_store(tmp_path) -> None:
     store = f"sqlite:///{tmp_path}/store/mlflow.db"
     processes = []

@@ -113,6 +113,7 @@ def test_out_of_memory_fails_that_run_in_one_line_and_the_sweep_goes_on(tmp_path
     assert f"FAILED size=64 seed=0: {error}" in capsys.readouterr().err
 
 
+@pytest.mark.heavy
 @gpu_only
 def test_a_real_out_of_memory_on_the_gpu(tmp_path, store) -> None:
     """A real allocator failure: the process may use ~1 GiB of the GPU; 1536 px in fp32 needs more."""
@@ -135,6 +136,7 @@ def test_a_real_out_of_memory_on_the_gpu(tmp_path, store) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.heavy
 @gpu_only
 def test_a_cuda_error_never_leaves_the_run_running(tmp_path, store) -> None:
     """An out-of-bounds index on the GPU (a device-side assert) at step 2 breaks the CUDA context."""

@@ -61,6 +61,7 @@ def _sweep(path: Path, store: str, batch: str) -> subprocess.CompletedProcess[by
     return subprocess.run(_command(path, store, batch), capture_output=True, timeout=600)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("batch", ["1", "2"])
 def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch) -> None:
     path = tmp_path / "resumable.yaml"

@@ -69,6 +69,7 @@ def test_artifacts_snapshots_and_final_image(tracked_run) -> None:
     assert steps == [0, 10, STEPS]  # configured snapshots plus the last step
 
 
+@pytest.mark.heavy
 def test_bad_image_path_exits_2_with_one_line_and_no_traceback(tmp_path, store, style_path) -> None:
     result = subprocess.run(  # a real process: what a user sees on the terminal
         [sys.executable, "-m", "pipelines.cli", "run", "--content", str(tmp_path / "missing.jpg"),
@@ -100,6 +101,7 @@ def test_bad_config_value_exits_2(store, content_path, style_path, capsys) -> No
     assert "optimizer.lr must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.heavy
 def test_ctrl_c_marks_the_run_killed_and_keeps_every_step(store, content_path, style_path) -> None:
     import signal
     import time
