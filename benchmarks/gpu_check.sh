@@ -3,9 +3,10 @@
 #   tests  the GPU test lane (NST_TEST_DEVICE=cuda): every test that performs a transfer, on the GPU
 #   sweep  experiments/lr_sweep.yaml at its shipped settings into a fresh store, then `nst report`
 #   batch, bench, levers, peer  make bench on the GPU: benchmarks.batch, .bench, .levers, .peer -> BENCHMARKS-cuda.md
-# All of it takes longer than one 10-minute GPU call (an H100: tests ~4-5 min, sweep + report 71 s,
-# batch ~4 min, bench ~2.5 min): the first phases are the ones least measured so far. One 10-minute
-# call:  LIMIT_tests=230 LIMIT_batch=270 bash benchmarks/gpu_check.sh tests sweep batch
+# All of it takes longer than one 10-minute GPU call. On an H100 (2026-11-26): tests 229 s,
+# sweep + report 84 s, batch 216 s, bench 175 s; levers and peer not yet timed there. Two calls:
+#   LIMIT_tests=255 LIMIT_batch=300 bash benchmarks/gpu_check.sh tests batch     (~450 s)
+#   bash benchmarks/gpu_check.sh sweep bench                                     (~280 s)
 # Under a time limit that may cut it off, the pytest lane is stopped with SIGINT, so that it still
 # prints its failures.
 # TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase;
