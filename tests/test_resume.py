@@ -110,3 +110,48 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch) -
         theirs = _final(ref_client, ref_runs[name].info.run_id, tmp_path / "b" / name)
         assert np.array_equal(mine, theirs), f"{name}: final image differs from an uninterrupted run"
     assert client.list_artifacts(killed_id, "checkpoint")  # the resume came from a real checkpoint
+
+
+# Run as a script: the sweep, dying as kill -9 would at the one moment a snapshot's quality metrics
+# are in the store and its image is not yet (the image is written behind its step's rows).
+DIES_BEFORE_AN_IMAGE = """
+import os, sys
+from mlflow import MlflowClient
+from pipelines.cli import main
+
+log_image = MlflowClient.log_image
+
+def dies_before_the_image(self, run_id, image, *args, key=None, step=None, **kwargs):
+    if key == "generated" and step == 50:
+        os._exit(137)
+    return log_image(self, run_id, image, *args, key=key, step=step, **kwargs)
+
+MlflowClient.log_image = dies_before_the_image
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.heavy
+def test_killed_between_a_snapshots_metrics_and_its_image_the_resume_redoes_only_the_image(tmp_path) -> None:
+    path = tmp_path / "resumable.yaml"
+    path.write_text(SWEEP)
+    store = f"sqlite:///{tmp_path}/store/mlflow.db"
+    script = tmp_path / "dies.py"
+    script.write_text(DIES_BEFORE_AN_IMAGE)
+    died = subprocess.run([sys.executable, str(script), *_command(path, store, "2")[3:]], capture_output=True,
+                          timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert died.returncode == 137, died.stderr[-2000:]
+    client = MlflowClient(store)
+    ssim_steps = {name: [m.step for m in client.get_metric_history(r.info.run_id, "quality/ssim_content")]
+                  for name, r in _children(client).items()}
+    assert 50 in [s for steps in ssim_steps.values() for s in steps]  # the kill came after those metrics
+
+    done = _sweep(path, store, "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name, run in _children(client).items():
+        assert run.info.status == "FINISHED", name
+        assert [s for s, _ in _history(client, run.info.run_id)] == list(range(STEPS)), f"{name}: gaps or duplicates"
+        ssim = sorted(m.step for m in client.get_metric_history(run.info.run_id, "quality/ssim_content"))
+        assert ssim == [0, 50, 120, STEPS], f"{name}: quality metrics at {ssim}"
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+        assert sorted(int(Path(p).name.split("+")[2]) for p in images) == [0, 50, 120, STEPS], name

@@ -24,6 +24,7 @@ from nst.vgg import VGGFeatures, load_vgg19
 from pipelines.config.runs import RunConfig
 
 Probe = Callable[[Tensor], list[dict[str, float]]]  # images (n, 3, H, W) -> each one's metrics
+SSIM_KEY = "quality/ssim_content"  # logged at every snapshot a probe measured: a resume looks for it
 
 
 def _quality_vgg(module: StyleTransfer, config: RunConfig) -> VGGFeatures:
@@ -56,7 +57,7 @@ def quality_probe(module: StyleTransfer, content01: Tensor, styles01: list[Tenso
         target = style_target(images01.device)
         with torch.no_grad():
             grams = position_grams(vgg, images01)
-            return [{"quality/ssim_content": ssim(images01[b : b + 1], content),
+            return [{SSIM_KEY: ssim(images01[b : b + 1], content),
                      "quality/gram_distance": gram_distance({n: g[b : b + 1] for n, g in grams.items()}, target)}
                     for b in range(images01.shape[0])]
 

@@ -38,7 +38,7 @@ from pipelines.config.runs import RunConfig, flatten, run_key, to_dict, to_yaml
 from pipelines.errors import UserError
 from pipelines.execution.failures import describe_failure, release_memory
 from pipelines.execution.inputs import Inputs, load_init, load_inputs, resolve_device
-from pipelines.execution.probe import quality_probe
+from pipelines.execution.probe import SSIM_KEY, quality_probe
 from pipelines.tracking import run_log, store
 from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, Sample  # noqa: F401 - statuses
 from pipelines.tracking.run_writer import RunWriter
@@ -162,20 +162,21 @@ def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: s
 def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: str, tracking_uri: str, device: str,
               batch: int, folder: Path, writer: Executor) -> tuple[Sample, Path | None]:
     """The spec's run, created or resumed, and its checkpoint (downloaded) when it resumes from one."""
-    checkpoint, skip_through, done = None, -1, set()
+    checkpoint, skip_through, done, measured = None, -1, set(), set()
     if spec.resume_run_id:
         run_id = spec.resume_run_id
         folder.mkdir(parents=True)
         checkpoint = run_log.download_checkpoint(client, run_id, folder)
-        skip_through = run_log.last_logged_step(client, run_id)
+        skip_through = max(run_log.logged_steps(client, run_id), default=-1)
         done = run_log.logged_snapshot_steps(client, run_id)
+        measured = run_log.logged_steps(client, run_id, SSIM_KEY)
         client.update_run(run_id, status="RUNNING")
         for key, value in {**where(), BATCH_TAG: str(batch)}.items():
             client.set_tag(run_id, key, value)
     else:
         run_id = _start_run(client, spec, inputs, experiment, tracking_uri, device, batch)
     return Sample(run_id, RunWriter(client, run_id, writer, skip_through),
-                  set(spec.config.snapshot_steps) - done), checkpoint
+                  set(spec.config.snapshot_steps) - done, measured=measured), checkpoint
 
 
 def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: str, tracking_uri: str,

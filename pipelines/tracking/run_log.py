@@ -4,7 +4,8 @@ A batch is one Lightning fit of one image tensor; each image in it is its own ML
 `BatchLog` collects every step's losses on the device (a step never waits for the device to
 report them) and every `CHUNK` steps, and at snapshots, checkpoints and the end, brings them to
 the host in one copy. Each run gets its own rows (`RunWriter`: buffered, written by a thread beside
-the optimization), its snapshot images with their quality metrics, and its end:
+the optimization), its snapshot images with their quality metrics (the images written by that
+thread too, behind their rows), and its end:
 FAILED when its image diverged, FINISHED when it converged or ran all its steps, each as soon as
 it is known. `Checkpoints` saves each run's share of the batch's state as that run's
 `checkpoint/last.ckpt`, exactly what the run would have saved alone, on the writer thread.
@@ -60,6 +61,7 @@ class Sample:
     last: dict[str, float] = field(default_factory=dict)  # its last logged losses
     end: float = float("inf")  # its first step not to log (it diverged or converged before it)
     image_end: float = float("inf")  # its last snapshot step
+    measured: set[int] = field(default_factory=set)  # snapshot steps whose quality metrics the store holds
 
 
 class BatchLog(pl.Callback):
@@ -141,15 +143,17 @@ class BatchLog(pl.Callback):
         snapshot = [b for b, s in due if step in s.snapshots]
         measured = self.probe(images[snapshot]) if self.probe is not None and snapshot else []
         for b, sample in due:
-            image01 = images[b : b + 1]
+            image = to_pil(images[b : b + 1])  # on the host now: the loop goes on changing the images
+            # Logged behind the step's rows (its quality metrics among them): after a kill -9, a
+            # snapshot whose image is in the store has its metrics there too (a resume redoes the rest).
             if step in sample.snapshots:
-                self.client.log_image(sample.run_id, to_pil(image01), key="generated", step=step)
-                if measured:
+                if measured and step not in sample.measured:  # a resume redoing an image: its metrics are in
                     sample.writer.log(measured[snapshot.index(b)], step)
+                sample.writer.after_rows(self.client.log_image, sample.run_id, image, key="generated", step=step)
             if scale_end:
                 index = step // per_scale - 1
-                self.client.log_image(sample.run_id, to_pil(image01),
-                                      f"scales/{index + 1}_{module.sizes[index]}px.png")
+                sample.writer.after_rows(self.client.log_image, sample.run_id, image,
+                                         f"scales/{index + 1}_{module.sizes[index]}px.png")
 
     # -- how runs end ---------------------------------------------------------------------------
     def _end_early(self, module: StyleTransfer) -> None:
@@ -235,9 +239,9 @@ class Checkpoints(pl.Callback):
                 self.client.set_tag(runs[b], CHECKPOINT_STEP_TAG, str(step))
 
 
-def last_logged_step(client: MlflowClient, run_id: str) -> int:
-    """The highest step of `loss/total` in the store, -1 when none."""
-    return max((m.step for m in client.get_metric_history(run_id, "loss/total")), default=-1)
+def logged_steps(client: MlflowClient, run_id: str, key: str = "loss/total") -> set[int]:
+    """The steps of `key` in the store."""
+    return {m.step for m in client.get_metric_history(run_id, key)}
 
 
 def logged_snapshot_steps(client: MlflowClient, run_id: str) -> set[int]:

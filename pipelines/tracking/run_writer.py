@@ -10,9 +10,10 @@ is what resuming relies on (MLflow's own async logging writes from a pool of thr
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from itertools import groupby
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
@@ -31,7 +32,7 @@ class RunWriter:
         self.skip_through, self.flush_seconds = skip_through, flush_seconds
         self.seconds = 0.0  # time the optimization loop spent buffering and handing over metrics, for the bench
         self._buffer: list[Metric] = []
-        self._pending: list[Future[None]] = []
+        self._pending: list[Future[object]] = []
         self._last_flush = time.monotonic()
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -56,11 +57,17 @@ class RunWriter:
         self._last_flush = time.monotonic()
         self.seconds += time.perf_counter() - start
 
+    def after_rows(self, write: Callable[..., object], *args: object, **kwargs: object) -> None:
+        """Hand over the rows so far, then run `write(*args, **kwargs)` on the writer thread behind
+        them: first in, first out, what it writes reaches the store only after every row before it."""
+        self.flush(wait=False)
+        self._pending.append(self.writer.submit(write, *args, **kwargs))
+
     def _write(self, metrics: list[Metric]) -> None:
         for chunk in whole_steps(metrics):
             self.client.log_batch(self.run_id, metrics=chunk)
 
-def collect(pending: list[Future[None]], wait: bool) -> list[Future[None]]:
+def collect(pending: list[Future[Any]], wait: bool) -> list[Future[Any]]:
     """The writes still running (none when `wait`); the first finished one's error is raised."""
     done = pending if wait else [f for f in pending if f.done()]
     for future in done:
