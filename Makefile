@@ -9,6 +9,7 @@ ARGS    ?=
 PORT    ?= 5000
 DB      ?= postgresql
 DEVICE  ?= auto
+PHASES  ?=
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
@@ -49,8 +50,8 @@ test: install-dev browser postgres  ## lint and run the test suite (installs .ve
 test-gpu: install-dev  ## the test suite on a CUDA GPU: every test that performs a transfer runs there (NST_TEST_DEVICE=cuda)
 	NST_TEST_DEVICE=cuda OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -rfEs -n auto --dist loadgroup
 
-gpu-check: install-dev  ## on a GPU: test lane, lr sweep + report, make bench -> reports/gpu_check/ (its BENCHMARKS-cuda.md; ~12 min)
-	PYTHON=$(PY) bash benchmarks/gpu_check.sh
+gpu-check: install-dev  ## on a GPU: test lane, lr sweep + report, bench -> reports/gpu_check/ (~8 min; PHASES="batch levers peer" adds the rest)
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh $(if $(PHASES),tests sweep bench $(PHASES))
 
 lint: install-dev  ## ruff
 	$(VENV)/bin/ruff check nst pipelines tests benchmarks

