@@ -55,6 +55,7 @@ class RunResult:
     final_image: str | None = None
     error: str | None = None
     logging_seconds: float = 0.0  # of `seconds`, spent logging per-step metrics
+    writer_seconds: float = 0.0  # CPU time the writer thread spent writing them, beside the loop
 
 
 @dataclass
@@ -149,7 +150,8 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
         finally:
             release_memory(device)
     return [RunResult(s.run_id, s.status or FAILED, seconds, {k: v for k, v in s.last.items() if k.startswith("loss/")},
-                      s.final_image, s.error, logging_seconds=s.writer.seconds) for s in samples]
+                      s.final_image, s.error, logging_seconds=s.writer.seconds,
+                      writer_seconds=s.writer.writer_seconds) for s in samples]
 
 
 def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: str) -> None:
