@@ -8,6 +8,8 @@
 # named: batch, levers, peer (benchmarks.batch 216 s on that H100; levers and peer not yet timed
 # there), e.g. `gpu_check.sh tests sweep bench batch` or, within one 10-minute call,
 #   LIMIT_tests=255 LIMIT_batch=300 bash benchmarks/gpu_check.sh tests batch     (~450 s)
+# batch's "tracking server" row needs an MLflow server there: bash benchmarks/gpu_server_wheels.sh
+# adds its wheels to .whl/ first (54 MB in all); without them the row says it was not measured.
 # Under a time limit that may cut it off, the pytest lane is stopped with SIGINT, so that it still
 # prints its failures.
 # TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase;

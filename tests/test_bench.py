@@ -56,7 +56,8 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     assert batch(["--smoke", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "## Batches" in text and "| 32 px |" in text and "| 3 × 32 px |" in text
+    assert "## Batches" in text and "| 32 px |" in text and "| 3 × 32 px, SQLite |" in text
+    assert "| 3 × 32 px, a tracking server (SQLite behind it) |" in text
     assert "| lr_sweep, 4 steps |" in text and "| 8 points at 32 px, 3 steps |" in text
 
 

@@ -100,7 +100,9 @@ def mlflow_server_command(backend_uri: str, artifacts: Path, host: str = "127.0.
     """`mlflow server` with proxied artifacts: clients upload and download through it. `app`:
     MLflow's name of a server app (auth.APP: sign-in required)."""
     artifacts.mkdir(parents=True, exist_ok=True)
-    return [str(Path(sys.executable).parent / "mlflow"), "server",
+    # `python -m mlflow`, not the `mlflow` script beside python: wheels installed with pip --target
+    # (a GPU machine without network: ../shared/gpu/env.sh) leave no script there.
+    return [sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", backend_uri,
             "--artifacts-destination", str(artifacts.resolve()),
             "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers),
