@@ -126,9 +126,9 @@ def test_a_checkpoint_holds_its_step_however_late_the_thread_saves_it(store, mon
     # The thread saves while the loop goes on changing the image: what it saves must be a copy taken at its step.
     save = Checkpoints._save
 
-    def late(self, state, runs, step):
+    def late(self, *args):
         time.sleep(1.0)  # the loop meanwhile runs on, tens of steps at 32 px
-        save(self, state, runs, step)
+        save(self, *args)
 
     monkeypatch.setattr(Checkpoints, "_save", late)
     config = _config(150, snapshots=[100], checkpoint_every=100)

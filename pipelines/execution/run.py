@@ -140,7 +140,7 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
         try:
             with deterministic(config.deterministic):
                 seconds = _fit(client, specs, samples, checkpoints, inputs, inits, backbone, device, progress,
-                               Path(tmp), writer)
+                               Path(tmp))
         except KeyboardInterrupt:
             _end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
             raise
@@ -234,7 +234,7 @@ class LossBar(TQDMProgressBar):
 
 def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], checkpoints: list[Path | None],
          inputs: Inputs, inits: list[torch.Tensor | None], backbone: VGGFeatures, device: str, progress: bool,
-         folder: Path, writer: Executor) -> float:
+         folder: Path) -> float:
     """Optimize the batch under Lightning; returns the seconds it took. Every run ends in here."""
     config = specs[0].config
     torch.manual_seed(config.seed)
@@ -247,7 +247,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
                    save_final=lambda sample, image01: _log_final(client, sample.run_id, image01))
     callbacks: list[pl.Callback] = [log]
     if config.checkpoint_every:
-        callbacks.append(run_log.Checkpoints(client, config.checkpoint_every, log, writer))
+        callbacks.append(run_log.Checkpoints(client, config.checkpoint_every, log))
     if progress:  # Lightning's own bar shows only self.log()-ed values; this one reads the runs' last losses
         callbacks.append(LossBar(log))
     trainer = pl.Trainer(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from nst import checkpoints
 from nst.images import to_pil
 from nst.module import StyleTransfer
 from nst.stopping import NEVER
-from pipelines.tracking.run_writer import RunWriter, collect
+from pipelines.tracking.run_writer import RunWriter
 from pipelines.tracking.tags import ERROR_TAG
 
 CHUNK = 50  # steps whose losses stay on the device before they are read back in one copy
@@ -203,40 +202,32 @@ class BatchLog(pl.Callback):
 class Checkpoints(pl.Callback):
     """Every `every` steps, each live run's share of the batch's state (image, optimizer state, stop
     state; no VGG) saved as its `checkpoint/last.ckpt`. Taken before a step, and saved by the
-    writer thread behind every metric row so far: first in, first out, so a checkpoint reaches the
+    writer thread behind that run's metric rows (RunWriter.after_rows): a checkpoint reaches the
     store only after every step before it (a resume leaves no gap), and the loop waits for neither."""
 
-    def __init__(self, client: MlflowClient, every: int, log: BatchLog, writer: Executor) -> None:
-        self.client, self.every, self.batch_log, self.writer = client, every, log, writer
-        self._pending: list[Future[None]] = []
+    def __init__(self, client: MlflowClient, every: int, log: BatchLog) -> None:
+        self.client, self.every, self.batch_log = client, every, log
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
         if step == 0 or step % self.every:
             return
-        self.batch_log.flush(module, due_only=False)  # type: ignore[arg-type]  # queued ahead of the checkpoint
+        self.batch_log.flush(module)  # type: ignore[arg-type]  # every row so far to its run, ahead of its checkpoint
         # Lightning's own checkpoint dict (what trainer.save_checkpoint writes), copied to the host
         # now: it refers to the live image and optimizer state, which the next steps change.
         state = apply_to_collection(trainer._checkpoint_connector.dump_checkpoint(), Tensor,
                                     lambda t: t.detach().to("cpu", copy=True))
-        runs = {b: s.run_id for b, s in self.batch_log.live}
-        self._pending = collect(self._pending, wait=False)
-        self._pending.append(self.writer.submit(self._save, state, runs, step))
+        parts = checkpoints.split(state)
+        for b, sample in self.batch_log.live:
+            sample.writer.after_rows(self._save, sample.run_id, parts[b], step)
 
-    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._pending = collect(self._pending, wait=True)  # a checkpoint that failed fails its runs
-
-    def _save(self, state: dict[str, Any], runs: dict[int, str], step: int) -> None:
-        """Each run's part as its checkpoint artifact (on the writer thread)."""
+    def _save(self, run_id: str, part: dict[str, Any], step: int) -> None:
+        """One run's part as its checkpoint artifact (on the writer thread)."""
         with tempfile.TemporaryDirectory() as tmp:
-            for b, part in enumerate(checkpoints.split(state)):
-                if b not in runs:
-                    continue
-                path = Path(tmp) / str(b) / "last.ckpt"
-                path.parent.mkdir()
-                torch.save(part, path)
-                self.client.log_artifact(runs[b], str(path), "checkpoint")
-                self.client.set_tag(runs[b], CHECKPOINT_STEP_TAG, str(step))
+            path = Path(tmp) / "last.ckpt"
+            torch.save(part, path)
+            self.client.log_artifact(run_id, str(path), "checkpoint")
+            self.client.set_tag(run_id, CHECKPOINT_STEP_TAG, str(step))
 
 
 def logged_steps(client: MlflowClient, run_id: str, key: str = "loss/total") -> set[int]:

@@ -56,7 +56,7 @@ class RunWriter:
         if buffer:
             self._pending.append(self.writer.submit(self._write, buffer))
         # Waiting or not, a write that failed raises here: a broken store stops the run now, not at its end.
-        self._pending = collect(self._pending, wait)
+        self._pending = _collect(self._pending, wait)
         self._last_flush = time.monotonic()
         self.seconds += time.perf_counter() - start
 
@@ -72,7 +72,7 @@ class RunWriter:
             self.client.log_batch(self.run_id, metrics=chunk)
         self.writer_seconds += time.thread_time() - start
 
-def collect(pending: list[Future[Any]], wait: bool) -> list[Future[Any]]:
+def _collect(pending: list[Future[Any]], wait: bool) -> list[Future[Any]]:
     """The writes still running (none when `wait`); the first finished one's error is raised."""
     done = pending if wait else [f for f in pending if f.done()]
     for future in done:
