@@ -71,23 +71,30 @@ def tracking_server(db: str = "postgresql") -> Iterator[str]:
 
 
 @contextmanager
-def local_ray(num_cpus: int = 2) -> Iterator[str]:
-    """A Ray head on loopback (what `ray start --head` makes on a cluster's first host)."""
+def local_ray(num_cpus: int = 2, num_gpus: int | None = None) -> Iterator[str]:
+    """A Ray head on loopback (what `ray start --head` makes on a cluster's first host); `num_gpus`
+    None: the GPUs Ray finds."""
     port = free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
+    # `ray` as a module, not the script beside python: a `pip --target` install (a GPU machine's) has none.
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    gpus = [] if num_gpus is None else ["--num-gpus", str(num_gpus)]
     # Ray 2.5x turns on token authentication once any local ray.init has written ~/.ray/auth_token;
     # this loopback cluster and its clients (this process and its children) run without it.
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--num-cpus", str(num_cpus), "--include-dashboard", "false", "--disable-usage-stats",
-                    "--object-store-memory", str(200 * 2**20)], check=True, capture_output=True, cwd=ROOT)
+    head = [*ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus",
+            str(num_cpus), *gpus, "--include-dashboard", "false", "--disable-usage-stats", "--object-store-memory",
+            str(200 * 2**20)]
+    started = subprocess.run(head, capture_output=True, text=True, cwd=ROOT)
+    if started.returncode != 0:  # its last line says why (a port taken, GPUs it cannot see...)
+        last = (started.stderr or started.stdout).strip().splitlines()[-1:]
+        raise RuntimeError(f"ray start failed: {last[0] if last else f'exit status {started.returncode}'}")
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
+        subprocess.run([*ray_cli, "stop", "--force"], capture_output=True)
 
 
-def grid_file(folder: Path, name: str, size: int, iterations: int) -> Path:
+def grid_file(folder: Path, name: str, size: int, iterations: int, deterministic: bool = False) -> Path:
     """A 4-point grid (2 learning rates x 2 seeds) on the shipped sample images."""
     path = folder / f"{name}.yaml"
     path.write_text(f"""
@@ -100,6 +107,7 @@ base:
   iterations: {iterations}
   checkpoint_every: 25
   snapshots: [0]
+  deterministic: {str(deterministic).lower()}
 grid:
   optimizer.lr: [0.1, 1.0]
 seeds: [0, 1]

@@ -1,8 +1,10 @@
 """Scale-out with real components on loopback: a Ray cluster (2 worker CPUs) and an MLflow
-server on PostgreSQL, both started here; the same grid run locally must give the same numbers."""
+server on PostgreSQL, both started here; the same grid run locally must give the same numbers.
+On the GPU lane, Ray's batches take the GPU by `--resources '{"num_gpus": ...}'`."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -15,9 +17,12 @@ import pytest
 from mlflow import MlflowClient
 
 from benchmarks.cluster import grid_file, local_ray, tracking_server
+from pipelines.errors import UserError
+from pipelines.tracking.server import _pg_bin
+from tests.lane import DEVICE, ON_GPU, gpu_only
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]' (make test installs it)")
-# One Ray cluster at a time: under pytest-xdist (the GPU lane: --dist loadgroup) both tests go to one
+# One Ray cluster at a time: under pytest-xdist (the GPU lane: --dist loadgroup) these tests go to one
 # worker; dealt to two, two clusters on one machine made the second's rerun die (NodeDiedError).
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -25,9 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 NST = [sys.executable, "-m", "pipelines.cli"]
 
 
+def _env() -> dict[str, str]:
+    """The checkout first on the path, then what it had: a GPU machine finds mlflow and Ray there (.whl/env.sh)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """`nst server`'s pieces: PostgreSQL in a temporary folder, MLflow's server in front of it."""
+    if ON_GPU:  # a GPU machine need not have them; `make test` installs both for the CPU lane
+        try:
+            _pg_bin("initdb")
+            if importlib.util.find_spec("psycopg2") is None:
+                raise UserError("psycopg2 is not installed")
+        except UserError as exc:
+            pytest.skip(f"no PostgreSQL for the tracking server here: {exc}")
     with tracking_server("postgresql") as url:
         yield url
 
@@ -39,9 +56,9 @@ def cluster() -> Iterator[str]:
         yield address
 
 
-def _nst(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.run([*NST, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+def _nst(*args: str, env_extra: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**_env(), **(env_extra or {})}
+    return subprocess.run([*NST, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
 
 
 def _children(uri: str, name: str) -> tuple[list, list]:
@@ -62,17 +79,26 @@ def test_ray_grid_logs_to_postgres_server_and_matches_local(server, cluster, tmp
     parents, children = _children(server, "ray_grid")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
-    # Two worker processes shared the work, a batch each.
+    _assert_a_batch_per_worker(children)
+    # A Ray task gets 1 CPU, so 1 torch thread; with 2 threads the float sums run in another order
+    # (J differs in the 7th digit). Same threads, same seeds: the same bits.
+    _assert_same_as_local(grid, "ray_grid", children, tmp_path)
+
+
+def _assert_a_batch_per_worker(children: list) -> None:
+    """Two worker processes shared the work, a batch each."""
     pids = [c.data.tags["nst.pid"] for c in children]
     assert len(set(pids)) == 2 and all(pids.count(p) == 2 for p in pids)
 
+
+def _assert_same_as_local(grid: Path, name: str, children: list, tmp_path: Path) -> None:
+    """The grid run here, in batches of 2 with 1 torch thread as a 1-CPU Ray task has, gives the
+    same bits in every run's final losses as it gave on Ray."""
     local = f"sqlite:///{tmp_path}/local/mlflow.db"
-    # A Ray task gets 1 CPU, so 1 torch thread; with 2 threads the float sums run in another order
-    # (J differs in the 7th digit). Same threads, same seeds: the same bits.
     again = _nst("experiment", str(grid), "--tracking-uri", local, "--quiet", "--batch", "2",
                  env_extra={"OMP_NUM_THREADS": "1"})
     assert again.returncode == 0, again.stderr[-2000:]
-    _, local_children = _children(local, "ray_grid")
+    _, local_children = _children(local, name)
     on_ray = {c.data.tags["nst.run_key"]: c.data.metrics for c in children}
     here = {c.data.tags["nst.run_key"]: c.data.metrics for c in local_children}
     assert on_ray.keys() == here.keys()
@@ -81,12 +107,41 @@ def test_ray_grid_logs_to_postgres_server_and_matches_local(server, cluster, tmp
             assert on_ray[key][metric] == here[key][metric], (key, metric)
 
 
+def _ray_logs(lines: int = 15) -> str:
+    """The end of each error log of the latest local Ray session: why a task never came back."""
+    logs = sorted(Path("/tmp/ray/session_latest/logs").glob("*.err"))
+    return "\n".join(f"== {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+                     for log in logs if log.stat().st_size)
+
+
+@gpu_only
+def test_ray_batches_share_the_gpu_and_give_the_local_bits(tmp_path) -> None:
+    """Two batches at once on one GPU, half of it each, logging from their workers to one SQLite
+    store; with deterministic kernels, the same bits as the same batches run here."""
+    grid = grid_file(tmp_path, "ray_gpu", size=64, iterations=30, deterministic=True)
+    on_ray = f"sqlite:///{tmp_path}/ray/mlflow.db"
+    with local_ray(num_cpus=2, num_gpus=1) as address:
+        try:
+            done = _nst("experiment", str(grid), "--executor", "ray", "--ray-address", address, "--tracking-uri",
+                        on_ray, "--quiet", "--batch", "2", "--resources", '{"num_gpus": 0.5}', timeout=180)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the sweep on Ray did not end within 180 s; Ray's logs:\n{_ray_logs()}")
+        assert done.returncode == 0, f"{done.stderr[-2000:]}\nRay's logs:\n{_ray_logs()}"
+    assert done.stdout.count("(a batch of 2) on Ray") == 4
+    _, children = _children(on_ray, "ray_gpu")
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags["nst.device"] for c in children} == {DEVICE}
+    _assert_a_batch_per_worker(children)
+    # With deterministic kernels the GPU gives the same bits; the start images are made on the CPU.
+    _assert_same_as_local(grid, "ray_gpu", children, tmp_path)
+
+
 def test_killed_ray_worker_leaves_run_killed_and_rerun_completes_it(server, cluster, tmp_path) -> None:
     grid = grid_file(tmp_path, "ray_kill", size=64, iterations=300)
     command = [*NST, "experiment", str(grid), "--executor", "ray", "--ray-address", cluster,
                "--tracking-uri", server, "--quiet", "--batch", "2"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env=_env())
     client = MlflowClient(server)
     victim = None
     deadline = time.monotonic() + 300

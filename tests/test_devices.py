@@ -23,11 +23,10 @@ from pipelines.cli import main
 from pipelines.config.runs import run_config
 from pipelines.execution.probe import quality_probe
 from pipelines.execution.run import FINISHED, execute
-from tests.lane import DEVICE, ON_GPU
+from tests.lane import DEVICE, gpu_only
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "experiments" / "images"
-gpu_only = pytest.mark.skipif(not ON_GPU, reason="GPU lane only (make test-gpu): needs a CUDA GPU")
 
 
 def _config(**keys: object):  # -> RunConfig

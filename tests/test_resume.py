@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from tests.lane import ON_GPU
+from pipelines.tracking.run_log import CHECKPOINT_STEP_TAG, download_checkpoint
+from tests.lane import BATCH_J_TOLERANCE, ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 # Long enough to catch a run in the middle: a GPU steps through 160 tiny steps in about a second.
@@ -112,13 +114,24 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch) -
     assert client.list_artifacts(killed_id, "checkpoint")  # the resume came from a real checkpoint
 
 
-# Run as a script: the sweep, dying as kill -9 would at the one moment a snapshot's quality metrics
-# are in the store and its image is not yet (the image is written behind its step's rows).
-DIES_BEFORE_AN_IMAGE = """
-import os, sys
-from mlflow import MlflowClient
-from pipelines.cli import main
+def _sweep_that_dies(tmp_path: Path, patch: str) -> tuple[Path, str]:
+    """The sweep in one batch, run as a script with `patch` applied first: it dies as kill -9 would
+    (os._exit) where the patch says. Returns the sweep's file and its store."""
+    path = tmp_path / "resumable.yaml"
+    path.write_text(SWEEP)
+    store = f"sqlite:///{tmp_path}/store/mlflow.db"
+    script = tmp_path / "dies.py"
+    script.write_text(f"import os, sys\nfrom mlflow import MlflowClient\nfrom pipelines.cli import main\n{patch}\n"
+                      "sys.exit(main(sys.argv[1:]))\n")
+    died = subprocess.run([sys.executable, str(script), *_command(path, store, "2")[3:]], capture_output=True,
+                          timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert died.returncode == 137, died.stderr[-2000:]
+    return path, store
 
+
+# Dies at the one moment a snapshot's quality metrics are in the store and its image is not yet
+# (the image is written behind its step's rows).
+DIES_BEFORE_AN_IMAGE = """
 log_image = MlflowClient.log_image
 
 def dies_before_the_image(self, run_id, image, *args, key=None, step=None, **kwargs):
@@ -127,20 +140,12 @@ def dies_before_the_image(self, run_id, image, *args, key=None, step=None, **kwa
     return log_image(self, run_id, image, *args, key=key, step=step, **kwargs)
 
 MlflowClient.log_image = dies_before_the_image
-sys.exit(main(sys.argv[1:]))
 """
 
 
 @pytest.mark.heavy
 def test_killed_between_a_snapshots_metrics_and_its_image_the_resume_redoes_only_the_image(tmp_path) -> None:
-    path = tmp_path / "resumable.yaml"
-    path.write_text(SWEEP)
-    store = f"sqlite:///{tmp_path}/store/mlflow.db"
-    script = tmp_path / "dies.py"
-    script.write_text(DIES_BEFORE_AN_IMAGE)
-    died = subprocess.run([sys.executable, str(script), *_command(path, store, "2")[3:]], capture_output=True,
-                          timeout=600, cwd=Path(__file__).resolve().parents[1])
-    assert died.returncode == 137, died.stderr[-2000:]
+    path, store = _sweep_that_dies(tmp_path, DIES_BEFORE_AN_IMAGE)
     client = MlflowClient(store)
     ssim_steps = {name: [m.step for m in client.get_metric_history(r.info.run_id, "quality/ssim_content")]
                   for name, r in _children(client).items()}
@@ -155,3 +160,44 @@ def test_killed_between_a_snapshots_metrics_and_its_image_the_resume_redoes_only
         assert ssim == [0, 50, 120, STEPS], f"{name}: quality metrics at {ssim}"
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
         assert sorted(int(Path(p).name.split("+")[2]) for p in images) == [0, 50, 120, STEPS], name
+
+
+# Dies between the upload of a run's checkpoint at step 60 and the tag that names its step, so that
+# tag still says 40, as the other run's does (the writer saves one run's checkpoint after the other's).
+DIES_BEFORE_A_CHECKPOINT_TAG = """
+from pipelines.tracking.run_log import CHECKPOINT_STEP_TAG
+set_tag = MlflowClient.set_tag
+
+def dies_before_the_tag(self, run_id, key, value, *args, **kwargs):
+    if key == CHECKPOINT_STEP_TAG and value == "60":
+        os._exit(137)
+    return set_tag(self, run_id, key, value, *args, **kwargs)
+
+MlflowClient.set_tag = dies_before_the_tag
+"""
+
+
+@pytest.mark.heavy
+def test_a_batch_whose_checkpoints_stand_at_different_steps_resumes_each_from_its_own(tmp_path) -> None:
+    path, store = _sweep_that_dies(tmp_path, DIES_BEFORE_A_CHECKPOINT_TAG)
+    client = MlflowClient(store)
+    runs = _children(client)
+    assert {r.data.tags[CHECKPOINT_STEP_TAG] for r in runs.values()} == {"40"}  # so the sweep batches them
+    files = [torch.load(download_checkpoint(client, r.info.run_id, tmp_path / name), weights_only=False)
+             for name, r in runs.items()]
+    assert sorted(f["global_step"] for f in files) == [40, 60]  # but their files stand apart
+
+    done = _sweep(path, store, "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = f"sqlite:///{tmp_path}/reference/mlflow.db"
+    assert _sweep(path, reference, "2").returncode == 0
+    ref_client = MlflowClient(reference)
+    ref_runs = _children(ref_client)
+    for name, run in _children(client).items():
+        assert run.info.status == "FINISHED", name
+        history = _history(client, run.info.run_id)
+        assert [s for s, _ in history] == list(range(STEPS)), f"{name}: gaps or duplicates"
+        # The run resumed alone from step 60 was in a batch of two in the reference: the same update,
+        # its sums in another order.
+        final, expected = history[-1][1], _history(ref_client, ref_runs[name].info.run_id)[-1][1]
+        assert abs(final - expected) <= BATCH_J_TOLERANCE * abs(expected), (name, final, expected)

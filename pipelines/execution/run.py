@@ -29,6 +29,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from nst.checkpoints import Checkpoint
 from nst.determinism import deterministic
 from nst.images import save_image
 from nst.module import StyleTransfer
@@ -137,21 +138,36 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
             checkpoints.append(checkpoint)
         # From here on the runs exist: whatever happens, each ends FINISHED, FAILED or KILLED, never RUNNING.
         start = time.perf_counter()
+        seconds = [0.0] * len(specs)
         try:
             with deterministic(config.deterministic):
-                seconds = _fit(client, specs, samples, checkpoints, inputs, inits, backbone, device, progress,
-                               Path(tmp))
+                for group in _by_resume_step(checkpoints):
+                    fit_seconds = _fit(client, [specs[i] for i in group], [samples[i] for i in group],
+                                [checkpoints[i] for i in group], inputs, [inits[i] for i in group], backbone, device,
+                                progress, Path(tmp))
+                    for i in group:
+                        seconds[i] = fit_seconds
         except KeyboardInterrupt:
             _end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
             raise
         except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the sweep
             _end_live(client, samples, FAILED, describe_failure(exc, config, device, len(specs)))
-            seconds = time.perf_counter() - start
+            seconds = [time.perf_counter() - start] * len(specs)
         finally:
             release_memory(device)
-    return [RunResult(s.run_id, s.status or FAILED, seconds, {k: v for k, v in s.last.items() if k.startswith("loss/")},
+    return [RunResult(s.run_id, s.status or FAILED, took, {k: v for k, v in s.last.items() if k.startswith("loss/")},
                       s.final_image, s.error, logging_seconds=s.writer.seconds,
-                      writer_seconds=s.writer.writer_seconds) for s in samples]
+                      writer_seconds=s.writer.writer_seconds) for s, took in zip(samples, seconds, strict=True)]
+
+
+def _by_resume_step(checkpoints: list[Checkpoint | None]) -> list[list[int]]:
+    """The batch's runs by the step their checkpoints stand at (0: none), one optimization each.
+    The sweep grouped them by their checkpoint-step tags, but the writer sets a tag just after its
+    upload: a kill -9 between the two leaves the tag one checkpoint behind the file, so the files decide."""
+    groups: dict[int, list[int]] = {}
+    for i, checkpoint in enumerate(checkpoints):
+        groups.setdefault(checkpoint["global_step"] if checkpoint else 0, []).append(i)
+    return list(groups.values())
 
 
 def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: str) -> None:
@@ -164,13 +180,13 @@ def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: s
 
 
 def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: str, tracking_uri: str, device: str,
-              batch: int, folder: Path, writer: Executor) -> tuple[Sample, Path | None]:
-    """The spec's run, created or resumed, and its checkpoint (downloaded) when it resumes from one."""
+              batch: int, folder: Path, writer: Executor) -> tuple[Sample, Checkpoint | None]:
+    """The spec's run, created or resumed, and its checkpoint (loaded) when it resumes from one."""
     checkpoint, skip_through, done, measured = None, -1, set(), set()
     if spec.resume_run_id:
         run_id = spec.resume_run_id
         folder.mkdir(parents=True)
-        checkpoint = run_log.download_checkpoint(client, run_id, folder)
+        checkpoint = run_log.load_checkpoint(client, run_id, folder)
         skip_through = max(run_log.logged_steps(client, run_id), default=-1)
         done = run_log.logged_snapshot_steps(client, run_id)
         measured = run_log.logged_steps(client, run_id, SSIM_KEY)
@@ -232,7 +248,7 @@ class LossBar(TQDMProgressBar):
         return items
 
 
-def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], checkpoints: list[Path | None],
+def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], checkpoints: list[Checkpoint | None],
          inputs: Inputs, inits: list[torch.Tensor | None], backbone: VGGFeatures, device: str, progress: bool,
          folder: Path) -> float:
     """Optimize the batch under Lightning; returns the seconds it took. Every run ends in here."""
@@ -264,7 +280,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
     )
     resume = [c for c in checkpoints if c is not None]
     if resume and len(resume) != len(checkpoints):
-        raise ValueError("a batch resumes from checkpoints of all its runs or of none")  # batches group them so
+        raise ValueError("a batch resumes from checkpoints of all its runs or of none")  # _by_resume_step sees to it
     start = time.perf_counter()
     try:
         trainer.fit(module, ckpt_path=run_log.stacked_checkpoint(resume, folder) if resume else None)

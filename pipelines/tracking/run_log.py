@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,9 +248,14 @@ def download_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> Path
     return Path(client.download_artifacts(run_id, CHECKPOINT, str(folder)))
 
 
-def stacked_checkpoint(paths: Iterable[Path], folder: Path) -> Path:
+def load_checkpoint(client: MlflowClient, run_id: str, folder: Path) -> checkpoints.Checkpoint | None:
+    """The run's last checkpoint, or None when it has none."""
+    path = download_checkpoint(client, run_id, folder)
+    return None if path is None else torch.load(path, map_location="cpu", weights_only=False)
+
+
+def stacked_checkpoint(parts: list[checkpoints.Checkpoint], folder: Path) -> Path:
     """One batch checkpoint from the runs' own (saved at the same step), as a file for Lightning."""
-    parts = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
     path = folder / "batch.ckpt"
     torch.save(checkpoints.stack(parts), path)
     return path
