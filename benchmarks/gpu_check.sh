@@ -3,8 +3,8 @@
 #   tests  the GPU test lane (NST_TEST_DEVICE=cuda): every test that performs a transfer, on the GPU
 #   sweep  experiments/lr_sweep.yaml at its shipped settings into a fresh store, then `nst report`
 #   bench  benchmarks.bench on the GPU (overhead, roofline, precision, memory, determinism)
-# Those three are the check (on an H100, 2026-11-26: tests 229 s, sweep + report 84 s, bench 175 s:
-# 488 s in all, before the lane dealt its heaviest tests first). The rest of `make bench` runs when
+# Those three are the check (on an H100, 2026-11-26, in one call: tests 143 s, sweep + report 69 s,
+# bench 163 s: 399 s in all). The rest of `make bench` runs when
 # named: batch, levers, peer (benchmarks.batch 216 s on that H100; levers and peer not yet timed
 # there), e.g. `gpu_check.sh tests sweep bench batch` or, within one 10-minute call,
 #   LIMIT_tests=255 LIMIT_batch=300 bash benchmarks/gpu_check.sh tests batch     (~450 s)

@@ -19,11 +19,14 @@ from nst.optim import SampleAdam, SampleSchedules, SampleSGD
 from pipelines.cli import main
 from pipelines.config.runs import run_config
 from pipelines.errors import UserError
-from pipelines.execution.batches import batch_key, parse_batch, plan
+from pipelines.execution.batches import batch_key, parse_batch, plan, resume_steps
 from pipelines.execution.run import FINISHED, RunSpec, execute, execute_batch
-from tests.lane import ACCELERATOR, BATCH_J_TOLERANCE, DEVICE, ON_GPU
+from tests.lane import ACCELERATOR, DEVICE, ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
+#: A point in a batch against the same point alone: the convolutions sum in another order for a batch.
+#: Measured over these 30 steps: 2.4e-7 on this CPU (bf16), 1.6e-3 on an H200 (bf16, cuDNN picks other kernels).
+J_TOLERANCE = 5e-3 if ON_GPU else 1e-5  # relative, at every step
 #: Of 255, in the final 8-bit images: the largest difference, and the mean. On a GPU Adam at lr 1
 #: moves a pixel by about lr a step whatever its gradient's size, so a near-zero gradient whose sign
 #: flips with the summation order sends a few pixels the other way: 6 at most on an H100 (4 on an H200),
@@ -93,7 +96,7 @@ def test_a_point_in_a_batch_gives_what_it_gives_alone(store) -> None:
         assert b.status == a.status == FINISHED, (b.error, a.error)
         mine, theirs = _history(client, b.run_id), _history(client, a.run_id)
         assert [s for s, _ in mine] == [s for s, _ in theirs] == list(range(30))
-        assert max(abs(x - y) / abs(y) for (_, x), (_, y) in zip(mine, theirs, strict=True)) < BATCH_J_TOLERANCE, i
+        assert max(abs(x - y) / abs(y) for (_, x), (_, y) in zip(mine, theirs, strict=True)) < J_TOLERANCE, i
         assert _history(client, b.run_id, "lr") == _history(client, a.run_id, "lr")  # the same schedule, exactly
         images = [np.asarray(Image.open(r.final_image), dtype=np.int16) for r in (b, a)]
         gap = np.abs(images[0] - images[1])
@@ -181,6 +184,15 @@ def test_points_share_a_batch_only_when_they_differ_in_per_image_settings() -> N
     assert [len(b) for b in batches] == [3, 1, 1, 1, 1]  # cap 3; size 48 apart; L-BFGS one at a time
     resumed = plan(same, lambda c: c, lambda c: 100 if c is same[0] else 0, 8, lambda c: "cpu")
     assert [len(b) for b in resumed] == [1, 3]  # runs resumed from step 100 stand apart from fresh ones
+
+
+def test_runs_killed_between_their_checkpoints_resume_together() -> None:
+    a, b = _config(), _config(size=48)  # two batch keys
+    # Each run holds its last two checkpoints' steps. A batch killed between its runs' saves at 60;
+    # another at 120; a lone run of the other key; a run that never checkpointed; one not interrupted.
+    configs = [a, a, a, a, b, a, a]
+    held = [{40, 60}, {20, 40}, {100, 120}, {100, 120}, {40, 60}, set(), set()]
+    assert resume_steps(configs, held) == [40, 40, 120, 120, 60, 0, 0]
 
 
 def test_a_batch_refuses_configs_that_cannot_share_one() -> None:

@@ -97,26 +97,32 @@ def _config(iterations: int, **keys: object):
 
 
 def test_checkpoints_are_saved_on_the_writer_thread_after_the_rows_before_them(store, monkeypatch) -> None:
-    log_batch, set_tag = MlflowClient.log_batch, MlflowClient.set_tag
+    log_batch = MlflowClient.log_batch
     written: dict[str, int] = {}  # run id -> the highest step whose rows are in the store
     saved: list[tuple[str, int, int]] = []  # (thread, checkpoint step, highest step in the store then)
 
-    def rows(self, run_id, metrics=(), **kwargs):
-        log_batch(self, run_id, metrics=metrics, **kwargs)
+    def rows(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        log_batch(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
         if metrics:
             written[run_id] = max(written.get(run_id, -1), *(m.step for m in metrics))
+        for tag in tags:
+            if tag.key == CHECKPOINT_STEP_TAG:
+                saved.append((threading.current_thread().name, int(tag.value), written.get(run_id, -1)))
 
-    def tag(self, run_id, key, value, *args, **kwargs):
-        if key == CHECKPOINT_STEP_TAG:
-            saved.append((threading.current_thread().name, int(value), written.get(run_id, -1)))
-        return set_tag(self, run_id, key, value, *args, **kwargs)
+    log_artifact, rewritten = MlflowClient.log_artifact, []  # the slot tag's value as its file is uploaded
+
+    def upload(self, run_id, local_path, artifact_path=None):
+        if artifact_path == "checkpoint":
+            rewritten.append(self.get_run(run_id).data.tags[f"{CHECKPOINT_STEP_TAG}.{Path(local_path).stem}"])
+        return log_artifact(self, run_id, local_path, artifact_path)
 
     monkeypatch.setattr(MlflowClient, "log_batch", rows)
-    monkeypatch.setattr(MlflowClient, "set_tag", tag)
+    monkeypatch.setattr(MlflowClient, "log_artifact", upload)
     result = execute(_config(130, snapshots=[0], checkpoint_every=40), tracking_uri=store, experiment="ckpt",
                      progress=False)
     assert result.status == FINISHED, result.error
     assert [step for _, step, _ in saved] == [40, 80, 120]
+    assert rewritten == ["", "", ""]  # a slot's tag names nothing while its file is being written
     for thread, step, in_store in saved:
         assert thread.startswith("nst-metrics"), "the loop must not wait for a checkpoint's save"
         assert in_store >= step - 1, f"checkpoint {step} reached the store before step {step - 1}'s rows"

@@ -2,9 +2,9 @@
 
 Points share a batch when they differ only in what each image of a batch may have its own of
 (nst.config.PER_SAMPLE: lr, schedule, alpha, beta, gamma, seed, init, stop, style layer weights;
-and what each run logs: snapshots) and resume from the same step. Everything else decides the
-shapes, the targets or the network (images, size, layers, optimizer, precision, scales, device,
-checkpointing...) and splits batches. L-BFGS runs one image at a time (nst.optim says why).
+and what each run logs: snapshots) and resume from the same step (`resume_steps`). Everything else
+decides the shapes, the targets or the network (images, size, layers, optimizer, precision, scales,
+device, checkpointing...) and splits batches. L-BFGS runs one image at a time (nst.optim says why).
 
 `--batch N` caps a batch at N images; `auto` (the default) chooses by device:
 - a GPU: as many as half its free memory holds, by the peak memory per pixel measured at 2048 px
@@ -85,3 +85,23 @@ def plan(items: Sequence[T], config_of: Callable[[T], RunConfig], resume_step_of
         cap = auto_size(config, device_of(config)) if size == AUTO else int(size)
         batches += [members[i : i + cap] for i in range(0, len(members), cap)]
     return batches
+
+
+def resume_steps(configs: Sequence[RunConfig], held: Sequence[set[int]]) -> list[int]:
+    """The step each interrupted run resumes from, given the steps of the checkpoints it holds
+    (run_log keeps each run's last two). A batch's runs save their checkpoints one after another,
+    so a batch killed between two saves leaves its runs one checkpoint apart: among the runs that
+    could share a batch, those holding the earliest latest step resume from it together, exactly
+    as they ran; the rest, from their own latest, by the same rule."""
+    steps = [max(h, default=0) for h in held]
+    by_key: dict[str, list[int]] = {}
+    for i, config in enumerate(configs):
+        if held[i]:
+            by_key.setdefault(batch_key(config), []).append(i)
+    for waiting in by_key.values():
+        while waiting:
+            meet = min(steps[i] for i in waiting)
+            for i in [i for i in waiting if meet in held[i]]:
+                steps[i] = meet
+                waiting.remove(i)
+    return steps

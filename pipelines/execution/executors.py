@@ -22,7 +22,6 @@ Announce = Callable[[Point, str], None]
 class Task:
     point: Point
     spec: RunSpec
-    resume_step: int = 0  # the step of the checkpoint it resumes from (0: none)
 
     @property
     def verb(self) -> str:

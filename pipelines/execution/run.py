@@ -69,6 +69,7 @@ class RunSpec:
     tags: dict[str, Any] | None = None
     description: str | None = None
     resume_run_id: str | None = None
+    resume_step: int | None = None  # the step of the checkpoint to resume from (None: the run's latest)
 
 
 @functools.cache  # the installed versions do not change within a process; a batch of 64 asked 64 times
@@ -162,8 +163,9 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
 
 def _by_resume_step(checkpoints: list[Checkpoint | None]) -> list[list[int]]:
     """The batch's runs by the step their checkpoints stand at (0: none), one optimization each.
-    The sweep grouped them by their checkpoint-step tags, but the writer sets a tag just after its
-    upload: a kill -9 between the two leaves the tag one checkpoint behind the file, so the files decide."""
+    The sweep grouped them by their checkpoint-step tags, which name the checkpoints of that step
+    (run_log.Checkpoints); a run logged by an earlier nst has one checkpoint file whose tag was set
+    after its upload and may lag it, so the files decide."""
     groups: dict[int, list[int]] = {}
     for i, checkpoint in enumerate(checkpoints):
         groups.setdefault(checkpoint["global_step"] if checkpoint else 0, []).append(i)
@@ -186,7 +188,7 @@ def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, experiment: s
     if spec.resume_run_id:
         run_id = spec.resume_run_id
         folder.mkdir(parents=True)
-        checkpoint = run_log.load_checkpoint(client, run_id, folder)
+        checkpoint = run_log.load_checkpoint(client, run_id, folder, spec.resume_step)
         skip_through = max(run_log.logged_steps(client, run_id), default=-1)
         done = run_log.logged_snapshot_steps(client, run_id)
         measured = run_log.logged_steps(client, run_id, SSIM_KEY)

@@ -18,12 +18,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from pipelines.config.grid import Experiment, Point
 from pipelines.config.runs import flatten, to_dict
-from pipelines.execution.batches import AUTO, plan
+from pipelines.execution.batches import AUTO, plan, resume_steps
 from pipelines.execution.executors import Executor, Job, Task, run_local
 from pipelines.execution.inputs import check_inputs, resolve_device
 from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec
 from pipelines.tracking import store
-from pipelines.tracking.run_log import CHECKPOINT_STEP_TAG
+from pipelines.tracking.run_log import checkpoint_steps
 from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
 
 SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep
@@ -140,9 +140,13 @@ def run_experiment(
             folder = store.local_artifact_dir(client, done[point.key])
             final = str(folder / "final.png") if folder else None
             sweep.results.append((point, RunResult(done[point.key], SKIPPED, 0.0, final_image=final)))
-    tasks = [_task(point, experiment.name, parent_id, interrupted.get(point.key)) for point in todo]
+    runs = [interrupted.get(point.key) for point in todo]
+    held = [set(checkpoint_steps(run.data.tags)) if run else set() for run in runs]
+    steps = resume_steps([point.config for point in todo], held)
+    tasks = [_task(point, experiment.name, parent_id, run, step) for point, run, step in zip(todo, runs, steps,
+                                                                                             strict=True)]
     jobs = [Job(group, tracking_uri, experiment.name, progress)
-            for group in plan(tasks, lambda t: t.spec.config, lambda t: t.resume_step, batch,
+            for group in plan(tasks, lambda t: t.spec.config, lambda t: t.spec.resume_step or 0, batch,
                               lambda c: resolve_device(c.device))]
     clock = Clock(len(todo))
     n = len(experiment.points)
@@ -167,8 +171,9 @@ def run_experiment(
     return sweep
 
 
-def _task(point: Point, name: str, parent_id: str, interrupted: Run | None) -> Task:
-    """A point to run as a child of the sweep's parent run (resuming its interrupted run, if any)."""
+def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step: int) -> Task:
+    """A point to run as a child of the sweep's parent run (resuming its interrupted run, if any,
+    from its checkpoint of `step`; 0: from the start, writing no step twice)."""
     spec = RunSpec(
         config=point.config,
         run_name=point.name,
@@ -177,10 +182,9 @@ def _task(point: Point, name: str, parent_id: str, interrupted: Run | None) -> T
               **({VARIANT_TAG: point.varied["variant"]} if "variant" in point.varied else {})},
         description=f"{name}: varies {point.name}",
         resume_run_id=interrupted.info.run_id if interrupted else None,
+        resume_step=step,
     )
-    # Runs resumed together must stand at one step: the step of their last checkpoint (0: none yet).
-    step = int(interrupted.data.tags.get(CHECKPOINT_STEP_TAG, 0)) if interrupted else 0
-    return Task(point, spec, step)
+    return Task(point, spec)
 
 
 def summary(sweep: SweepResult) -> str:
