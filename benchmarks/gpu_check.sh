@@ -10,6 +10,11 @@
 #   LIMIT_tests=255 LIMIT_batch=300 bash benchmarks/gpu_check.sh tests batch     (~450 s)
 # batch's "tracking server" row needs an MLflow server there: bash benchmarks/gpu_server_wheels.sh
 # adds its wheels to .whl/ first (54 MB in all); without them the row says it was not measured.
+#   ray    tests/test_cluster.py on the GPU (--executor ray, two batches sharing the GPU): Ray from
+#          .ray/site.tar.xz (bash benchmarks/gpu_ray_site.sh, 28 MB), unpacked into $RAY_SITE
+#          (default /tmp/site, where .whl/env.sh installs). .whl and .ray together are over one
+#          call's 64 MiB carry: after a call that sourced .whl/env.sh, a second call on the warm
+#          machine carries .ray and runs `export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_check.sh ray`.
 # Under a time limit that may cut it off, the pytest lane is stopped with SIGINT, so that it still
 # prints its failures.
 # TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase;
@@ -66,11 +71,15 @@ for p in "${phases[@]}"; do
       phase sweep 180 "$PYTHON" -m pipelines.cli experiment lr_sweep.yaml --tracking-uri "$store" --quiet
       phase report 90 "$PYTHON" -m pipelines.cli report lr_sweep --tracking-uri "$store" --out "$OUT/lr_sweep" --dpi 60
       grep -E '\*\*(PASS|FAIL)\*\*' "$OUT/lr_sweep/report.md" | head -n 3 >>"$summary" ;;
+    ray)
+      if [ -f .ray/site.tar.xz ]; then tar -xJf .ray/site.tar.xz -C "${RAY_SITE:-/tmp/site}"; fi
+      phase ray 200 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rfEs -p no:benchmark tests/test_cluster.py
+      grep -E '^=+ .*(passed|failed|skipped)' "$OUT/ray.log" | tail -n 1 >>"$summary" ;;
     bench|peer|levers|batch)
       # Written in $OUT as it goes (a check cut off keeps every table it finished); copy it back to commit it.
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase "$p" 240 "$PYTHON" -m "benchmarks.$p" --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
-    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch)" >&2; exit 2 ;;
+    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch, ray)" >&2; exit 2 ;;
   esac
 done
 cat "$summary"
