@@ -166,7 +166,12 @@ def _experiment_artifacts(uri: str, name: str) -> str | None:
 
 def local_artifact_dir(client: MlflowClient, run_id: str) -> Path | None:
     """The run's artifact folder when it is on this machine's disk."""
-    parsed = urlparse(client.get_run(run_id).info.artifact_uri)
+    return local_folder(client.get_run(run_id).info.artifact_uri)
+
+
+def local_folder(artifact_uri: str) -> Path | None:
+    """The folder an artifact URI names when it is on this machine's disk."""
+    parsed = urlparse(artifact_uri)
     return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
 
 
