@@ -247,5 +247,6 @@ def mlflow_ui_command(uri: str, port: int = UI_PORT) -> list[str]:
     """`mlflow ui` on the store, bound to loopback (nothing of a local store is served beyond this host)."""
     import sys
 
-    mlflow = str(Path(sys.executable).parent / "mlflow")
-    return [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    # `python -m mlflow`, as for the server (server.mlflow_server_command): a pip --target install has no script.
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
+            str(port)]
