@@ -17,7 +17,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from pipelines.tracking.run_log import CHECKPOINT_SLOTS, download_checkpoint
+from pipelines.tracking.checkpoint_store import CHECKPOINT_SLOTS, download_checkpoint
 from tests.lane import ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
@@ -165,7 +165,7 @@ def test_killed_between_a_snapshots_metrics_and_its_image_the_resume_redoes_only
 # Dies as the writer is about to tag a run's step-60 checkpoint (uploaded, not yet named), after
 # TAGGED runs of the batch had theirs tagged: the writer saves one run's checkpoint after the other's.
 DIES_BEFORE_A_CHECKPOINTS_TAGS = """
-from pipelines.tracking.run_log import CHECKPOINT_STEP_TAG
+from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG
 log_batch, tagged = MlflowClient.log_batch, []
 
 def dies_before_the_tags(self, run_id, metrics=(), params=(), tags=(), **kwargs):

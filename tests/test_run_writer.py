@@ -19,7 +19,7 @@ from PIL import Image
 from nst.images import to_pil
 from pipelines.config.runs import run_config
 from pipelines.execution.run import FAILED, FINISHED, execute
-from pipelines.tracking.run_log import CHECKPOINT_STEP_TAG, Checkpoints, download_checkpoint
+from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG, Checkpoints, download_checkpoint
 from pipelines.tracking.run_writer import RunWriter, whole_steps
 
 KEYS = ["loss/total", "loss/content", "loss/style", "lr"]

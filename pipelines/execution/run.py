@@ -41,7 +41,7 @@ from pipelines.errors import UserError
 from pipelines.execution.failures import describe_failure, release_memory
 from pipelines.execution.inputs import Inputs, load_init, load_inputs, resolve_device
 from pipelines.execution.probe import SSIM_KEY, quality_probe
-from pipelines.tracking import run_log, store
+from pipelines.tracking import checkpoint_store, run_log, store
 from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, Sample  # noqa: F401 - statuses
 from pipelines.tracking.run_writer import RunWriter
 from pipelines.tracking.tags import BATCH_TAG
@@ -167,7 +167,7 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
 def _by_resume_step(checkpoints: list[Checkpoint | None]) -> list[list[int]]:
     """The batch's runs by the step their checkpoints stand at (0: none), one optimization each.
     The sweep grouped them by their checkpoint-step tags, which name the checkpoints of that step
-    (run_log.Checkpoints); a run logged by an earlier nst has one checkpoint file whose tag was set
+    (checkpoint_store.Checkpoints); a run logged by an earlier nst has one checkpoint file whose tag was set
     after its upload and may lag it, so the files decide."""
     groups: dict[int, list[int]] = {}
     for i, checkpoint in enumerate(checkpoints):
@@ -191,7 +191,7 @@ def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, 
     if spec.resume_run_id:
         run_id = spec.resume_run_id
         folder.mkdir(parents=True)
-        checkpoint = run_log.load_checkpoint(client, run_id, folder, spec.resume_step)
+        checkpoint = checkpoint_store.load_checkpoint(client, run_id, folder, spec.resume_step)
         skip_through = max(run_log.logged_steps(client, run_id), default=-1)
         done = run_log.logged_snapshot_steps(client, run_id)
         measured = run_log.logged_steps(client, run_id, SSIM_KEY)
@@ -266,7 +266,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
                    save_final=lambda sample, image01: _log_final(client, sample.run_id, image01))
     callbacks: list[pl.Callback] = [log]
     if config.checkpoint_every:
-        callbacks.append(run_log.Checkpoints(client, config.checkpoint_every, log))
+        callbacks.append(checkpoint_store.Checkpoints(client, config.checkpoint_every, log))
     if progress:  # Lightning's own bar shows only self.log()-ed values; this one reads the runs' last losses
         callbacks.append(LossBar(log))
     trainer = pl.Trainer(
@@ -286,7 +286,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
         raise ValueError("a batch resumes from checkpoints of all its runs or of none")  # _by_resume_step sees to it
     start = time.perf_counter()
     try:
-        trainer.fit(module, ckpt_path=run_log.stacked_checkpoint(resume, folder) if resume else None)
+        trainer.fit(module, ckpt_path=checkpoint_store.stacked_checkpoint(resume, folder) if resume else None)
     except SystemExit:
         # Lightning turns Ctrl-C into on_exception + sys.exit(1); BatchLog marked the runs KILLED.
         if log.interrupted:

@@ -23,7 +23,7 @@ from pipelines.execution.executors import Executor, Job, Task, run_local
 from pipelines.execution.inputs import check_inputs, resolve_device
 from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec
 from pipelines.tracking import store
-from pipelines.tracking.run_log import checkpoint_steps
+from pipelines.tracking.checkpoint_store import checkpoint_steps
 from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
 
 SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep

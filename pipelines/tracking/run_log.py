@@ -7,8 +7,7 @@ the host in one copy. Each run gets its own rows (`RunWriter`: buffered, written
 the optimization), its snapshot images with their quality metrics (the images written by that
 thread too, behind their rows), and its end:
 FAILED when its image diverged, FINISHED when it converged or ran all its steps, each as soon as
-it is known. `Checkpoints` saves each run's share of the batch's state as that run's checkpoint,
-exactly what the run would have saved alone, on the writer thread.
+it is known. (Each run's checkpoints: pipelines.tracking.checkpoint_store.)
 
 Metric step k is the loss of the image after k updates, also across a resume; snapshot step s
 is the image after s updates (step 0: the initial image).
@@ -17,7 +16,6 @@ is the image after s updates (step 0: the initial image).
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +23,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
 from mlflow import MlflowClient
-from mlflow.entities import RunTag
 from torch import Tensor
 
-from nst import checkpoints
 from nst.images import to_pil
 from nst.module import StyleTransfer
 from nst.stopping import NEVER
@@ -38,13 +33,6 @@ from pipelines.tracking.run_writer import RunWriter
 from pipelines.tracking.tags import ERROR_TAG
 
 CHUNK = 50  # steps whose losses stay on the device before they are read back in one copy
-#: A run keeps its last two checkpoints, written in turn, each slot's step in its own tag: emptied
-#: before the slot is rewritten, set once its upload is whole. A kill -9 at any moment leaves the tags
-#: naming whole checkpoints only, and the runs of a batch killed between their saves still share a
-#: step to resume from together.
-CHECKPOINT_SLOTS = {"a": "checkpoint/a.ckpt", "b": "checkpoint/b.ckpt"}
-CHECKPOINT_STEP_TAG = "nst.checkpoint_step"  # the step of the run's latest checkpoint
-LEGACY_CHECKPOINT = "checkpoint/last.ckpt"  # one file, before the slots (runs logged by earlier nst)
 STOP_TAG = "nst.stop_reason"
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 #: How MLflow names a `log_image(key="generated", step=s)` file (plus a .webp thumbnail).
@@ -205,60 +193,6 @@ class BatchLog(pl.Callback):
             self.end(sample, status, error)
 
 
-class Checkpoints(pl.Callback):
-    """Every `every` steps, each live run's share of the batch's state (image, optimizer state, stop
-    state; no VGG) saved as its checkpoint. Taken before a step, and saved by the writer thread
-    behind that run's metric rows (RunWriter.after_rows): a checkpoint reaches the store only after
-    every step before it (a resume leaves no gap), and the loop waits for neither. Consecutive
-    checkpoints alternate between two slots (CHECKPOINT_SLOTS), so the other slot, and what its tag
-    says, stay whole while one is rewritten."""
-
-    def __init__(self, client: MlflowClient, every: int, log: BatchLog) -> None:
-        self.client, self.every, self.batch_log = client, every, log
-        self.start = 0  # the step this fit started from
-
-    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self.start = trainer.global_step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        # Not at the step a resume starts from: that checkpoint is in the store, in the slot it would
-        # go to, and rewriting it in place would open the window the slots close.
-        if step == self.start or step % self.every:
-            return
-        self.batch_log.flush(module)  # type: ignore[arg-type]  # every row so far to its run, ahead of its checkpoint
-        # Lightning's own checkpoint dict (what trainer.save_checkpoint writes), copied to the host
-        # now: it refers to the live image and optimizer state, which the next steps change.
-        state = apply_to_collection(trainer._checkpoint_connector.dump_checkpoint(), Tensor,
-                                    lambda t: t.detach().to("cpu", copy=True))
-        parts = checkpoints.split(state)
-        for b, sample in self.batch_log.live:
-            sample.writer.after_rows(self._save, sample.run_id, parts[b], step)
-
-    def _save(self, run_id: str, part: dict[str, Any], step: int) -> None:
-        """One run's part as its checkpoint artifact, then the tags that name it (on the writer thread)."""
-        slot = "ab"[(step // self.every) % 2]
-        folder, name = CHECKPOINT_SLOTS[slot].split("/")
-        self.client.set_tag(run_id, _slot_tag(slot), "")  # being written: names nothing until whole
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            torch.save(part, path)
-            self.client.log_artifact(run_id, str(path), folder)
-        self.client.log_batch(run_id, tags=[RunTag(_slot_tag(slot), str(step)), RunTag(CHECKPOINT_STEP_TAG, str(step))])
-
-
-def _slot_tag(slot: str) -> str:
-    return f"{CHECKPOINT_STEP_TAG}.{slot}"
-
-
-def checkpoint_steps(tags: dict[str, str]) -> dict[int, str]:
-    """A run's whole checkpoints by their steps (step -> artifact path), from its tags."""
-    slots = {slot: tags[_slot_tag(slot)] for slot in CHECKPOINT_SLOTS if _slot_tag(slot) in tags}
-    if not slots:  # none, or logged by an earlier nst: one file, named by the latest step
-        return {int(tags[CHECKPOINT_STEP_TAG]): LEGACY_CHECKPOINT} if CHECKPOINT_STEP_TAG in tags else {}
-    return {int(step): CHECKPOINT_SLOTS[slot] for slot, step in slots.items() if step}
-
-
 def logged_steps(client: MlflowClient, run_id: str, key: str = "loss/total") -> set[int]:
     """The steps of `key` in the store."""
     return {m.step for m in client.get_metric_history(run_id, key)}
@@ -268,29 +202,3 @@ def logged_snapshot_steps(client: MlflowClient, run_id: str) -> set[int]:
     """Steps whose `generated` image the run already holds."""
     names = (Path(a.path).name for a in client.list_artifacts(run_id, "images"))
     return {int(m.group(1)) for m in map(SNAPSHOT_FILE.match, names) if m}
-
-
-def download_checkpoint(client: MlflowClient, run_id: str, folder: Path, step: int | None = None) -> Path | None:
-    """The run's checkpoint of `step` (None: its latest) as a local file; None when it has none."""
-    steps = checkpoint_steps(client.get_run(run_id).data.tags)
-    if not steps or step == 0:
-        return None
-    if step is None:
-        step = max(steps)
-    if step not in steps:
-        raise ValueError(f"run {run_id} holds no checkpoint of step {step} (its steps: {sorted(steps)})")
-    return Path(client.download_artifacts(run_id, steps[step], str(folder)))
-
-
-def load_checkpoint(client: MlflowClient, run_id: str, folder: Path, step: int | None = None
-                    ) -> checkpoints.Checkpoint | None:
-    """The run's checkpoint of `step` (None: its latest), or None when it has none."""
-    path = download_checkpoint(client, run_id, folder, step)
-    return None if path is None else torch.load(path, map_location="cpu", weights_only=False)
-
-
-def stacked_checkpoint(parts: list[checkpoints.Checkpoint], folder: Path) -> Path:
-    """One batch checkpoint from the runs' own (saved at the same step), as a file for Lightning."""
-    path = folder / "batch.ckpt"
-    torch.save(checkpoints.stack(parts), path)
-    return path

@@ -1,0 +1,112 @@
+"""MLflow, part 3: each run's checkpoints in the store, saved while a batch runs and found again to resume it.
+
+`Checkpoints` saves each run's share of the batch's state as that run's own checkpoint, exactly
+what the run would have saved alone, on the writer thread behind the run's rows. A run keeps its
+last two, each named by a tag only once whole, so that whatever moment a kill -9 picks, the tags
+name whole checkpoints and the runs of a batch share a step to resume from together
+(pipelines.execution.batches.resume_steps).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from mlflow import MlflowClient
+from mlflow.entities import RunTag
+from torch import Tensor
+
+from nst import checkpoints
+from pipelines.tracking.run_log import BatchLog
+
+#: A run keeps its last two checkpoints, written in turn, each slot's step in its own tag: emptied
+#: before the slot is rewritten, set once its upload is whole. A kill -9 at any moment leaves the tags
+#: naming whole checkpoints only, and the runs of a batch killed between their saves still share a
+#: step to resume from together.
+CHECKPOINT_SLOTS = {"a": "checkpoint/a.ckpt", "b": "checkpoint/b.ckpt"}
+CHECKPOINT_STEP_TAG = "nst.checkpoint_step"  # the step of the run's latest checkpoint
+LEGACY_CHECKPOINT = "checkpoint/last.ckpt"  # one file, before the slots (runs logged by earlier nst)
+
+
+class Checkpoints(pl.Callback):
+    """Every `every` steps, each live run's share of the batch's state (image, optimizer state, stop
+    state; no VGG) saved as its checkpoint. Taken before a step, and saved by the writer thread
+    behind that run's metric rows (RunWriter.after_rows): a checkpoint reaches the store only after
+    every step before it (a resume leaves no gap), and the loop waits for neither. Consecutive
+    checkpoints alternate between two slots (CHECKPOINT_SLOTS), so the other slot, and what its tag
+    says, stay whole while one is rewritten."""
+
+    def __init__(self, client: MlflowClient, every: int, log: BatchLog) -> None:
+        self.client, self.every, self.batch_log = client, every, log
+        self.start = 0  # the step this fit started from
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.start = trainer.global_step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        # Not at the step a resume starts from: that checkpoint is in the store, in the slot it would
+        # go to, and rewriting it in place would open the window the slots close.
+        if step == self.start or step % self.every:
+            return
+        self.batch_log.flush(module)  # type: ignore[arg-type]  # every row so far to its run, ahead of its checkpoint
+        # Lightning's own checkpoint dict (what trainer.save_checkpoint writes), copied to the host
+        # now: it refers to the live image and optimizer state, which the next steps change.
+        state = apply_to_collection(trainer._checkpoint_connector.dump_checkpoint(), Tensor,
+                                    lambda t: t.detach().to("cpu", copy=True))
+        parts = checkpoints.split(state)
+        for b, sample in self.batch_log.live:
+            sample.writer.after_rows(self._save, sample.run_id, parts[b], step)
+
+    def _save(self, run_id: str, part: dict[str, Any], step: int) -> None:
+        """One run's part as its checkpoint artifact, then the tags that name it (on the writer thread)."""
+        slot = "ab"[(step // self.every) % 2]
+        folder, name = CHECKPOINT_SLOTS[slot].split("/")
+        self.client.set_tag(run_id, _slot_tag(slot), "")  # being written: names nothing until whole
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            torch.save(part, path)
+            self.client.log_artifact(run_id, str(path), folder)
+        self.client.log_batch(run_id, tags=[RunTag(_slot_tag(slot), str(step)), RunTag(CHECKPOINT_STEP_TAG, str(step))])
+
+
+def _slot_tag(slot: str) -> str:
+    return f"{CHECKPOINT_STEP_TAG}.{slot}"
+
+
+def checkpoint_steps(tags: dict[str, str]) -> dict[int, str]:
+    """A run's whole checkpoints by their steps (step -> artifact path), from its tags."""
+    slots = {slot: tags[_slot_tag(slot)] for slot in CHECKPOINT_SLOTS if _slot_tag(slot) in tags}
+    if not slots:  # none, or logged by an earlier nst: one file, named by the latest step
+        return {int(tags[CHECKPOINT_STEP_TAG]): LEGACY_CHECKPOINT} if CHECKPOINT_STEP_TAG in tags else {}
+    return {int(step): CHECKPOINT_SLOTS[slot] for slot, step in slots.items() if step}
+
+
+def download_checkpoint(client: MlflowClient, run_id: str, folder: Path, step: int | None = None) -> Path | None:
+    """The run's checkpoint of `step` (None: its latest) as a local file; None when it has none."""
+    steps = checkpoint_steps(client.get_run(run_id).data.tags)
+    if not steps or step == 0:
+        return None
+    if step is None:
+        step = max(steps)
+    if step not in steps:
+        raise ValueError(f"run {run_id} holds no checkpoint of step {step} (its steps: {sorted(steps)})")
+    return Path(client.download_artifacts(run_id, steps[step], str(folder)))
+
+
+def load_checkpoint(client: MlflowClient, run_id: str, folder: Path, step: int | None = None
+                    ) -> checkpoints.Checkpoint | None:
+    """The run's checkpoint of `step` (None: its latest), or None when it has none."""
+    path = download_checkpoint(client, run_id, folder, step)
+    return None if path is None else torch.load(path, map_location="cpu", weights_only=False)
+
+
+def stacked_checkpoint(parts: list[checkpoints.Checkpoint], folder: Path) -> Path:
+    """One batch checkpoint from the runs' own (saved at the same step), as a file for Lightning."""
+    path = folder / "batch.ckpt"
+    torch.save(checkpoints.stack(parts), path)
+    return path
