@@ -142,37 +142,21 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
             checkpoints.append(checkpoint)
         # From here on the runs exist: whatever happens, each ends FINISHED, FAILED or KILLED, never RUNNING.
         start = time.perf_counter()
-        seconds = [0.0] * len(specs)
         try:
             with deterministic(config.deterministic):
-                for group in _by_resume_step(checkpoints):
-                    fit_seconds = _fit(client, [specs[i] for i in group], [samples[i] for i in group],
-                                [checkpoints[i] for i in group], inputs, [inits[i] for i in group], backbone, device,
-                                progress, Path(tmp))
-                    for i in group:
-                        seconds[i] = fit_seconds
+                seconds = _fit(client, specs, samples, checkpoints, inputs, inits, backbone, device, progress,
+                               Path(tmp))
         except KeyboardInterrupt:
             _end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
             raise
         except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the sweep
             _end_live(client, samples, FAILED, describe_failure(exc, config, device, len(specs)))
-            seconds = [time.perf_counter() - start] * len(specs)
+            seconds = time.perf_counter() - start
         finally:
             release_memory(device)
-    return [RunResult(s.run_id, s.status or FAILED, took, {k: v for k, v in s.last.items() if k.startswith("loss/")},
+    return [RunResult(s.run_id, s.status or FAILED, seconds, {k: v for k, v in s.last.items() if k.startswith("loss/")},
                       s.final_image, s.error, logging_seconds=s.writer.seconds,
-                      writer_seconds=s.writer.writer_seconds) for s, took in zip(samples, seconds, strict=True)]
-
-
-def _by_resume_step(checkpoints: list[Checkpoint | None]) -> list[list[int]]:
-    """The batch's runs by the step their checkpoints stand at (0: none), one optimization each.
-    The sweep grouped them by their checkpoint-step tags, which name the checkpoints of that step
-    (checkpoint_store.Checkpoints); a run logged by an earlier nst has one checkpoint file whose tag was set
-    after its upload and may lag it, so the files decide."""
-    groups: dict[int, list[int]] = {}
-    for i, checkpoint in enumerate(checkpoints):
-        groups.setdefault(checkpoint["global_step"] if checkpoint else 0, []).append(i)
-    return list(groups.values())
+                      writer_seconds=s.writer.writer_seconds) for s in samples]
 
 
 def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: str) -> None:
@@ -283,7 +267,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
     )
     resume = [c for c in checkpoints if c is not None]
     if resume and len(resume) != len(checkpoints):
-        raise ValueError("a batch resumes from checkpoints of all its runs or of none")  # _by_resume_step sees to it
+        raise ValueError("a batch resumes from checkpoints of all its runs or of none")  # batches group them so
     start = time.perf_counter()
     try:
         trainer.fit(module, ckpt_path=checkpoint_store.stacked_checkpoint(resume, folder) if resume else None)
