@@ -9,8 +9,10 @@
   optimization time (the fits), and the largest relative difference in final J between the two.
   The 64 points one at a time are timed on the first 8 and scaled by 8 (said in the table);
 - on a GPU, the bare step captured in a CUDA graph (torch.cuda.graph) against the same step
-  launched op by op, the lever for launch-bound steps (fp32 and bf16, 128 to 512 px).
-Writes "Batches" in BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`). `--smoke`: toy sizes.
+  launched op by op, the lever for launch-bound steps (fp32 and bf16, 128 to 512 px);
+- nst's own runs with `cuda_graph: true` against op by op: a tracked batch's step and the lr sweep.
+Writes "Batches" and "CUDA graphs" (the last two) in BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU:
+`--device`). `--smoke`: toy sizes; `--graphs`: only "CUDA graphs".
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pipelines.execution.sweep import SweepResult, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Batches"
+GRAPHS_HEADING = "## CUDA graphs"
 
 
 def _configs(n: int, **keys: object) -> list[TransferConfig]:
@@ -94,7 +97,7 @@ def graphed_loop(configs: list[TransferConfig], size: int, steps: int, device: t
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=False)
+    optimizer.zero_grad(set_to_none=True)  # the captured backward writes the gradient, so replays need no zeroing
     with torch.cuda.graph(graph):
         step()
     samples = []
@@ -108,7 +111,7 @@ def graphed_loop(configs: list[TransferConfig], size: int, steps: int, device: t
 
 
 def tracked_batch(configs: list[TransferConfig], size: int, steps: int, device: torch.device,
-                  server: str | None = None) -> tuple[float, float]:
+                  server: str | None = None, cuda_graph: bool = False) -> tuple[float, float]:
     """(marginal s/step of a tracked batch: runs of `steps` and 3x`steps`, differenced; CPU seconds per
     step of its writer thread, all runs' rows, in the longer run), into fresh SQLite stores or `server`."""
     seconds, writer = [], 0.0
@@ -116,7 +119,7 @@ def tracked_batch(configs: list[TransferConfig], size: int, steps: int, device: 
     for n in (steps, steps, 3 * steps) if server else (steps, 3 * steps):
         with tempfile.TemporaryDirectory() as tmp:
             specs = [RunSpec(replace(_run_config(size, n, device), alpha=c.alpha, beta=c.beta,
-                                     optimizer=c.optimizer)) for c in configs]
+                                     optimizer=c.optimizer, cuda_graph=cuda_graph)) for c in configs]
             results = execute_batch(specs, tracking_uri=server or f"sqlite:///{tmp}/mlflow.db",
                                     experiment=f"bench-{n}", progress=False)
             _require(results, f"the tracked batch of {len(configs)} at {size} px")
@@ -173,11 +176,15 @@ seeds: {list(range(n))}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench-batch", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="toy sizes, seconds; checks the code, not the speed")
+    parser.add_argument("--graphs", action="store_true", help="only the CUDA graphs section (about 90 s on an H100)")
     add_device_argument(parser)
     args = parser.parse_args(argv)
     device = pick(parser, args)
     quiet_lightning()
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its "creating tables" notes per store
+    if args.graphs:
+        graphs(device, args.smoke, args.out)
+        return 0
     gpu, smoke = device.type == "cuda", args.smoke
     sizes = (32,) if smoke else (128, 256, 512) if gpu else (128, 256)
     batches = (1, 3) if smoke else (1, 3, 8, 64)
@@ -198,24 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {size} px | " + " | ".join(cells) + f" | {ratio} |")
         replace_section(args.out, HEADING, lines)  # row by row: a bench cut off keeps what it measured
 
-    # Before the whole sweeps: short, and it decides what a launch-bound step could gain.
-    if gpu:
-        lines += ["", "The bare step captured in a CUDA graph (one launch per step) against launched op by op:", "",
-                  "| batch | op by op | CUDA graph | faster |", "|---|---|---|---|"]
-        for size, b, precision in [(32, 3, "bf16")] if smoke else [(128, 3, "fp32"), (128, 3, "bf16"),
-                                                                    (256, 8, "bf16"), (512, 8, "bf16")]:
-            configs = _configs(b, precision=precision)
-            try:
-                plain = batch_loop(configs, size, 20, device).median
-                graphed = graphed_loop(configs, size, 20, device).median
-                row = (f"| {b} × {size} px, {precision} | {plain * 1000:.2f} ms | {graphed * 1000:.2f} ms "
-                       f"| {plain / graphed:.2f}× |")
-            except Exception as exc:  # noqa: BLE001 - a step that cannot be captured is a finding, not a crash
-                row = (f"| {b} × {size} px, {precision} | — | capture failed: {type(exc).__name__}: "
-                       f"{str(exc)[:120]} | — |")
-            lines.append(row)
-            print(row, flush=True)
-            replace_section(args.out, HEADING, lines)
     lines += ["", "Tracked against bare, per step of the whole batch (marginal: runs of N and 3N steps, differenced;",
               "every run's metrics of every step logged, snapshots, checkpoints every 100 steps). The writer",
               "thread's CPU per step is what it takes of Python's interpreter lock, which the loop waits for.", "",
@@ -263,7 +252,53 @@ def main(argv: list[str] | None = None) -> int:
 
     replace_section(args.out, HEADING, lines)
     print("\n".join(lines))
+    graphs(device, smoke, args.out)
     return 0
+
+
+def graphs(device: torch.device, smoke: bool, out: Path) -> None:
+    """The "CUDA graphs" section: on a GPU the bare step captured against launched op by op; nst's own
+    runs with `cuda_graph: true` against op by op (a tracked batch's step, the lr sweep batched)."""
+    lines = [GRAPHS_HEADING, "", f"`make bench-batch` (or `python -m benchmarks.batch --graphs`) on "
+             f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'}, default precision "
+             f"({resolve_precision('auto', device.type)})."]
+    if device.type == "cuda":
+        lines += ["", "The bare step captured in a CUDA graph (one launch per step) against launched op by op:", "",
+                  "| batch | op by op | CUDA graph | faster |", "|---|---|---|---|"]
+        for size, b, precision in [(32, 3, "bf16")] if smoke else [(128, 3, "fp32"), (128, 3, "bf16"),
+                                                                    (256, 8, "bf16"), (512, 8, "bf16")]:
+            configs = _configs(b, precision=precision)
+            try:
+                plain = batch_loop(configs, size, 20, device).median
+                graphed = graphed_loop(configs, size, 20, device).median
+                row = (f"| {b} × {size} px, {precision} | {plain * 1000:.2f} ms | {graphed * 1000:.2f} ms "
+                       f"| {plain / graphed:.2f}× |")
+            except Exception as exc:  # noqa: BLE001 - a step that cannot be captured is a finding, not a crash
+                row = (f"| {b} × {size} px, {precision} | — | capture failed: {type(exc).__name__}: "
+                       f"{str(exc)[:120]} | — |")
+            lines.append(row)
+            print(row, flush=True)
+            replace_section(out, GRAPHS_HEADING, lines)
+    lines += ["", "nst's runs with `cuda_graph: true` (each step's losses and gradient replayed from one captured",
+              "CUDA graph, nst.graphs) against op by op; on the CPU the setting changes nothing (the steps run",
+              "op by op either way). A tracked step is marginal: runs of N and 3N steps, differenced.", "",
+              "| what | op by op | `cuda_graph: true` | faster | final J, largest difference |",
+              "|---|---|---|---|---|"]
+    size, b, steps = (32, 3, 3) if smoke else (128, 3, 100) if device.type == "cuda" else (128, 3, 10)
+    plain, graphed = (tracked_batch(_configs(b), size, steps, device, cuda_graph=g)[0] for g in (False, True))
+    lines.append(f"| tracked {b} × {size} px, per step | {plain * 1000:.1f} ms | {graphed * 1000:.1f} ms "
+                 f"| {plain / graphed:.2f}× | — |")
+    print(lines[-1], flush=True)
+    replace_section(out, GRAPHS_HEADING, lines)
+    lr_steps = 4 if smoke else 2000 if device.type == "cuda" else 50
+    overrides = {"iterations": lr_steps, "device": device.type, **({"size": 32} if smoke else {})}
+    path = ROOT / "experiments" / "lr_sweep.yaml"
+    (wall, fit, j), (g_wall, g_fit, g_j) = (sweep(path, overrides | {"cuda_graph": g}, "auto") for g in (False, True))
+    gap = max(abs(g_j[k] / v - 1) for k, v in j.items())
+    lines.append(f"| lr_sweep batched, {lr_steps} steps: optimization (wall) | {fit:.1f} s ({wall:.1f} s) "
+                 f"| {g_fit:.1f} s ({g_wall:.1f} s) | {fit / g_fit:.2f}× | {gap:.1e} |")
+    print(lines[-1], flush=True)
+    replace_section(out, GRAPHS_HEADING, lines)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@
 #          (default /tmp/site, where .whl/env.sh installs). .whl and .ray together are over one
 #          call's 64 MiB carry: after a call that sourced .whl/env.sh, a second call on the warm
 #          machine carries .ray and runs `export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_check.sh ray`.
+#   graphs tests/test_graphs.py on the GPU and benchmarks.batch --graphs: nst's runs with `cuda_graph:
+#          true` against op by op (its lr sweep included; about 2-3 min, not yet timed on a GPU).
 # Under a time limit that may cut it off, the pytest lane is stopped with SIGINT, so that it still
 # prints its failures.
 # TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase;
@@ -71,6 +73,12 @@ for p in "${phases[@]}"; do
       phase sweep 180 "$PYTHON" -m pipelines.cli experiment lr_sweep.yaml --tracking-uri "$store" --quiet
       phase report 90 "$PYTHON" -m pipelines.cli report lr_sweep --tracking-uri "$store" --out "$OUT/lr_sweep" --dpi 60
       grep -E '\*\*(PASS|FAIL)\*\*' "$OUT/lr_sweep/report.md" | head -n 3 >>"$summary" ;;
+    graphs)
+      # nst's runs with cuda_graph: true: its tests on the GPU, then benchmarks.batch's "CUDA graphs" section.
+      phase graphs-tests 120 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rfEs -p no:benchmark tests/test_graphs.py
+      grep -E '^=+ .*(passed|failed|skipped)' "$OUT/graphs-tests.log" | tail -n 1 >>"$summary"
+      [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
+      phase graphs 200 "$PYTHON" -m benchmarks.batch --graphs --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     ray)
       if [ -f .ray/site.tar.xz ]; then tar -xJf .ray/site.tar.xz -C "${RAY_SITE:-/tmp/site}"; fi
       phase ray 200 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rfEs -p no:benchmark tests/test_cluster.py
@@ -79,7 +87,7 @@ for p in "${phases[@]}"; do
       # Written in $OUT as it goes (a check cut off keeps every table it finished); copy it back to commit it.
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase "$p" 240 "$PYTHON" -m "benchmarks.$p" --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
-    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch, ray)" >&2; exit 2 ;;
+    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch, graphs, ray)" >&2; exit 2 ;;
   esac
 done
 cat "$summary"

@@ -11,6 +11,9 @@ get alone. The frozen VGG-19 is held outside the module's registry, so it is nev
 Nothing waits for the device during a step: the losses of the last step are device tensors in
 `last_losses` (one value per image) for callbacks to collect, and an image that diverges or
 converges is masked on the device (nst.stopping: `stops.moving`, its step and reason beside it).
+With `cuda_graph=True` on a CUDA device, the losses and the gradient are replayed from one captured
+CUDA graph (nst.graphs says when and why); `last_losses` are then the capture's own tensors, which
+the next step overwrites, so a callback copies what it keeps.
 
 Deviations from Gatys et al., on purpose:
 - Adam and SGD: pixels are projected back into the valid range [0, pixel_scale] after
@@ -36,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from nst import checkpoints, color
 from nst.config import TransferConfig, blend_weights, first_difference
+from nst.graphs import CapturedStep, why_not_captured
 from nst.losses import W2Target, Weight, style_transfer_losses
 from nst.optim import LBFGS_ALONE, SampleSchedules, make_optimizer
 from nst.precision import resolve_precision
@@ -80,8 +84,13 @@ class StyleTransfer(pl.LightningModule):
         config: TransferConfig | Sequence[TransferConfig],
         backbone: VGGFeatures | None = None,
         init01: Tensor | Sequence[Tensor | None] | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
+        # On a CUDA device, each step's losses and gradient replayed from one captured graph (nst.graphs);
+        # elsewhere, and for what cannot be captured, the step runs op by op.
+        self.cuda_graph = cuda_graph
+        self._captured: CapturedStep[tuple[dict[str, Tensor], Tensor]] | None = None
         self.configs = _batched([config] if isinstance(config, TransferConfig) else config)
         self.config = self.configs[0]  # the shared settings (and the whole config of a single run)
         self.automatic_optimization = False  # one optimizer step per iteration, clamp after it
@@ -174,6 +183,7 @@ class StyleTransfer(pl.LightningModule):
         with torch.no_grad():
             image01 = resize(self.written01().clamp(0, 1), tuple(self.content01.shape[-2:]))
         self.image = nn.Parameter(image01 * self.config.pixel_scale)
+        self._captured = None  # a new image and new targets: captured again
         self._init_average()  # each scale averages its own iterates, from the upsampled image on
         self.stops.seen = 0  # each scale starts with a jump in J: convergence counts from here
 
@@ -191,6 +201,7 @@ class StyleTransfer(pl.LightningModule):
         (Lightning moves it to the GPU before fit and back to the CPU after)."""
         super()._apply(fn, recurse)
         self.vgg._apply(fn, recurse)
+        self._captured = None  # the graph read the tensors where they were
         return self
 
     # -- the math -----------------------------------------------------------------------------
@@ -270,6 +281,24 @@ class StyleTransfer(pl.LightningModule):
             self._enter_scale(index)
             self._new_optimizer()
 
+    def _losses_and_gradient(self) -> tuple[dict[str, Tensor], Tensor]:
+        """The losses of the current images and the gradient of their objective in `image.grad`."""
+        result = self.losses()
+        # Images that stopped contribute nothing; each image's gradient is its own J's.
+        objective = torch.where(self.stops.moving, result["loss/total"], 0.0).sum()
+        if self.config.optimizer.name == "lbfgs":
+            objective = objective / self._lbfgs_scale(objective)
+        self.manual_backward(objective)
+        return result, objective
+
+    def _step_graph(self) -> CapturedStep[tuple[dict[str, Tensor], Tensor]] | None:
+        """The captured losses and gradient when this step runs from a CUDA graph (captured at its first use)."""
+        if not self.cuda_graph or why_not_captured(self.device, self.config.optimizer.name, self.config.style_loss):
+            return None
+        if self._captured is None:
+            self._captured = CapturedStep(self._losses_and_gradient, self.image)
+        return self._captured
+
     def training_step(self, batch: int, batch_idx: int) -> None:
         step = self.trainer.global_step
         optimizer = self.optimizers()
@@ -279,15 +308,15 @@ class StyleTransfer(pl.LightningModule):
         group["lr" if lbfgs else "lrs"] = lrs[0] if lbfgs else lrs
         before = self.image.detach().clone()  # what a stopped or diverged image goes back to
         result: dict[str, Tensor] = {}
+        graph = self._step_graph()
 
         def closure() -> Tensor:
-            optimizer.zero_grad()
-            result.update(self.losses())
-            # Images that stopped contribute nothing; each image's gradient is its own J's.
-            objective = torch.where(self.stops.moving, result["loss/total"], 0.0).sum()
-            if lbfgs:
-                objective = objective / self._lbfgs_scale(objective)
-            self.manual_backward(objective)
+            if graph is not None:  # the replay overwrites the gradient: no zero_grad
+                losses, objective = graph()
+            else:
+                optimizer.zero_grad()
+                losses, objective = self._losses_and_gradient()
+            result.update(losses)
             return objective
 
         optimizer.step(closure=closure)
@@ -301,6 +330,9 @@ class StyleTransfer(pl.LightningModule):
             if self.scale_index == len(self.sizes) - 1:  # each scale starts with a jump in J: the last one only
                 self.stops.converge(step, total)
         self.schedules.step()
+
+    def on_train_end(self) -> None:
+        self._captured = None  # its memory pool is the GPU's again
 
     def _new_optimizer(self) -> None:
         """A fresh optimizer and schedules over the new, larger image parameter."""
@@ -340,6 +372,7 @@ class StyleTransfer(pl.LightningModule):
         if state["scale_index"] != self.scale_index:
             self.scale_index = state["scale_index"]
             self.image = nn.Parameter(torch.empty_like(checkpoint["state_dict"]["image"], device=self.device))
+            self._captured = None
             self._init_average()  # shaped like the new image; the checkpoint fills it
             self._targets_stale = True
         self.stops.seen = state["seen"]

@@ -59,6 +59,8 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     assert "## Batches" in text and "| 32 px |" in text and "| 3 × 32 px, SQLite |" in text
     assert "| 3 × 32 px, a tracking server (SQLite behind it) |" in text
     assert "| lr_sweep, 4 steps |" in text and "| 8 points at 32 px, 3 steps |" in text
+    assert "## CUDA graphs" in text and "| tracked 3 × 32 px, per step |" in text
+    assert "| lr_sweep batched, 4 steps: optimization (wall) |" in text
 
 
 @pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers", "benchmarks.batch"])

@@ -46,6 +46,8 @@ class RunConfig(TransferConfig):
     checkpoint_every: int = 100  # steps between resumable checkpoints (0: none)
     # Deterministic GPU kernels: bit-identical runs and resumes on one GPU (nst.determinism).
     deterministic: bool = False
+    # On a CUDA GPU, each step's losses and gradient replayed from one captured CUDA graph (nst.graphs).
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -237,7 +239,7 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 #: Keys that change how a run is carried out, not what it computes.
-_NOT_IN_RUN_KEY = ("checkpoint_every", "deterministic", "preset")
+_NOT_IN_RUN_KEY = ("checkpoint_every", "cuda_graph", "deterministic", "preset")
 #: Keys added after runs were first keyed: at their default they leave the key as it was, so a
 #: store's finished runs stay finished for a sweep run again.
 _KEYED_WHEN_SET = ("gram_norm", "style_blend", "preserve_color", "scales", "stop", "style_loss", "average")

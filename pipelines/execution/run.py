@@ -31,6 +31,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 
 from nst.checkpoints import Checkpoint
 from nst.determinism import deterministic
+from nst.graphs import why_not_captured
 from nst.images import save_image
 from nst.module import StyleTransfer
 from nst.precision import resolve_precision
@@ -44,7 +45,7 @@ from pipelines.execution.probe import SSIM_KEY, quality_probe
 from pipelines.tracking import checkpoint_store, run_log, store
 from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, Sample  # noqa: F401 - statuses
 from pipelines.tracking.run_writer import RunWriter
-from pipelines.tracking.tags import BATCH_TAG
+from pipelines.tracking.tags import BATCH_TAG, CUDA_GRAPH_TAG
 
 
 @dataclass
@@ -201,6 +202,9 @@ def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str,
         **versions(),
         **(spec.tags or {}),
     }
+    if config.cuda_graph:  # asked for: whether its steps replay a graph here, or why they run op by op
+        why_not = why_not_captured(torch.device(device), config.optimizer.name, config.style_loss)
+        run_tags[CUDA_GRAPH_TAG] = f"op by op: {why_not}" if why_not else "replayed"
     if spec.parent_run_id:
         run_tags[MLFLOW_PARENT_RUN_ID] = spec.parent_run_id
     if spec.description:
@@ -244,7 +248,8 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
     # Built where it runs: the targets are computed on the GPU, not on the CPU and then moved.
     on = torch.device(device)
     module = StyleTransfer(inputs.content.to(on), [s.to(on) for s in inputs.styles], [s.config for s in specs],
-                           backbone=backbone.to(on), init01=[None if i is None else i.to(on) for i in inits])
+                           backbone=backbone.to(on), init01=[None if i is None else i.to(on) for i in inits],
+                           cuda_graph=config.cuda_graph)
     probe = quality_probe(module, inputs.content, inputs.styles, config)
     log = BatchLog(client, samples, probe, describe=lambda exc: describe_failure(exc, config, device, len(specs)),
                    save_final=lambda sample, image01: _log_final(client, sample.run_id, image01))

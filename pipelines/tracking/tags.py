@@ -10,3 +10,4 @@ POINT_TAG = "nst.point"  # a child's place in the file's expansion
 VARIANT_TAG = "nst.variant"  # a child's variant label, when the file has variants
 ERROR_TAG = "nst.error"  # why a run FAILED or was KILLED, in one line
 BATCH_TAG = "nst.batch_size"  # how many runs optimized together as one image tensor with this one
+CUDA_GRAPH_TAG = "nst.cuda_graph"  # under `cuda_graph: true`: "replayed", or why its steps ran op by op
