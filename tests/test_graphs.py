@@ -17,7 +17,7 @@ from PIL import Image
 
 from nst.config import LayersConfig, OptimizerConfig, TransferConfig
 from nst.determinism import deterministic
-from nst.graphs import why_not_captured
+from nst.graphs import CapturedStep, why_not_captured
 from nst.images import load_image
 from nst.module import StyleTransfer
 from nst.targets import build_backbone
@@ -39,12 +39,13 @@ def test_what_a_graph_can_hold() -> None:
     assert "w2" in str(why_not_captured(cuda, "adam", "w2"))
 
 
-def _batch(store: str, cuda_graph: bool, optimizer: dict[str, object]) -> list[tuple[list[float], np.ndarray, str]]:
+def _batch(store: str, cuda_graph: bool, optimizer: dict[str, object], **keys: object
+           ) -> list[tuple[list[float], np.ndarray, str]]:
     """A batch of three runs (three learning rates, one of them stopping early), tracked; per run its
     J at every step, its final image and its nst.cuda_graph tag."""
     base = {"content": str(IMAGES / "grace_hopper.jpg"), "style": str(IMAGES / "starry_night.jpg"), "size": 40,
             "iterations": 12, "snapshots": [0, 6], "deterministic": True, "cuda_graph": cuda_graph,
-            "layers": {"content": ["relu3_1"], "style": {"relu1_1": 0.5, "relu2_1": 0.5}}}
+            "layers": {"content": ["relu3_1"], "style": {"relu1_1": 0.5, "relu2_1": 0.5}}, **keys}
     points = [{"optimizer": {**optimizer, "lr": lr}} for lr in (optimizer["lr"], 2 * optimizer["lr"])]
     points.append({"optimizer": optimizer, "stop": {"rel_improvement": 0.5, "window": 2}})
     specs = [RunSpec(run_config({**base, **point})) for point in points]
@@ -69,6 +70,47 @@ def test_a_graphed_batch_gives_the_bits_of_one_run_op_by_op(store, optimizer) ->
         assert j == j_plain
         assert np.array_equal(image, image_plain)
     assert len(graphed[2][0]) < len(graphed[0][0])  # the third run stopped early, in the graphed batch too
+
+
+class _Recomputed(CapturedStep):
+    """A captured step's contract, kept on the CPU, where CI runs: the losses and the gradient are the
+    same tensors at every step, overwritten in place by each replay (here by recomputing them into
+    those tensors, as a GPU's replay reruns the captured kernels into the same memory)."""
+
+    made = 0
+
+    def __init__(self, compute, image) -> None:
+        type(self).made += 1
+        self.compute, self.image = compute, image
+        image.grad = None
+        self.outputs = compute()
+        self.grad = image.grad
+        self.graph = self  # CapturedStep.__call__ replays self.graph
+
+    def replay(self) -> None:
+        self.image.grad = None
+        losses, objective = self.compute()
+        for name, value in losses.items():
+            self.outputs[0][name].copy_(value)
+        self.outputs[1].copy_(objective)
+        self.grad.copy_(self.image.grad)
+
+
+@pytest.mark.cpu_only("it stands in for the CUDA graph: the GPU lane replays real ones")
+def test_a_run_reads_a_replayed_steps_tensors_before_the_next_replay(store, monkeypatch) -> None:
+    """CI has no GPU: without this, nothing there would run the module's side of a captured step
+    (losses read from the capture's tensors, the gradient handed to the optimizer, one capture per
+    scale). A batch on a pyramid whose steps replay the stand-in gives the bits of the same batch op by op."""
+    with monkeypatch.context() as patched:
+        patched.setattr("nst.module.why_not_captured", lambda *args: None)
+        patched.setattr("nst.module.CapturedStep", _Recomputed)
+        patched.setattr(_Recomputed, "made", 0)
+        replayed = _batch(store, True, {"name": "adam", "lr": 2.0}, scales=[32, 40])
+        assert _Recomputed.made == 2  # one capture per scale
+    plain = _batch(store, False, {"name": "adam", "lr": 2.0}, scales=[32, 40])
+    for (j, image, _), (j_plain, image_plain, _) in zip(replayed, plain, strict=True):
+        assert j == j_plain and len(j) > 12  # every step of both scales
+        assert np.array_equal(image, image_plain)
 
 
 def _captures(module: StyleTransfer, steps: int) -> list[object]:
