@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from nst.losses import content_layer_loss, gram, style_layer_loss, style_transfer_losses, total_variation
+from nst.losses import (
+    content_layer_loss,
+    gram,
+    self_product,
+    style_layer_loss,
+    style_transfer_losses,
+    total_variation,
+)
 
 
 def test_content_loss_matches_hand_computation() -> None:
@@ -21,6 +28,21 @@ def test_gram_is_symmetric_and_scales_quadratically() -> None:
     torch.testing.assert_close(gram(2 * x), 4 * g)
     # G[i, j] is the inner product of channels i and j over all positions.
     assert g[0, 1, 2].item() == pytest.approx((x[0, 1] * x[0, 2]).sum().item(), rel=1e-5)
+
+
+def test_the_gram_matrix_gradient_is_that_of_the_plain_product() -> None:
+    """Its one-product backward (nst.losses.self_product) against finite differences in float64 (on a
+    transposed view, as a channels_last map gives it), and the Gram's against autograd's own backward
+    of the plain product in float32."""
+    x = torch.randn(2, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.autograd.gradcheck(self_product, (x.requires_grad_(),))
+    assert torch.autograd.gradcheck(self_product, (x.detach().transpose(1, 2).requires_grad_(),))
+    features = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    weights = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(2))  # dL/dG, not symmetric
+    (ours,) = torch.autograd.grad((gram(features) * weights).sum(), features)
+    flat = features.permute(0, 2, 3, 1).reshape(2, 36, 8)
+    (plain,) = torch.autograd.grad(((flat.transpose(1, 2) @ flat) * weights).sum(), features)
+    torch.testing.assert_close(ours, plain)
 
 
 def test_style_loss_matches_hand_computation() -> None:

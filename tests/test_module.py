@@ -10,10 +10,11 @@ import torch
 from nst.config import LayersConfig, OptimizerConfig, TransferConfig
 from nst.determinism import deterministic
 from nst.images import load_image
+from nst.losses import style_transfer_losses
 from nst.module import StyleTransfer
 from nst.stopping import DivergedError
 from nst.targets import build_backbone
-from tests.lane import ACCELERATOR
+from tests.lane import ACCELERATOR, DEVICE
 
 CONFIG = TransferConfig(iterations=4, layers=LayersConfig(content=("relu3_1",), style={"relu1_1": 0.5, "relu2_1": 0.5}))
 
@@ -76,6 +77,33 @@ def test_same_seed_same_image_other_seed_other_image(pair) -> None:
         images.append(module.image.detach().clone())
     assert torch.equal(images[0], images[1])
     assert not torch.equal(images[0], images[2])
+
+
+def test_a_bf16_step_gives_the_bits_of_autocast_casting_the_weights_each_step(pair) -> None:
+    """A bf16 step runs a twin of the VGG whose weights were cast to bf16 once: the losses and the
+    gradient are those of autocast casting the fp32 weights at every step. The twin is never saved,
+    and follows the module to another device."""
+    config = replace(CONFIG, precision="bf16")
+    module = StyleTransfer(*(t.to(DEVICE) for t in pair), [config, replace(config, beta=4.0)],
+                           backbone=build_backbone(config).to(DEVICE))
+    ours = module.losses()
+    ours["loss/total"].sum().backward()
+    grad, module.image.grad = module.image.grad, None
+    with torch.autocast(module.device.type, dtype=torch.bfloat16, cache_enabled=False):
+        feats = module.vgg(module.image01(), [*module.content_layers, *module.style_layers])
+    reference = style_transfer_losses(
+        feats, {n: getattr(module, f"content_target_{n}") for n in module.content_layers},
+        {n: getattr(module, f"style_gram_{n}") for n in module.style_layers}, module.style_weights,
+        module.image01(), module.alpha, module.beta, module.gamma)
+    reference["loss/total"].sum().backward()
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+    assert torch.equal(grad, module.image.grad)
+    assert module._bf16_vgg().layers[0].weight.dtype == torch.bfloat16
+    assert module.vgg.layers[0].weight.dtype == torch.float32  # the targets' and the probe's VGG
+    assert list(module.state_dict()) == ["image"]
+    module.to("meta")
+    assert module._bf16_vgg().layers[0].weight.device.type == "meta"
 
 
 def test_pixels_stay_in_range_even_with_a_huge_lr(pair) -> None:
