@@ -13,7 +13,7 @@ PHASES  ?=
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install install-dev browser postgres server recipes gallery test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
+.PHONY: help install install-dev browser postgres server recipes gallery test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-profile bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -75,6 +75,7 @@ bench: install  ## overhead, roofline, precision, memory, peer, levers, batches 
 	$(PY) -m benchmarks.peer --device $(DEVICE)
 	$(PY) -m benchmarks.levers --device $(DEVICE)
 	$(PY) -m benchmarks.batch --device $(DEVICE)
+	$(PY) -m benchmarks.step_profile --device $(DEVICE)
 	$(PY) -m benchmarks.expand --device $(DEVICE)
 
 bench-expand: install  ## only grid expansion: a 100,000-point experiment file read and validated -> BENCHMARKS.md
@@ -82,6 +83,9 @@ bench-expand: install  ## only grid expansion: a 100,000-point experiment file r
 
 bench-batch: install  ## only batches: per-image step time at B = 1..64, tracked vs bare, sweeps one at a time vs batched -> BENCHMARKS.md
 	$(PY) -m benchmarks.batch --device $(DEVICE)
+
+bench-profile: install  ## where a batched step's time goes, operator by operator (torch.profiler) -> BENCHMARKS.md
+	$(PY) -m benchmarks.step_profile --device $(DEVICE)
 
 bench-cluster: install-dev postgres  ## Ray throughput (1 vs 2 workers), logging cost (server vs SQLite) -> BENCHMARKS.md
 	$(PY) -m benchmarks.cluster

@@ -63,7 +63,18 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     assert "| lr_sweep batched, 4 steps: optimization (wall) |" in text
 
 
-@pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers", "benchmarks.batch"])
+def test_step_profile_smoke_writes_its_section(tmp_path) -> None:
+    from benchmarks.step_profile import main as step_profile
+
+    out = tmp_path / "BENCHMARKS.md"
+    assert step_profile(["--smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Where a step's time goes" in text and "**2 × 32 px**" in text
+    assert "| `aten::convolution_backward` |" in text  # the input's gradient through the VGG, on any device
+
+
+@pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers", "benchmarks.batch",
+                                    "benchmarks.step_profile"])
 def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(script: str) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")

@@ -1,0 +1,135 @@
+"""`python -m benchmarks.step_profile`: where a batched step's time goes, operator by operator.
+
+torch.profiler over a few steps of the bare batched loop (benchmarks.batch.batch_loop's step: the
+losses, backward, per-image Adam, clamp) for a launch-bound batch (3 × 128 px) and an
+arithmetic-bound one (8 × 512 px on a GPU, 3 × 128 px only on the CPU). For each: the wall time of a
+step, the time the device spent running kernels (its share of the wall: far below 100% means the
+host's launches set the pace, and a CUDA graph pays), and the operators that take the most device
+time (each kernel counted once, under the operator that launched it); then the last case again under
+each switch worth weighing there (TF32 matmuls for the Gram matrices, cuDNN autotuning). It says
+which lever is worth building against the 512 px target before anyone builds one. Writes "Where a step's time goes" in
+BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.batch import _configs
+from benchmarks.bench import _pair
+from benchmarks.device import add_device_argument, pick, sync
+from benchmarks.markdown import replace_section
+from nst.module import StyleTransfer
+from nst.optim import make_optimizer
+from nst.precision import resolve_precision
+from nst.targets import build_backbone
+
+HEADING = "## Where a step's time goes"
+TOP = 10  # operators listed per case
+
+
+@contextmanager
+def _flag(owner: object, name: str, value: bool) -> Iterator[None]:
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+
+
+#: Switches worth weighing for an arithmetic-bound step, each timed against the default on the last case.
+VARIANTS: dict[str, Callable[[], AbstractContextManager[None]]] = {
+    # The Gram matrices are fp32 matmuls (their inputs are bf16 features under autocast, exact in TF32);
+    # torch runs fp32 matmuls without TF32 by default, and its convolutions with it.
+    "TF32 matmuls (`torch.backends.cuda.matmul.allow_tf32`)": lambda: _flag(torch.backends.cuda.matmul,
+                                                                            "allow_tf32", True),
+    "cuDNN autotuning (`torch.backends.cudnn.benchmark`)": lambda: _flag(torch.backends.cudnn, "benchmark", True),
+}
+
+
+def profile_step(b: int, size: int, steps: int, device: torch.device
+                 ) -> tuple[float, float, list[tuple[str, float]], float]:
+    """(wall s/step, device busy s/step, [(operator, its device s/step)] most first, final J summed over
+    the images) of the bare batched step: `steps` timed, then `steps` more profiled."""
+    content, style = _pair(size)
+    configs = _configs(b)
+    module = StyleTransfer(content.to(device), style.to(device), configs,
+                           backbone=build_backbone(configs[0]).to(device))
+    optimizer = make_optimizer([c.optimizer for c in configs], module.image)
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = module.losses()["loss/total"].sum()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            module.image.clamp_(0, 255)
+        return loss.detach()
+
+    for _ in range(3):  # lazy initialization and cuDNN's first choices, outside the measurements
+        step()
+    sync(device)
+    start = time.perf_counter()  # the wall time without the profiler, which slows each launch
+    for _ in range(steps):
+        loss = step()
+    sync(device)
+    wall = (time.perf_counter() - start) / steps
+    gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    # Self time: each kernel (or, on the CPU, each op's own work) counted once, under the op that ran it.
+    ops = [(e.key, (e.self_device_time_total if gpu else e.self_cpu_time_total) / 1e6 / steps)
+           for e in prof.key_averages() if e.key.startswith("aten::")]
+    ops = sorted((op for op in ops if op[1] > 0), key=lambda op: -op[1])
+    return wall, sum(t for _, t in ops), ops, float(loss)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="step-profile", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a toy size: checks the code, not the numbers")
+    add_device_argument(parser)
+    args = parser.parse_args(argv)
+    device = pick(parser, args)
+    gpu = device.type == "cuda"
+    cases = [(2, 32)] if args.smoke else [(3, 128), (8, 512)] if gpu else [(3, 128)]
+    name = torch.cuda.get_device_name(device) if gpu else "this CPU"
+    lines = [HEADING, "",
+             f"`python -m benchmarks.step_profile` on {name}, default precision "
+             f"({resolve_precision('auto', device.type)}): torch.profiler over the bare batched step (losses,",
+             "backward, per-image Adam, clamp). Busy: the time the device ran kernels (on the CPU: the operators'",
+             "own time), per step; its share of the wall time below 100% is time the device waited for the host.",
+             "Each operator's share is of the busy time, its kernels counted once.", ""]
+    steps = 2 if args.smoke else 10
+    with profile(activities=[ProfilerActivity.CPU]):  # the profiler's own start-up, once, outside the numbers
+        torch.ones(1).add_(1)
+    for b, size in cases:
+        wall, busy, ops, loss = profile_step(b, size, steps, device)
+        lines += [f"**{b} × {size} px**: {wall * 1000:.2f} ms a step, busy {busy * 1000:.2f} ms "
+                  f"({busy / wall:.0%} of the wall).", "", "| operator | per step | share of busy |", "|---|---|---|"]
+        lines += [f"| `{op}` | {t * 1000:.3f} ms | {t / busy:.1%} |" for op, t in ops[:TOP]]
+        lines.append("")
+        print("\n".join(lines[-TOP - 4:]), flush=True)
+        replace_section(args.out, HEADING, lines)
+    lines += [f"Switches on the last case, {b} × {size} px, each alone (the same steps; final J against "
+              "the default's):", "", "| switch | a step | busy | final-J difference |", "|---|---|---|---|",
+              f"| none (the default) | {wall * 1000:.2f} ms | {busy * 1000:.2f} ms | — |"]
+    for label, switch in VARIANTS.items():
+        with switch():
+            v_wall, v_busy, _, v_loss = profile_step(b, size, steps, device)
+        lines.append(f"| {label} | {v_wall * 1000:.2f} ms | {v_busy * 1000:.2f} ms | {abs(v_loss / loss - 1):.1e} |")
+        print(lines[-1], flush=True)
+        replace_section(args.out, HEADING, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
