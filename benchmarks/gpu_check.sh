@@ -77,8 +77,8 @@ for p in "${phases[@]}"; do
       grep -E '\*\*(PASS|FAIL)\*\*' "$OUT/lr_sweep/report.md" | head -n 3 >>"$summary" ;;
     graphs)
       # nst's runs with cuda_graph: true: its tests on the GPU, then benchmarks.batch's "CUDA graphs" section.
-      phase graphs-tests 120 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rfEs -p no:benchmark tests/test_graphs.py
-      grep -E '^=+ .*(passed|failed|skipped)' "$OUT/graphs-tests.log" | tail -n 1 >>"$summary"
+      phase graph_tests 120 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rfEs -p no:benchmark tests/test_graphs.py
+      grep -E '^=+ .*(passed|failed|skipped)' "$OUT/graph_tests.log" | tail -n 1 >>"$summary"
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase graphs 200 "$PYTHON" -m benchmarks.batch --graphs --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     profile)
