@@ -21,6 +21,7 @@ import argparse
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -53,22 +54,39 @@ def _configs(n: int, **keys: object) -> list[TransferConfig]:
             for i in range(n)]
 
 
+def _module(configs: list[TransferConfig], size: int, device: torch.device) -> StyleTransfer:
+    content, style = _pair(size)
+    return StyleTransfer(content.to(device), style.to(device), configs,
+                         backbone=build_backbone(configs[0]).to(device))
+
+
+def bare_step(configs: list[TransferConfig], size: int, device: torch.device) -> Callable[[], torch.Tensor]:
+    """One step of the bare batched loop (losses, backward, per-image Adam, clamp) as a function
+    returning the batch's summed J; each call moves the same images on."""
+    module = _module(configs, size, device)
+    optimizer = make_optimizer([c.optimizer for c in configs], module.image)
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = module.losses()["loss/total"].sum()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            module.image.clamp_(0, 255)
+        return loss.detach()
+
+    return step
+
+
 def batch_loop(configs: list[TransferConfig], size: int, steps: int, device: torch.device,
                warmup: int = 2) -> Timing:
-    """s/step of the bare batched loop: losses, backward, per-image Adam, clamp."""
-    content, style = _pair(size)
-    module = StyleTransfer(content.to(device), style.to(device), configs,
-                           backbone=build_backbone(configs[0]).to(device))
-    optimizer = make_optimizer([c.optimizer for c in configs], module.image)
+    """s/step of the bare batched loop (bare_step)."""
+    step = bare_step(configs, size, device)
     samples = []
     for i in range(warmup + steps):
         sync(device)
         start = time.perf_counter()
-        optimizer.zero_grad()
-        module.losses()["loss/total"].sum().backward()
-        optimizer.step()
-        with torch.no_grad():
-            module.image.clamp_(0, 255)
+        step()
         sync(device)
         if i >= warmup:
             samples.append(time.perf_counter() - start)
@@ -78,9 +96,7 @@ def batch_loop(configs: list[TransferConfig], size: int, steps: int, device: tor
 def graphed_loop(configs: list[TransferConfig], size: int, steps: int, device: torch.device) -> Timing:
     """The same step replayed from a CUDA graph: one launch per step instead of one per kernel.
     Adam with one lr, on the device (capturable)."""
-    content, style = _pair(size)
-    module = StyleTransfer(content.to(device), style.to(device), configs,
-                           backbone=build_backbone(configs[0]).to(device))
+    module = _module(configs, size, device)
     optimizer = torch.optim.Adam([module.image], lr=torch.tensor(0.1, device=device), capturable=True)
 
     def step() -> None:

@@ -21,14 +21,10 @@ from contextlib import AbstractContextManager, contextmanager
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.batch import _configs
-from benchmarks.bench import _pair
+from benchmarks.batch import _configs, bare_step
 from benchmarks.device import add_device_argument, pick, sync
 from benchmarks.markdown import replace_section
-from nst.module import StyleTransfer
-from nst.optim import make_optimizer
 from nst.precision import resolve_precision
-from nst.targets import build_backbone
 
 HEADING = "## Where a step's time goes"
 TOP = 10  # operators listed per case
@@ -58,20 +54,7 @@ def profile_step(b: int, size: int, steps: int, device: torch.device
                  ) -> tuple[float, float, list[tuple[str, float]], float]:
     """(wall s/step, device busy s/step, [(operator, its device s/step)] most first, final J summed over
     the images) of the bare batched step: `steps` timed, then `steps` more profiled."""
-    content, style = _pair(size)
-    configs = _configs(b)
-    module = StyleTransfer(content.to(device), style.to(device), configs,
-                           backbone=build_backbone(configs[0]).to(device))
-    optimizer = make_optimizer([c.optimizer for c in configs], module.image)
-
-    def step() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = module.losses()["loss/total"].sum()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            module.image.clamp_(0, 255)
-        return loss.detach()
+    step = bare_step(_configs(b), size, device)
 
     for _ in range(3):  # lazy initialization and cuDNN's first choices, outside the measurements
         step()
