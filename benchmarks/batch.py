@@ -40,12 +40,13 @@ from nst.targets import build_backbone
 from pipelines.config.grid import load_experiment
 from pipelines.errors import UserError
 from pipelines.execution.batches import auto_size
-from pipelines.execution.run import FINISHED, RunSpec, execute_batch, quiet_lightning
+from pipelines.execution.run import FINISHED, WRITERS, RunSpec, execute_batch, quiet_lightning
 from pipelines.execution.sweep import SweepResult, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Batches"
 GRAPHS_HEADING = "## CUDA graphs"
+WRITERS_HEADING = "## Writers"
 
 
 def _configs(n: int, **keys: object) -> list[TransferConfig]:
@@ -127,21 +128,22 @@ def graphed_loop(configs: list[TransferConfig], size: int, steps: int, device: t
 
 
 def tracked_batch(configs: list[TransferConfig], size: int, steps: int, device: torch.device,
-                  server: str | None = None, cuda_graph: bool = False) -> tuple[float, float]:
+                  server: str | None = None, cuda_graph: bool = False, writer: str = "auto") -> tuple[float, float]:
     """(marginal s/step of a tracked batch: runs of `steps` and 3x`steps`, differenced; CPU seconds per
-    step of its writer thread, all runs' rows, in the longer run), into fresh SQLite stores or `server`."""
-    seconds, writer = [], 0.0
+    step of its writer (`writer`: a thread, a process, or this device's choice), all runs' rows, in the
+    longer run), into fresh SQLite stores or `server`."""
+    seconds, cpu = [], 0.0
     # Into a server, a first batch more: its first requests (a new experiment, cold workers) are slow.
     for n in (steps, steps, 3 * steps) if server else (steps, 3 * steps):
         with tempfile.TemporaryDirectory() as tmp:
             specs = [RunSpec(replace(_run_config(size, n, device), alpha=c.alpha, beta=c.beta,
                                      optimizer=c.optimizer, cuda_graph=cuda_graph)) for c in configs]
             results = execute_batch(specs, tracking_uri=server or f"sqlite:///{tmp}/mlflow.db",
-                                    experiment=f"bench-{n}", progress=False)
+                                    experiment=f"bench-{n}", progress=False, writer=writer)
             _require(results, f"the tracked batch of {len(configs)} at {size} px")
             seconds.append(results[0].seconds)
-            writer = sum(r.writer_seconds for r in results) / n
-    return (seconds[-1] - seconds[-2]) / (2 * steps), writer
+            cpu = sum(r.writer_seconds for r in results) / n
+    return (seconds[-1] - seconds[-2]) / (2 * steps), cpu
 
 
 def _run_config(size: int, steps: int, device: torch.device):  # -> RunConfig
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench-batch", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="toy sizes, seconds; checks the code, not the speed")
     parser.add_argument("--graphs", action="store_true", help="only the CUDA graphs section (about 90 s on an H100)")
+    parser.add_argument("--writers", action="store_true", help="only the Writers section (thread against process)")
     add_device_argument(parser)
     args = parser.parse_args(argv)
     device = pick(parser, args)
@@ -200,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its "creating tables" notes per store
     if args.graphs:
         graphs(device, args.smoke, args.out)
+        return 0
+    if args.writers:
+        writers(device, args.smoke, args.out)
         return 0
     gpu, smoke = device.type == "cuda", args.smoke
     sizes = (32,) if smoke else (128, 256, 512) if gpu else (128, 256)
@@ -221,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {size} px | " + " | ".join(cells) + f" | {ratio} |")
         replace_section(args.out, HEADING, lines)  # row by row: a bench cut off keeps what it measured
 
+    auto = WRITERS.get(device.type, "thread")
     lines += ["", "Tracked against bare, per step of the whole batch (marginal: runs of N and 3N steps, differenced;",
-              "every run's metrics of every step logged, snapshots, checkpoints every 100 steps). The writer",
-              "thread's CPU per step is what it takes of Python's interpreter lock, which the loop waits for.", "",
-              "| batch, store | bare loop | tracked | overhead | writer thread's CPU per step |",
+              "every run's metrics of every step logged, snapshots, checkpoints every 100 steps), the runs written",
+              f"by a {auto} beside the loop (this device's choice: \"Writers\" below measures both).", "",
+              "| batch, store | bare loop | tracked | overhead | writer's CPU per step |",
               "|---|---|---|---|---|"]
     shapes = [(32, 3, 3)] if smoke else [(128, 3, 100), (256, 64, 100)] if gpu else [(128, 3, 10), (128, 8, 5)]
     for i, (size, b, steps) in enumerate(shapes):
@@ -268,8 +275,34 @@ def main(argv: list[str] | None = None) -> int:
 
     replace_section(args.out, HEADING, lines)
     print("\n".join(lines))
+    writers(device, smoke, args.out)
     graphs(device, smoke, args.out)
     return 0
+
+
+def writers(device: torch.device, smoke: bool, out: Path) -> None:
+    """The "Writers" section: a tracked batch's step with its runs written by a thread against by a process."""
+    lines = [WRITERS_HEADING, "", f"`make bench-batch` (or `python -m benchmarks.batch --writers`) on "
+             f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'}, default precision "
+             f"({resolve_precision('auto', device.type)}): a tracked batch's step (marginal: runs of N and 3N steps,",
+             "differenced; every step's metrics into SQLite, snapshots, checkpoints every 100 steps) with its runs",
+             "written by a thread beside the loop against by a process (pipelines.tracking.writer_process). A writer",
+             "thread's CPU is time it holds Python's interpreter lock, which a loop launching GPU kernels waits for;",
+             f"a writer process's runs on another core. This device's choice: a {WRITERS.get(device.type, 'thread')}.",
+             "", "| batch | bare loop | writer thread | writer process | thread's CPU per step "
+             "| process's CPU per step |",
+             "|---|---|---|---|---|---|"]
+    gpu = device.type == "cuda"
+    for size, b, steps in [(32, 3, 3)] if smoke else [(128, 3, 100), (256, 64, 100)] if gpu else [(128, 3, 10),
+                                                                                                (128, 8, 5)]:
+        bare = batch_loop(_configs(b), size, steps, device).median
+        (thread, thread_cpu), (process, process_cpu) = (tracked_batch(_configs(b), size, steps, device, writer=w)
+                                                        for w in ("thread", "process"))
+        lines.append(f"| {b} × {size} px | {bare * 1000:.1f} ms | {thread * 1000:.1f} ms ({thread / bare - 1:+.1%}) "
+                     f"| {process * 1000:.1f} ms ({process / bare - 1:+.1%}) | {thread_cpu * 1000:.1f} ms "
+                     f"| {process_cpu * 1000:.1f} ms |")
+        print(lines[-1], flush=True)
+        replace_section(out, WRITERS_HEADING, lines)
 
 
 def graphs(device: torch.device, smoke: bool, out: Path) -> None:

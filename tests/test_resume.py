@@ -59,18 +59,23 @@ def _command(path: Path, store: str, batch: str) -> list[str]:
             "--batch", batch]
 
 
-def _sweep(path: Path, store: str, batch: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(_command(path, store, batch), capture_output=True, timeout=600)
+def _sweep(path: Path, store: str, batch: str, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(_command(path, store, batch), capture_output=True, timeout=600, env=env)
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("batch", ["1", "2"])
-def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch) -> None:
+@pytest.mark.parametrize(("batch", "writer"), [("1", None), ("2", None), ("2", "process")])
+def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch, writer) -> None:
+    # writer: where the runs are written (None: this device's choice; "process": as on a GPU, a writer
+    # process, which must die with the killed command rather than write on while the resume runs).
     path = tmp_path / "resumable.yaml"
     path.write_text(SWEEP)
     store = f"sqlite:///{tmp_path}/store/mlflow.db"
     client = MlflowClient(store)
-    process = subprocess.Popen(_command(path, store, batch), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "NST_WRITER": writer} if writer else None
+    process = subprocess.Popen(_command(path, store, batch), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env)
     killed_id, deadline = None, time.monotonic() + 180
     while killed_id is None and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.3)
@@ -90,7 +95,7 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch) -
 
     # The same command again, and the uninterrupted reference, each in a fresh process as the killed
     # one was: what earlier tests left in this process's torch state cannot tell them apart.
-    done = _sweep(path, store, batch)
+    done = _sweep(path, store, batch, env)
     assert done.returncode == 0, done.stderr[-2000:]
     runs = _children(client)
     assert sorted(runs) == ["lr=0.5 seed=0", "lr=1 seed=0"]  # resumed in place, no third run
@@ -123,8 +128,10 @@ def _sweep_that_dies(tmp_path: Path, patch: str) -> tuple[Path, str]:
     script = tmp_path / "dies.py"
     script.write_text(f"import os, sys\nfrom mlflow import MlflowClient\nfrom pipelines.cli import main\n{patch}\n"
                       "sys.exit(main(sys.argv[1:]))\n")
+    # The patch is in this process: its writes too (a GPU would pick a writer process).
     died = subprocess.run([sys.executable, str(script), *_command(path, store, "2")[3:]], capture_output=True,
-                          timeout=600, cwd=Path(__file__).resolve().parents[1])
+                          timeout=600, cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "NST_WRITER": "thread"})
     assert died.returncode == 137, died.stderr[-2000:]
     return path, store
 

@@ -1,15 +1,21 @@
-"""The runs' metrics are written by a thread beside the optimization (pipelines/tracking/run_writer.py):
-every step reaches a real SQLite store once, in step order, and a store that fails is not hidden."""
+"""The runs' metrics are written beside the optimization, by a thread or a process
+(pipelines/tracking/run_writer.py, writer_process.py): every step reaches a real SQLite store once,
+in step order, a store that fails is not hidden, and a writer process dies with its parent."""
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
@@ -18,38 +24,39 @@ from PIL import Image
 
 from nst.images import to_pil
 from pipelines.config.runs import run_config
-from pipelines.execution.run import FAILED, FINISHED, execute
-from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG, Checkpoints, download_checkpoint
-from pipelines.tracking.run_writer import RunWriter, whole_steps
+from pipelines.execution.run import FAILED, FINISHED, WRITER_ENV, RunSpec, execute, execute_batch, open_writer
+from pipelines.tracking import checkpoint_store
+from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG, download_checkpoint
+from pipelines.tracking.run_log import logged_snapshot_steps
+from pipelines.tracking.run_writer import RunWriter, upload_file, whole_steps
+from tests.lane import ON_GPU
 
 KEYS = ["loss/total", "loss/content", "loss/style", "lr"]
 
 
-def test_every_step_reaches_the_store_once_in_step_order(store, monkeypatch) -> None:
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_every_step_reaches_the_store_once_in_step_order(store, kind) -> None:
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment("rows")).info.run_id
-    first_steps: list[int] = []  # what each write to the store began with, in the order of the writes
-    log_batch = MlflowClient.log_batch
-
-    def spy(self, run_id, metrics=(), **kwargs):  # the real write, watched
-        first_steps.append(metrics[0].step)
-        return log_batch(self, run_id, metrics=metrics, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, "log_batch", spy)
-    with ThreadPoolExecutor(1) as writer:
-        rows = RunWriter(client, run_id, writer, skip_through=9, flush_seconds=0.0)
+    with open_writer(kind) as writer:
+        rows = RunWriter(store, run_id, writer, skip_through=9, flush_seconds=0.0)
         for step in range(600):
             rows.log({k: float(step) for k in KEYS}, step)
             if step % 50 == 49:
-                rows.flush(due_only=True, wait=False)  # handed to the thread; the loop goes on
+                rows.flush(due_only=True, wait=False)  # handed to the writer; the loop goes on
         rows.flush()  # waits: every row so far is in the store
-        assert rows.writer_seconds > 0  # the writer thread's CPU, which the bench reports
+        assert rows.writer_seconds > 0  # the writer's CPU, which the bench reports
         for key in KEYS:
             assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(10, 600)), key
-    assert first_steps == sorted(first_steps) and len(first_steps) >= 12
+    # The order the rows reached the store in: SQLite's row ids count the inserts.
+    with sqlite3.connect(store.removeprefix("sqlite:///")) as db:
+        inserted = [step for (step,) in db.execute(
+            "SELECT step FROM metrics WHERE key = 'loss/total' ORDER BY rowid")]
+    assert inserted == list(range(10, 600))
 
 
 def test_a_store_that_fails_mid_run_ends_the_run_failed_with_its_error(store, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv(WRITER_ENV, "thread")  # the fault is patched into this process (a GPU would pick a process)
     images = Path(__file__).resolve().parents[1] / "experiments" / "images"
     config = run_config({"content": str(images / "grace_hopper.jpg"), "style": str(images / "starry_night.jpg"),
                          "size": 32, "iterations": 120, "snapshots": [0], "checkpoint_every": 50})
@@ -70,14 +77,47 @@ def test_a_store_that_fails_mid_run_ends_the_run_failed_with_its_error(store, mo
     assert MlflowClient(store).get_run(result.run_id).info.status == FAILED
 
 
-def test_a_write_asked_for_waits_for_the_store(store) -> None:
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_write_asked_for_waits_for_the_store(store, kind) -> None:
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment("wait")).info.run_id
-    with ThreadPoolExecutor(1) as writer:
-        rows = RunWriter(client, run_id, writer)
+    with open_writer(kind) as writer:
+        rows = RunWriter(store, run_id, writer)
         rows.log({"loss/total": 1.0}, 0)
         rows.flush()
         assert [m.step for m in client.get_metric_history(run_id, "loss/total")] == [0]
+
+
+def test_a_write_that_fails_in_the_writer_process_raises_its_error_in_the_loop(store) -> None:
+    with open_writer("process") as writer:
+        rows = RunWriter(store, "no-such-run", writer)
+        rows.log({"loss/total": 1.0}, 0)
+        with pytest.raises(MlflowException, match="no-such-run"):
+            rows.flush()
+
+
+def test_the_writer_process_dies_with_its_parent(tmp_path) -> None:
+    # A killed loop's writes must not go on landing while the same command resumes the run.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pipelines.tracking.writer_process import WriterProcess; "
+         "w = WriterProcess(); print(w._child.pid, flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the writer process outlived the process it wrote for"
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting for its exit status to be read)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def test_a_write_never_cuts_a_steps_rows_in_two() -> None:
@@ -118,8 +158,8 @@ def test_checkpoints_are_saved_on_the_writer_thread_after_the_rows_before_them(s
 
     monkeypatch.setattr(MlflowClient, "log_batch", rows)
     monkeypatch.setattr(MlflowClient, "log_artifact", upload)
-    result = execute(_config(130, snapshots=[0], checkpoint_every=40), tracking_uri=store, experiment="ckpt",
-                     progress=False)
+    result = execute_batch([RunSpec(_config(130, snapshots=[0], checkpoint_every=40))], tracking_uri=store,
+                           experiment="ckpt", progress=False, writer="thread")[0]
     assert result.status == FINISHED, result.error
     assert [step for _, step, _ in saved] == [40, 80, 120]
     assert rewritten == ["", "", ""]  # a slot's tag names nothing while its file is being written
@@ -130,13 +170,12 @@ def test_checkpoints_are_saved_on_the_writer_thread_after_the_rows_before_them(s
 
 def test_a_checkpoint_holds_its_step_however_late_the_thread_saves_it(store, monkeypatch, tmp_path) -> None:
     # The thread saves while the loop goes on changing the image: what it saves must be a copy taken at its step.
-    save = Checkpoints._save
-
-    def late(self, *args):
+    def late(*args, **kwargs):
         time.sleep(1.0)  # the loop meanwhile runs on, tens of steps at 32 px
-        save(self, *args)
+        upload_file(*args, **kwargs)
 
-    monkeypatch.setattr(Checkpoints, "_save", late)
+    monkeypatch.setattr(checkpoint_store, "upload_file", late)
+    monkeypatch.setenv(WRITER_ENV, "thread")  # patched into this process
     config = _config(150, snapshots=[100], checkpoint_every=100)
     result = execute(config, tracking_uri=store, experiment="late", progress=False)
     assert result.status == FINISHED, result.error
@@ -149,3 +188,37 @@ def test_a_checkpoint_holds_its_step_however_late_the_thread_saves_it(store, mon
     logged = np.asarray(Image.open(client.download_artifacts(result.run_id, snapshot, str(tmp_path))))
     held = np.asarray(to_pil((checkpoint["state_dict"]["image"] / config.pixel_scale).clamp(0, 1)))
     assert np.array_equal(held, logged)  # the image after 100 updates, as the step-100 snapshot shows it
+
+
+def test_a_batch_written_by_a_process_is_the_batch_written_by_a_thread(tmp_path) -> None:
+    # Every step's rows, the snapshots, the checkpoints and their tags, final.png: the same store either way.
+    # deterministic on a GPU: the two batches must give the same bits there too (as a resume's do).
+    specs = [RunSpec(_config(120, snapshots=[0, 60], checkpoint_every=50, optimizer={"name": "adam", "lr": lr},
+                             deterministic=ON_GPU)) for lr in (1.0, 4.0)]
+    stores = {}
+    for kind in ("thread", "process"):
+        stores[kind] = f"sqlite:///{tmp_path}/{kind}/mlflow.db"
+        results = execute_batch(specs, tracking_uri=stores[kind], experiment="w", progress=False, writer=kind)
+        assert [r.status for r in results] == [FINISHED, FINISHED], [r.error for r in results]
+        assert all(r.writer_seconds > 0 for r in results)
+        stores[kind] = (MlflowClient(stores[kind]), [r.run_id for r in results])
+    (a, a_ids), (b, b_ids) = stores["thread"], stores["process"]
+    for a_id, b_id in zip(a_ids, b_ids, strict=True):
+        ra, rb = a.get_run(a_id), b.get_run(b_id)
+        assert set(ra.data.metrics) == set(rb.data.metrics)
+        for key in ra.data.metrics:
+            history = [(m.step, m.value) for m in a.get_metric_history(a_id, key)]
+            assert history == [(m.step, m.value) for m in b.get_metric_history(b_id, key)], key
+        assert len(a.get_metric_history(a_id, "loss/total")) == 120
+        tags = [t for t in ra.data.tags if t.startswith(CHECKPOINT_STEP_TAG)]
+        assert {t: ra.data.tags[t] for t in tags} == {t: rb.data.tags[t] for t in tags} != {}
+        assert logged_snapshot_steps(a, a_id) == logged_snapshot_steps(b, b_id) == {0, 60, 120}
+        assert ([x.path for x in a.list_artifacts(a_id, "checkpoint")]
+                == [x.path for x in b.list_artifacts(b_id, "checkpoint")] != [])
+        finals = [np.asarray(Image.open(c.download_artifacts(i, "final.png", str(tmp_path / i))))
+                  for c, i in ((a, a_id), (b, b_id))]
+        assert np.array_equal(*finals)
+        held = [torch.load(download_checkpoint(c, i, tmp_path / f"{i}-ckpt"), map_location="cpu", weights_only=False)
+                for c, i in ((a, a_id), (b, b_id))]
+        assert held[1]["global_step"] == 100 and torch.equal(held[0]["state_dict"]["image"],
+                                                              held[1]["state_dict"]["image"])

@@ -46,6 +46,7 @@ from pipelines.tracking import checkpoint_store, run_log, store
 from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, Sample  # noqa: F401 - statuses
 from pipelines.tracking.run_writer import RunWriter
 from pipelines.tracking.tags import BATCH_TAG, CUDA_GRAPH_TAG
+from pipelines.tracking.writer_process import WriterProcess
 
 
 @dataclass
@@ -57,7 +58,7 @@ class RunResult:
     final_image: str | None = None
     error: str | None = None
     logging_seconds: float = 0.0  # of `seconds`, spent logging per-step metrics
-    writer_seconds: float = 0.0  # CPU time the writer thread spent writing them, beside the loop
+    writer_seconds: float = 0.0  # CPU time the writer spent writing them, beside the loop
 
 
 @dataclass
@@ -114,31 +115,60 @@ def execute(
 
 
 def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
-                  progress: bool = True) -> list[RunResult]:
+                  progress: bool = True, writer: str = "auto") -> list[RunResult]:
     """Run a batch of style transfers, each tracked as its own run. Raises UserError for bad input
     (before any run exists) and KeyboardInterrupt after marking the live runs KILLED; other failures
     end the live runs FAILED with the reason, so a sweep can go on. A spec with `resume_run_id`
-    continues that run from its last checkpoint, without writing any step twice."""
+    continues that run from its last checkpoint, without writing any step twice. `writer`: where the
+    runs' metrics, snapshots and checkpoints are written (`thread`, `process`; `auto`: $NST_WRITER, else
+    WRITERS)."""
     quiet_lightning()
     config = specs[0].config  # its shared settings are every spec's (StyleTransfer checks)
     device = resolve_device(config.device)
-    client = MlflowClient(tracking_uri)
-    inputs = load_inputs(config)
-    inits = [load_init(s.config, inputs.size, client) for s in specs]
-    try:
-        backbone = build_backbone(config)
-    except WeightsError as exc:
-        raise UserError(str(exc)) from None
-    # The runs' metrics are written by one thread beside the optimization (pipelines.tracking.run_writer says why).
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1, thread_name_prefix="nst-metrics") as writer:
+    # Opened first: a writer process starts up (about a second) while the inputs load.
+    if writer == "auto":
+        writer = os.environ.get(WRITER_ENV) or WRITERS.get(device, "thread")
+    with open_writer(writer) as writes:
+        client = MlflowClient(tracking_uri)
+        inputs = load_inputs(config)
+        inits = [load_init(s.config, inputs.size, client) for s in specs]
+        try:
+            backbone = build_backbone(config)
+        except WeightsError as exc:
+            raise UserError(str(exc)) from None
+        return _execute(specs, tracking_uri, experiment, progress, writes, client, inputs, inits, backbone, device)
+
+
+#: Where a batch's runs are written, by device (pipelines.tracking.writer_process says why; BENCHMARKS.md and
+#: BENCHMARKS-cuda.md measure both): on a GPU the loop is Python launching kernels, which a writer thread's
+#: interpreter lock holds up; on a CPU the loop is in torch's kernels, and a process would take a core from them.
+WRITERS = {"cuda": "process", "cpu": "thread"}
+WRITER_ENV = "NST_WRITER"  # `thread` or `process` for every device (the README says when)
+
+
+def open_writer(kind: str) -> Executor:
+    """One writer, first in first out, for a batch's runs: a thread (`nst-metrics`) or a process."""
+    if kind == "process":
+        return WriterProcess()
+    if kind == "thread":
+        return ThreadPoolExecutor(1, thread_name_prefix="nst-metrics")
+    raise UserError(f"{WRITER_ENV}={kind!r}: the writer must be 'thread' or 'process'; set one or unset it")
+
+
+def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress: bool, writer: Executor,
+             client: MlflowClient, inputs: Inputs, inits: list[torch.Tensor | None], backbone: VGGFeatures,
+             device: str) -> list[RunResult]:
+    """execute_batch once its inputs are checked: the runs opened, fitted and ended."""
+    config = specs[0].config
+    with tempfile.TemporaryDirectory() as tmp:
         inputs.write(Path(tmp) / "inputs")
         samples, checkpoints = [], []
         # Looked up (or created) once for the batch: 64 lookups cost 0.2 s on this CPU.
         exp_id = store.experiment_id(client, experiment, tracking_uri) if any(
             not s.resume_run_id for s in specs) else ""
         for b, spec in enumerate(specs):
-            sample, checkpoint = _open_run(client, spec, inputs, exp_id, device, len(specs), Path(tmp) / str(b),
-                                           writer)
+            sample, checkpoint = _open_run(client, tracking_uri, spec, inputs, exp_id, device, len(specs),
+                                           Path(tmp) / str(b), writer)
             samples.append(sample)
             checkpoints.append(checkpoint)
         # From here on the runs exist: whatever happens, each ends FINISHED, FAILED or KILLED, never RUNNING.
@@ -169,7 +199,7 @@ def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: s
             sample.status, sample.error = status, error
 
 
-def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int,
+def _open_run(client: MlflowClient, uri: str, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int,
               folder: Path, writer: Executor) -> tuple[Sample, Checkpoint | None]:
     """The spec's run, created or resumed, and its checkpoint (loaded) when it resumes from one."""
     checkpoint, skip_through, done, measured = None, -1, set(), set()
@@ -185,7 +215,7 @@ def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, 
             client.set_tag(run_id, key, value)
     else:
         run_id = _start_run(client, spec, inputs, exp_id, device, batch)
-    return Sample(run_id, RunWriter(client, run_id, writer, skip_through),
+    return Sample(run_id, RunWriter(uri, run_id, writer, skip_through),
                   set(spec.config.snapshot_steps) - done, measured=measured), checkpoint
 
 
@@ -255,7 +285,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
                    save_final=lambda sample, image01: _log_final(client, sample.run_id, image01))
     callbacks: list[pl.Callback] = [log]
     if config.checkpoint_every:
-        callbacks.append(checkpoint_store.Checkpoints(client, config.checkpoint_every, log))
+        callbacks.append(checkpoint_store.Checkpoints(config.checkpoint_every, log))
     if progress:  # Lightning's own bar shows only self.log()-ed values; this one reads the runs' last losses
         callbacks.append(LossBar(log))
     trainer = pl.Trainer(

@@ -3,9 +3,9 @@
 A batch is one Lightning fit of one image tensor; each image in it is its own MLflow run.
 `BatchLog` collects every step's losses on the device (a step never waits for the device to
 report them) and every `CHUNK` steps, and at snapshots, checkpoints and the end, brings them to
-the host in one copy. Each run gets its own rows (`RunWriter`: buffered, written by a thread beside
-the optimization), its snapshot images with their quality metrics (the images written by that
-thread too, behind their rows), and its end:
+the host in one copy. Each run gets its own rows (`RunWriter`: buffered, written by a thread or a
+process beside the optimization), its snapshot images with their quality metrics (the images written
+there too, behind their rows), and its end:
 FAILED when its image diverged, FINISHED when it converged or ran all its steps, each as soon as
 it is known. (Each run's checkpoints: pipelines.tracking.checkpoint_store.)
 
@@ -29,7 +29,7 @@ from torch import Tensor
 from nst.images import to_pil
 from nst.module import StyleTransfer
 from nst.stopping import NEVER
-from pipelines.tracking.run_writer import RunWriter
+from pipelines.tracking.run_writer import RunWriter, log_image
 from pipelines.tracking.tags import ERROR_TAG
 
 CHUNK = 50  # steps whose losses stay on the device before they are read back in one copy
@@ -96,7 +96,7 @@ class BatchLog(pl.Callback):
     # -- reading the device back ----------------------------------------------------------------
     def flush(self, module: StyleTransfer, *, due_only: bool = True, wait: bool = False) -> None:
         """Bring the buffered losses to the host (one copy) and give each live run its rows; the
-        runs hand them to the writer thread as RunWriter.flush does (`due_only`, `wait`)."""
+        runs hand them to the writer as RunWriter.flush does (`due_only`, `wait`)."""
         if self._rows:
             values = torch.stack(self._rows).cpu().tolist()  # [row][metric][image]
             self._rows = []
@@ -142,11 +142,11 @@ class BatchLog(pl.Callback):
             if step in sample.snapshots:
                 if measured and step not in sample.measured:  # a resume redoing an image: its metrics are in
                     sample.writer.log(measured[snapshot.index(b)], step)
-                sample.writer.after_rows(self.client.log_image, sample.run_id, image, key="generated", step=step)
+                sample.writer.after_rows(log_image, sample.run_id, image, key="generated", step=step)
             if scale_end:
                 index = step // per_scale - 1
-                sample.writer.after_rows(self.client.log_image, sample.run_id, image,
-                                         f"scales/{index + 1}_{module.sizes[index]}px.png")
+                name = f"scales/{index + 1}_{module.sizes[index]}px.png"
+                sample.writer.after_rows(log_image, sample.run_id, image, name)
 
     # -- how runs end ---------------------------------------------------------------------------
     def _end_early(self, module: StyleTransfer) -> None:

@@ -1,24 +1,76 @@
-"""One run's metrics on their way into the store, written by a thread beside the optimization.
+"""One run's metrics on their way into the store, written beside the optimization.
 
 MLflow writes ~5,000 rows/s into SQLite, and a batch of 64 runs logs 640 a step: written in the
 loop, they made the tracked step 2.5x the bare one on an H100 (64 x 256 px). A batch's runs share
-one writer thread, first in first out, so a run's rows reach the store in step order, in writes
-that never cut a step in two: after a kill -9 the store holds whole steps 0..k with no gap, which
-is what resuming relies on (MLflow's own async logging writes from a pool of threads, in any order).
+one writer (a thread, or a process: pipelines.tracking.writer_process), first in first out, so a
+run's rows reach the store in step order, in writes that never cut a step in two: after a kill -9
+the store holds whole steps 0..k with no gap, which is what resuming relies on (MLflow's own async
+logging writes from a pool of threads, in any order).
+
+What the writer runs are the functions below, each given the store's URI rather than a client:
+in a writer process they open their own (`client_for`), and this module imports nothing heavier
+than MLflow, so that process starts in about a second.
 """
 
 from __future__ import annotations
 
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from itertools import groupby
-from typing import Any
+from pathlib import Path
+from typing import Any, SupportsBytes
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 
 _METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+Rows = list[tuple[int, int, dict[str, float]]]  # (step, timestamp in ms, metrics) as the loop logged them
+
+_clients: dict[str, MlflowClient] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(uri: str) -> MlflowClient:
+    """The writer's client of the store at `uri`, one per process (MlflowClient is shared across threads
+    in MLflow's own fluent API too)."""
+    with _clients_lock:
+        if uri not in _clients:
+            _clients[uri] = MlflowClient(uri)
+        return _clients[uri]
+
+
+def write_rows(uri: str, run_id: str, rows: Rows) -> float:
+    """The rows into the store, in writes that never cut a step in two; returns the CPU time it took
+    this thread (it holds Python's interpreter lock for most of it: the bench reports it per step)."""
+    client = client_for(uri)  # opened once per writer: not counted
+    start = time.thread_time()
+    metrics = [Metric(key=k, value=v, timestamp=ms, step=step) for step, ms, values in rows for k, v in values.items()]
+    for chunk in whole_steps(metrics):
+        client.log_batch(run_id, metrics=chunk)
+    return time.thread_time() - start
+
+
+def log_image(uri: str, run_id: str, image: Any, *args: Any, **kwargs: Any) -> None:
+    """MlflowClient.log_image on the writer (a PIL image: the PNG is encoded there, not in the loop)."""
+    client_for(uri).log_image(run_id, image, *args, **kwargs)
+
+
+def upload_file(uri: str, run_id: str, data: bytes | SupportsBytes, path: str, before: Mapping[str, str],
+                after: Mapping[str, str]) -> None:
+    """`data` as the artifact `path` ("folder/name"), the tags `before` set ahead of the upload and
+    `after` once it is whole (a file's tags name it only while it is whole: checkpoint_store)."""
+    client = client_for(uri)
+    if before:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in before.items()])
+    folder, name = path.rsplit("/", 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / name).write_bytes(bytes(data))
+        client.log_artifact(run_id, str(Path(tmp) / name), folder)
+    if after:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in after.items()])
 
 
 class RunWriter:
@@ -26,51 +78,50 @@ class RunWriter:
     asked: then it waits until every row so far is in the store). Steps up to `skip_through` are
     already in the store (a resumed run recomputes them bit for bit) and are not written twice."""
 
-    def __init__(self, client: MlflowClient, run_id: str, writer: Executor, skip_through: int = -1,
+    def __init__(self, uri: str, run_id: str, writer: Executor, skip_through: int = -1,
                  flush_seconds: float = 2.0) -> None:
-        self.client, self.run_id, self.writer = client, run_id, writer
+        self.uri, self.run_id, self.writer = uri, run_id, writer
         self.skip_through, self.flush_seconds = skip_through, flush_seconds
         self.seconds = 0.0  # time the optimization loop spent buffering and handing over metrics, for the bench
-        # CPU time the writer thread spent writing the rows: it holds Python's interpreter lock for most
-        # of it, which the loop then waits for (the bench reports it per step).
-        self.writer_seconds = 0.0
-        self._buffer: list[Metric] = []
-        self._pending: list[Future[object]] = []
+        self.writer_seconds = 0.0  # CPU time the writer spent writing the rows (write_rows), for the bench
+        self._buffer: Rows = []
+        self._pending: list[Future[Any]] = []
         self._last_flush = time.monotonic()
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if step <= self.skip_through:
             return
         start = time.perf_counter()
-        now = int(time.time() * 1000)
-        self._buffer.extend(Metric(key=k, value=float(v), timestamp=now, step=step) for k, v in metrics.items())
+        self._buffer.append((step, int(time.time() * 1000), {k: float(v) for k, v in metrics.items()}))
         self.seconds += time.perf_counter() - start
 
     def flush(self, *, due_only: bool = False, wait: bool = True) -> None:
-        """Hand the buffered rows to the writer thread (`due_only`: only once `flush_seconds` passed
-        since the last hand-over); `wait`: until every row so far is in the store."""
+        """Hand the buffered rows to the writer (`due_only`: only once `flush_seconds` passed since
+        the last hand-over); `wait`: until every row so far is in the store."""
         if due_only and time.monotonic() - self._last_flush < self.flush_seconds:
             return
         start = time.perf_counter()
         buffer, self._buffer = self._buffer, []
         if buffer:
-            self._pending.append(self.writer.submit(self._write, buffer))
+            future = self.writer.submit(write_rows, self.uri, self.run_id, buffer)
+            future.add_done_callback(self._count)
+            self._pending.append(future)
         # Waiting or not, a write that failed raises here: a broken store stops the run now, not at its end.
         self._pending = _collect(self._pending, wait)
         self._last_flush = time.monotonic()
         self.seconds += time.perf_counter() - start
 
     def after_rows(self, write: Callable[..., object], *args: object, **kwargs: object) -> None:
-        """Hand over the rows so far, then run `write(*args, **kwargs)` on the writer thread behind
-        them: first in, first out, what it writes reaches the store only after every row before it."""
+        """Hand over the rows so far, then run `write(uri, *args, **kwargs)` (a function of this
+        module's kind: it opens its own client) on the writer behind them: first in, first out, what
+        it writes reaches the store only after every row before it."""
         self.flush(wait=False)
-        self._pending.append(self.writer.submit(write, *args, **kwargs))
+        self._pending.append(self.writer.submit(write, self.uri, *args, **kwargs))
 
-    def _write(self, metrics: list[Metric]) -> None:
-        start = time.thread_time()
-        for chunk in whole_steps(metrics):
-            self.client.log_batch(self.run_id, metrics=chunk)
-        self.writer_seconds += time.thread_time() - start
+    def _count(self, future: Future[float]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.writer_seconds += future.result()
+
 
 def _collect(pending: list[Future[Any]], wait: bool) -> list[Future[Any]]:
     """The writes still running (none when `wait`); the first finished one's error is raised."""

@@ -1,0 +1,176 @@
+"""The runs' writes in a process of their own, beside the optimization: an `Executor` of one worker.
+
+Why a process: MLflow's writes are Python (90% of a row's cost is SQLAlchemy's objects, profiled on
+the CPU), so a writer *thread* holds the interpreter lock while it writes, and a GPU's loop, which
+spends its time in Python launching kernels, waits for it. On an H100 the tracked step of 64 runs at
+256 px cost the bare step plus about the writer's CPU time (95 against 52 ms). In another process
+the writes run on another core. On a CPU the loop's time is in torch's kernels, which let go of the
+lock, so a thread costs nothing there and a process would take a core from them
+(pipelines.execution.run picks: BENCHMARKS.md measures both).
+
+What it keeps from the thread:
+- first in, first out: one worker, fed in submission order (a run's rows reach the store in step
+  order, a checkpoint behind the rows before it);
+- a kill -9 of the optimizing process ends its writes there too: the worker dies with its parent
+  (PR_SET_PDEATHSIG on Linux, and it checks its parent before each write), so a resumed run never
+  meets writes of the killed one still arriving;
+- a write that fails raises its error in the loop, from the future, as the thread's did.
+
+The tasks are module-level functions (pickled by name, imported in the worker: run_writer's, which
+import nothing heavier than MLflow) and their arguments; the results come back the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from multiprocessing.connection import Connection
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+class WriterError(RuntimeError):
+    """A write that failed in the writer process with an error that could not travel back as itself."""
+
+
+class WriterProcess(Executor):
+    """Runs submitted functions, one at a time and in order, in a child Python process."""
+
+    def __init__(self) -> None:
+        from_parent, to_child = os.pipe()  # (read end, write end)
+        from_child, to_parent = os.pipe()
+        # The child imports this package as the parent does: the parent's own import path.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(os.getpid()), str(from_parent), str(to_parent)],
+            pass_fds=(from_parent, to_parent), env=env, stdin=subprocess.DEVNULL)
+        os.close(from_parent)
+        os.close(to_parent)
+        self._out, self._in = Connection(to_child, readable=False), Connection(from_child, writable=False)
+        self._futures: dict[int, Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._queue: queue.SimpleQueue[tuple[int, Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None] = (
+            queue.SimpleQueue())
+        self._submitted = False
+        self._closed = False
+        # Pickling and piping on a thread of their own: the loop never waits for the child to read.
+        self._sender = threading.Thread(target=self._send, name="nst-writer-send", daemon=True)
+        self._receiver = threading.Thread(target=self._receive, name="nst-writer-receive", daemon=True)
+        self._sender.start()
+        self._receiver.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self._closed:
+            raise RuntimeError("cannot submit to a writer process after shutdown")
+        future: Future[Any] = Future()
+        with self._lock:
+            task = next(self._ids)
+            self._futures[task] = future
+        self._submitted = True
+        self._queue.put((task, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._submitted:  # never used (bad input, say): no need to wait for it to start up
+            self._child.kill()
+        self._queue.put(None)  # the sender closes the pipe after the last task; the child ends at its end
+        if wait:
+            self._sender.join()
+            self._child.wait()
+            self._receiver.join()
+
+    def _send(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # noqa: BLE001 - an argument that cannot travel fails its own task
+                self._resolve(item[0], False, exc)
+                continue
+            try:
+                self._out.send_bytes(data)
+            except OSError:  # the child is gone: the receiver fails what is pending
+                break
+        self._out.close()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                task, ok, value = pickle.loads(self._in.recv_bytes())
+            except (EOFError, OSError):
+                break
+            self._resolve(task, ok, value)
+        self._in.close()
+        code = self._child.wait()
+        with self._lock:
+            left, self._futures = list(self._futures.values()), {}
+        for future in left:
+            future.set_exception(WriterError(f"the metrics writer process ended (exit status {code}) "
+                                             "before this write; see its error above"))
+
+    def _resolve(self, task: int, ok: bool, value: Any) -> None:
+        with self._lock:
+            future = self._futures.pop(task)
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The error itself when it survives pickling (MLflow's do), else a WriterError saying the same."""
+    try:
+        return pickle.loads(pickle.dumps(exc))  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - whatever stops it travelling, its text still does
+        return WriterError(f"{type(exc).__name__}: {exc}")
+
+
+def _die_with(parent: int) -> None:
+    """End this process when `parent` ends, as a thread would end with it."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(0)
+
+
+def _serve(parent: int, inbox: Connection, outbox: Connection) -> None:
+    while True:
+        try:
+            data = inbox.recv_bytes()
+        except EOFError:
+            return
+        if os.getppid() != parent:  # orphaned: a write now could land after a resume began
+            os._exit(0)
+        task, fn, args, kwargs = pickle.loads(data)
+        try:
+            reply = (task, True, fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - every error goes back to the loop, which decides
+            reply = (task, False, _portable(exc))
+        outbox.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def main(argv: list[str]) -> None:
+    """The child: `python -m pipelines.tracking.writer_process PARENT_PID IN_FD OUT_FD`."""
+    parent, from_parent, to_parent = map(int, argv)
+    _die_with(parent)
+    _serve(parent, Connection(from_parent, writable=False), Connection(to_parent, readable=False))
+
+
+if __name__ == "__main__":
+    # By its own name, not as __main__: a WriterError made here must unpickle in the parent.
+    from pipelines.tracking.writer_process import main as _main
+
+    _main(sys.argv[1:])
