@@ -135,15 +135,23 @@ def tracked_batch(configs: list[TransferConfig], size: int, steps: int, device: 
     seconds, cpu = [], 0.0
     # Into a server, a first batch more: its first requests (a new experiment, cold workers) are slow.
     for n in (steps, steps, 3 * steps) if server else (steps, 3 * steps):
-        with tempfile.TemporaryDirectory() as tmp:
-            specs = [RunSpec(replace(_run_config(size, n, device), alpha=c.alpha, beta=c.beta,
-                                     optimizer=c.optimizer, cuda_graph=cuda_graph)) for c in configs]
-            results = execute_batch(specs, tracking_uri=server or f"sqlite:///{tmp}/mlflow.db",
-                                    experiment=f"bench-{n}", progress=False, writer=writer)
-            _require(results, f"the tracked batch of {len(configs)} at {size} px")
-            seconds.append(results[0].seconds)
-            cpu = sum(r.writer_seconds for r in results) / n
+        results = tracked_fit(configs, size, n, device, server, cuda_graph, writer)
+        seconds.append(results[0].seconds)
+        cpu = sum(r.writer_seconds for r in results) / n
     return (seconds[-1] - seconds[-2]) / (2 * steps), cpu
+
+
+def tracked_fit(configs: list[TransferConfig], size: int, steps: int, device: torch.device,
+                server: str | None = None, cuda_graph: bool = False, writer: str = "auto") -> list:  # [RunResult]
+    """One tracked batch of `steps` steps (snapshots at 0 and halfway, checkpoints every 100 steps) into
+    a fresh SQLite store or `server`; every run FINISHED, or the bench stops with the error."""
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = [RunSpec(replace(_run_config(size, steps, device), alpha=c.alpha, beta=c.beta,
+                                 optimizer=c.optimizer, cuda_graph=cuda_graph)) for c in configs]
+        results = execute_batch(specs, tracking_uri=server or f"sqlite:///{tmp}/mlflow.db",
+                                experiment=f"bench-{steps}", progress=False, writer=writer)
+    _require(results, f"the tracked batch of {len(configs)} at {size} px")
+    return results
 
 
 def _run_config(size: int, steps: int, device: torch.device):  # -> RunConfig

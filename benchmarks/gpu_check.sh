@@ -19,6 +19,9 @@
 #          true` against op by op (its lr sweep included; about 2-3 min, not yet timed on a GPU).
 #   profile benchmarks.step_profile: where a step's device time goes, by operator, at 3 × 128 and
 #          8 × 512 px (not yet timed on a GPU; well under a minute expected).
+#   startup benchmarks.startup: what a tracked fit of the lr sweep's shape pays once, apart from its
+#          steps (the H100's lr sweep fit carried ~8 s so), first and second fit in a process, then
+#          the first fit of a fresh process under cProfile (startup_profile.log names where it goes).
 #   writers benchmarks.batch --writers: a tracked batch's step (3 × 128, 64 × 256 px) with its runs
 #          written by a thread against by a process (not yet timed on a GPU; about 2 min expected).
 # Under a time limit that may cut it off, the pytest lane is stopped with SIGINT, so that it still
@@ -83,6 +86,10 @@ for p in "${phases[@]}"; do
       grep -E '^=+ .*(passed|failed|skipped)' "$OUT/graph_tests.log" | tail -n 1 >>"$summary"
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase graphs 200 "$PYTHON" -m benchmarks.batch --graphs --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
+    startup)
+      [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
+      phase startup 120 "$PYTHON" -m benchmarks.startup --device cuda --out "$OUT/BENCHMARKS-cuda.md"
+      phase startup_profile 90 "$PYTHON" -m benchmarks.startup --profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     writers)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase writers 180 "$PYTHON" -m benchmarks.batch --writers --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
@@ -97,7 +104,7 @@ for p in "${phases[@]}"; do
       # Written in $OUT as it goes (a check cut off keeps every table it finished); copy it back to commit it.
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase "$p" 240 "$PYTHON" -m "benchmarks.$p" --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
-    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch, graphs, writers, profile, ray)" >&2; exit 2 ;;
+    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch, graphs, writers, startup, profile, ray)" >&2; exit 2 ;;
   esac
 done
 cat "$summary"

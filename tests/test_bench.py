@@ -61,6 +61,17 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     assert "| lr_sweep, 4 steps |" in text and "| 8 points at 32 px, 3 steps |" in text
     assert "## CUDA graphs" in text and "| tracked 3 × 32 px, per step |" in text
     assert "| lr_sweep batched, 4 steps: optimization (wall) |" in text
+    assert "## Writers" in text and "| 3 × 32 px |" in text.split("## Writers")[1]  # thread against process
+
+
+def test_startup_smoke_writes_its_section(tmp_path) -> None:
+    from benchmarks.startup import main as startup
+
+    out = tmp_path / "BENCHMARKS.md"
+    assert startup(["--smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## A tracked fit's one-off time" in text
+    assert "| first in the process | 2 |" in text and "| second | 6 |" in text and "Paid once in a fit:" in text
 
 
 def test_step_profile_smoke_writes_its_section(tmp_path) -> None:
@@ -74,7 +85,7 @@ def test_step_profile_smoke_writes_its_section(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers", "benchmarks.batch",
-                                    "benchmarks.step_profile"])
+                                    "benchmarks.step_profile", "benchmarks.startup"])
 def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(script: str) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")

@@ -1,0 +1,86 @@
+"""`python -m benchmarks.startup`: what a tracked fit pays once, apart from its steps, and where it goes.
+
+On the H100 the lr sweep's fit (one batch of 3 at 128 px, 2000 steps) took 23.3 s, where its steps,
+timed apart (tracked, marginal), account for about 15.6 s: some 8 s were paid once. On this CPU the
+same fit's one-off costs are about 0.1 s. This times tracked batches of the lr sweep's shape at a
+short and a long length, twice in one process: the first fit pays for the process's first use of the
+device (its context, libraries, kernels loaded at their first launch), the second only what every fit
+pays. The difference of the two lengths gives the time per step; what is left is paid once. A batch's
+wall time outside its fit (opening its runs, their final images) is shown beside it.
+`--profile`: the first fit of a fresh process under cProfile, its top functions printed (the GPU
+check keeps them in its log), to name what the one-off time is.
+Writes "A tracked fit's one-off time" in BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+from benchmarks.batch import _configs, tracked_fit
+from benchmarks.device import add_device_argument, pick
+from benchmarks.markdown import replace_section
+from nst.precision import resolve_precision
+from pipelines.execution.run import quiet_lightning
+
+HEADING = "## A tracked fit's one-off time"
+B, SIZE = 3, 128  # the lr sweep's batch
+
+
+def timed_fit(steps: int, size: int, device: torch.device) -> tuple[float, float]:
+    """(wall s of the whole batch, s of its fit) of one tracked batch of B runs."""
+    start = time.perf_counter()
+    results = tracked_fit(_configs(B), size, steps, device)
+    return time.perf_counter() - start, results[0].seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench-startup", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="toy sizes, seconds; checks the code, not the speed")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile this process's first fit (cProfile) and print its top functions")
+    add_device_argument(parser)
+    args = parser.parse_args(argv)
+    device = pick(parser, args)
+    quiet_lightning()
+    gpu = device.type == "cuda"
+    size = 32 if args.smoke else SIZE
+    short, long = (2, 6) if args.smoke else (10, 510) if gpu else (5, 55)
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        wall, fit = timed_fit(short, size, device)
+        profiler.disable()
+        print(f"first fit of this process, {B} × {size} px, {short} steps, under cProfile: "
+              f"batch {wall:.2f} s, fit {fit:.2f} s")
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(25)  # the leaves: a first launch's initialization shows there
+        return 0
+    lines = [HEADING, "", f"`python -m benchmarks.startup` on "
+             f"{torch.cuda.get_device_name(device) if gpu else 'this CPU'}, default precision "
+             f"({resolve_precision('auto', device.type)}): tracked batches of {B} at {size} px (the lr sweep's "
+             "shape) into fresh SQLite stores, in this order in one process.", "",
+             "| fit | steps | batch wall | its fit | outside the fit |", "|---|---|---|---|---|"]
+    fits = {}
+    for which in ("first in the process", "second"):
+        for steps in (short, long):
+            wall, fit = fits[which, steps] = timed_fit(steps, size, device)
+            lines.append(f"| {which} | {steps} | {wall:.2f} s | {fit:.2f} s | {wall - fit:.2f} s |")
+            print(lines[-1], flush=True)
+    per_step = (fits["second", long][1] - fits["second", short][1]) / (long - short)
+    once = {which: fits[which, short][1] - short * per_step for which in ("first in the process", "second")}
+    lines += ["", f"Per step (the second fits' difference): {per_step * 1000:.1f} ms. Paid once in a fit: "
+              f"{once['first in the process']:.2f} s in the process's first, {once['second']:.2f} s in the "
+              f"second (at 2000 steps the lr sweep's steps take {2000 * per_step:.1f} s)."]
+    print(lines[-1])
+    replace_section(args.out, HEADING, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
