@@ -102,15 +102,19 @@ def test_bad_config_value_exits_2(store, content_path, style_path, capsys) -> No
 
 
 @pytest.mark.heavy
-def test_ctrl_c_marks_the_run_killed_and_keeps_every_step(store, content_path, style_path) -> None:
+@pytest.mark.parametrize("writer", [None, "process"])
+def test_ctrl_c_marks_the_run_killed_and_keeps_every_step(store, content_path, style_path, writer) -> None:
+    # writer: this device's choice, or a writer process (a GPU's choice), which Ctrl-C reaches too: a
+    # terminal sends SIGINT to the whole process group, as this test does.
     import signal
     import time
 
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "run", "--content", str(content_path), "--style", str(style_path),
          "--set", "size=32", "--set", "iterations=100000", "--tracking-uri", store, "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT below prints every thread's stack
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1",  # SIGABRT below prints every thread's stack
+             **({"NST_WRITER": writer} if writer else {})},
     )
     client, deadline, run_id = MlflowClient(store), time.monotonic() + 120, None
     while time.monotonic() < deadline and run_id is None:  # wait until steps reach the store
@@ -120,7 +124,7 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_every_step(store, content_path, s
         if runs and client.get_metric_history(runs[0].info.run_id, "loss/total"):
             run_id = runs[0].info.run_id
     assert run_id is not None, "the run never logged a metric"
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)  # its own session: the group is the command and its writer
     try:
         _, err = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:  # (once in a full suite) show where it hangs, not only that it does

@@ -14,7 +14,8 @@ What it keeps from the thread:
 - a kill -9 of the optimizing process ends its writes there too: the worker dies with its parent
   (PR_SET_PDEATHSIG on Linux, and it checks its parent before each write), so a resumed run never
   meets writes of the killed one still arriving;
-- a write that fails raises its error in the loop, from the future, as the thread's did.
+- a write that fails raises its error in the loop, from the future, as the thread's did;
+- Ctrl-C stops the optimization, not the writes: the command still writes every step it computed.
 
 The tasks are module-level functions (pickled by name, imported in the worker: run_writer's, which
 import nothing heavier than MLflow) and their arguments; the results come back the same way.
@@ -53,7 +54,10 @@ class WriterProcess(Executor):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._child = subprocess.Popen(
             [sys.executable, "-m", __name__, str(os.getpid()), str(from_parent), str(to_parent)],
-            pass_fds=(from_parent, to_parent), env=env, stdin=subprocess.DEVNULL)
+            pass_fds=(from_parent, to_parent), env=env, stdin=subprocess.DEVNULL,
+            # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground group) reaches the
+            # command alone, which then writes what it computed and ends its runs KILLED, through this.
+            start_new_session=True)
         os.close(from_parent)
         os.close(to_parent)
         self._out, self._in = Connection(to_child, readable=False), Connection(from_child, writable=False)
