@@ -213,14 +213,16 @@ def _open_run(client: MlflowClient, uri: str, spec: RunSpec, inputs: Inputs, exp
         client.update_run(run_id, status="RUNNING")
         for key, value in {**where(), BATCH_TAG: str(batch)}.items():
             client.set_tag(run_id, key, value)
+        artifact_uri = client.get_run(run_id).info.artifact_uri
     else:
-        run_id = _start_run(client, spec, inputs, exp_id, device, batch)
-    return Sample(run_id, RunWriter(uri, run_id, writer, skip_through),
-                  set(spec.config.snapshot_steps) - done, measured=measured), checkpoint
+        run_id, artifact_uri = _start_run(client, spec, inputs, exp_id, device, batch)
+    return Sample(run_id, RunWriter(uri, run_id, writer, skip_through), set(spec.config.snapshot_steps) - done,
+                  artifact_uri, measured=measured), checkpoint
 
 
-def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int) -> str:
-    """Create the MLflow run with its tags, params and input artifacts; returns its id."""
+def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int
+               ) -> tuple[str, str]:
+    """Create the MLflow run with its tags, params and input artifacts; returns its id and artifacts' URI."""
     config = spec.config
     run_tags: dict[str, Any] = {
         "nst.run_key": run_key(config),
@@ -241,11 +243,12 @@ def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str,
         run_tags[MLFLOW_RUN_NOTE] = spec.description
     # A tracking server takes only strings (protobuf); SQLite would have taken anything.
     run_tags = {k: str(v) for k, v in run_tags.items()}
-    run_id = store.create_run(client, exp_id, tags=run_tags, run_name=spec.run_name)
+    info = store.create_run(client, exp_id, tags=run_tags, run_name=spec.run_name)
+    run_id = info.run_id
     store.log_params(client, run_id, flatten(to_dict(config)))
     client.log_artifacts(run_id, str(inputs.folder))
     client.log_text(run_id, to_yaml(config), "config.yaml")
-    return run_id
+    return run_id, info.artifact_uri
 
 
 class LossBar(TQDMProgressBar):
@@ -282,7 +285,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
                            cuda_graph=config.cuda_graph)
     probe = quality_probe(module, inputs.content, inputs.styles, config)
     log = BatchLog(client, samples, probe, describe=lambda exc: describe_failure(exc, config, device, len(specs)),
-                   save_final=lambda sample, image01: _log_final(client, sample.run_id, image01))
+                   save_final=lambda sample, image01: _log_final(client, sample, image01))
     callbacks: list[pl.Callback] = [log]
     if config.checkpoint_every:
         callbacks.append(checkpoint_store.Checkpoints(config.checkpoint_every, log))
@@ -319,10 +322,10 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
     return seconds
 
 
-def _log_final(client: MlflowClient, run_id: str, image01: torch.Tensor) -> str:
+def _log_final(client: MlflowClient, sample: Sample, image01: torch.Tensor) -> str:
     """Log final.png; return where it lies (a local path when the store is on this disk)."""
     with tempfile.TemporaryDirectory() as tmp:
-        client.log_artifact(run_id, str(save_image(image01, Path(tmp) / "final.png")))
-    uri = client.get_run(run_id).info.artifact_uri
+        client.log_artifact(sample.run_id, str(save_image(image01, Path(tmp) / "final.png")))
+    uri = sample.artifact_uri
     folder = store.local_folder(uri)
     return str(folder / "final.png") if folder else f"{uri}/final.png"

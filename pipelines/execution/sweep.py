@@ -78,7 +78,7 @@ def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) ->
         VARIED_TAG: json.dumps(experiment.varied_keys),
         MLFLOW_RUN_NOTE: experiment.description or f"sweep {experiment.name}",
     }
-    run_id = store.create_run(client, exp_id, tags=tags, run_name=f"{experiment.name} (sweep)")
+    run_id = store.create_run(client, exp_id, tags=tags, run_name=f"{experiment.name} (sweep)").run_id
     params = {f"grid.{k}": v for k, v in experiment.grid.items()}
     params |= {f"zip.{k}": v for k, v in experiment.zip.items()}
     params |= {f"variant.{k}": v for k, v in experiment.variants.items()}

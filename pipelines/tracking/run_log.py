@@ -48,6 +48,7 @@ class Sample:
     run_id: str
     writer: RunWriter
     snapshots: set[int]
+    artifact_uri: str = ""  # where its artifacts go (final.png's place, without asking the store again)
     status: str | None = None  # FINISHED / FAILED / KILLED once the run is over
     error: str | None = None
     final_image: str | None = None

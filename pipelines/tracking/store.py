@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlparse
 
 from mlflow import MlflowClient
-from mlflow.entities import Param
+from mlflow.entities import Param, RunInfo
 from mlflow.exceptions import MlflowException
 
 from pipelines.errors import UserError
@@ -119,10 +119,10 @@ def denied(uri: str, exc: Exception) -> UserError | None:
                      "(a read-only user); ask its admin for a user that can write (nst server add-user NAME)")
 
 
-def create_run(client: MlflowClient, exp_id: str, **kwargs: Any) -> str:
-    """A new run's id; a server's refusal (a read-only user) as one line, before any work."""
+def create_run(client: MlflowClient, exp_id: str, **kwargs: Any) -> RunInfo:
+    """A new run (its id, its artifacts' URI); a server's refusal (a read-only user) as one line, before any work."""
     try:
-        return client.create_run(exp_id, **kwargs).info.run_id
+        return client.create_run(exp_id, **kwargs).info
     except MlflowException as exc:
         raise (denied(client.tracking_uri, exc) or exc) from None
 
