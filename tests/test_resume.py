@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from pipelines.tracking.checkpoint_store import CHECKPOINT_SLOTS, download_checkpoint
-from tests.lane import ON_GPU
+from tests.lane import ON_GPU, process_writer
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 # Long enough to catch a run in the middle: a GPU steps through 160 tiny steps in about a second.
@@ -65,7 +65,7 @@ def _sweep(path: Path, store: str, batch: str, env: dict[str, str] | None = None
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize(("batch", "writer"), [("1", None), ("2", None), ("2", "process")])
+@pytest.mark.parametrize(("batch", "writer"), [("1", None), ("2", None), process_writer("2", "process")])
 def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch, writer) -> None:
     # writer: where the runs are written (None: this device's choice; "process": as on a GPU, a writer
     # process, which must die with the killed command rather than write on while the resume runs).

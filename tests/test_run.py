@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from nst.precision import resolve_precision
 from pipelines.cli import main
-from tests.lane import DEVICE
+from tests.lane import DEVICE, process_writer
 
 STEPS = 30
 METRICS = ["loss/total", "loss/content", "loss/style", "loss/tv", "lr"] + [
@@ -102,7 +102,7 @@ def test_bad_config_value_exits_2(store, content_path, style_path, capsys) -> No
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("writer", [None, "process"])
+@pytest.mark.parametrize("writer", [None, process_writer("process")])
 def test_ctrl_c_marks_the_run_killed_and_keeps_every_step(store, content_path, style_path, writer) -> None:
     # writer: this device's choice, or a writer process (a GPU's choice), which Ctrl-C reaches too: a
     # terminal sends SIGINT to the whole process group, as this test does.
