@@ -40,7 +40,7 @@ from nst.targets import build_backbone
 from pipelines.config.grid import load_experiment
 from pipelines.errors import UserError
 from pipelines.execution.batches import auto_size
-from pipelines.execution.run import FINISHED, WRITERS, RunSpec, execute_batch, quiet_lightning
+from pipelines.execution.run import FINISHED, WRITERS, RunSpec, execute_batch, quiet_lightning, writer_count
 from pipelines.execution.sweep import SweepResult, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,11 +294,12 @@ def writers(device: torch.device, smoke: bool, out: Path) -> None:
              f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'}, default precision "
              f"({resolve_precision('auto', device.type)}): a tracked batch's step (marginal: runs of N and 3N steps,",
              "differenced; every step's metrics into SQLite, snapshots, checkpoints every 100 steps) with its runs",
-             "written by a thread beside the loop against by a process (pipelines.tracking.writer_process). A writer",
+             "written by a thread beside the loop against by processes (pipelines.tracking.writer_process; one per",
+             "16 runs, at most one per 4 cores: pipelines.execution.run.writer_count). A writer",
              "thread's CPU is time it holds Python's interpreter lock, which a loop launching GPU kernels waits for;",
-             f"a writer process's runs on another core. This device's choice: a {WRITERS.get(device.type, 'thread')}.",
-             "", "| batch | bare loop | writer thread | writer process | thread's CPU per step "
-             "| process's CPU per step |",
+             f"a writer process's runs on another core. This device's choice: {WRITERS.get(device.type, 'thread')}.",
+             "", "| batch | bare loop | writer thread | writer processes | thread's CPU per step "
+             "| processes' CPU per step |",
              "|---|---|---|---|---|---|"]
     gpu = device.type == "cuda"
     for size, b, steps in [(32, 3, 3)] if smoke else [(128, 3, 100), (256, 64, 100)] if gpu else [(128, 3, 10),
@@ -306,9 +307,10 @@ def writers(device: torch.device, smoke: bool, out: Path) -> None:
         bare = batch_loop(_configs(b), size, steps, device).median
         (thread, thread_cpu), (process, process_cpu) = (tracked_batch(_configs(b), size, steps, device, writer=w)
                                                         for w in ("thread", "process"))
+        n = writer_count("process", b)
         lines.append(f"| {b} × {size} px | {bare * 1000:.1f} ms | {thread * 1000:.1f} ms ({thread / bare - 1:+.1%}) "
-                     f"| {process * 1000:.1f} ms ({process / bare - 1:+.1%}) | {thread_cpu * 1000:.1f} ms "
-                     f"| {process_cpu * 1000:.1f} ms |")
+                     f"| {process * 1000:.1f} ms ({process / bare - 1:+.1%}), {n} process{'es' if n > 1 else ''} "
+                     f"| {thread_cpu * 1000:.1f} ms | {process_cpu * 1000:.1f} ms |")
         print(lines[-1], flush=True)
         replace_section(out, WRITERS_HEADING, lines)
 

@@ -24,7 +24,17 @@ from PIL import Image
 
 from nst.images import to_pil
 from pipelines.config.runs import run_config
-from pipelines.execution.run import FAILED, FINISHED, WRITER_ENV, RunSpec, execute, execute_batch, open_writer
+from pipelines.execution import run as run_module
+from pipelines.execution.run import (
+    FAILED,
+    FINISHED,
+    WRITER_ENV,
+    RunSpec,
+    execute,
+    execute_batch,
+    open_writer,
+    writer_count,
+)
 from pipelines.tracking import checkpoint_store
 from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG, download_checkpoint
 from pipelines.tracking.run_log import logged_snapshot_steps
@@ -222,3 +232,48 @@ def test_a_batch_written_by_a_process_is_the_batch_written_by_a_thread(tmp_path)
                 for c, i in ((a, a_id), (b, b_id))]
         assert held[1]["global_step"] == 100 and torch.equal(held[0]["state_dict"]["image"],
                                                               held[1]["state_dict"]["image"])
+
+
+def test_a_batch_gets_one_writer_thread_or_a_process_per_16_runs_on_a_quarter_of_the_cores(monkeypatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [writer_count("process", n) for n in (1, 3, 16, 17, 64, 200)] == [1, 1, 1, 2, 4, 4]
+    assert writer_count("thread", 64) == 1  # threads would share one interpreter lock
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert writer_count("process", 64) == 1
+
+
+def test_runs_written_by_several_writers_stay_one_checkpoint_apart(store, monkeypatch) -> None:
+    # Two writers, the first run's slow: each round of checkpoints waits for the round before, so a
+    # kill at any moment leaves the runs a step they all hold (they resume together, exactly).
+    monkeypatch.setattr(run_module, "writer_count", lambda kind, runs: 2)
+    monkeypatch.setenv(WRITER_ENV, "thread")  # two writer threads, patched below in this process
+    events: list[tuple[float, float, str, int]] = []  # (start, end, run id, step) of each checkpoint upload
+
+    def upload(uri, run_id, data, path, before, after):
+        start = time.monotonic()
+        if run_id == slow[0] and after[CHECKPOINT_STEP_TAG] == "20":
+            time.sleep(3.0)  # the loop runs on meanwhile: the next round (20 steps, < 1 s) is due before this ends
+        upload_file(uri, run_id, data, path, before, after)
+        events.append((start, time.monotonic(), run_id, int(after[CHECKPOINT_STEP_TAG])))
+
+    create_run, slow = MlflowClient.create_run, []
+
+    def first_is_slow(self, *args, **kwargs):
+        run = create_run(self, *args, **kwargs)
+        slow.append(run.info.run_id)
+        return run
+
+    monkeypatch.setattr(checkpoint_store, "upload_file", upload)
+    monkeypatch.setattr(MlflowClient, "create_run", first_is_slow)
+    specs = [RunSpec(_config(130, snapshots=[0], checkpoint_every=20, optimizer={"name": "adam", "lr": lr}))
+             for lr in (1.0, 4.0)]
+    results = execute_batch(specs, tracking_uri=store, experiment="rounds", progress=False)
+    assert [r.status for r in results] == [FINISHED, FINISHED], [r.error for r in results]
+    steps = sorted({step for *_, step in events})
+    assert steps == [20, 40, 60, 80, 100, 120]
+    for before, after in pairwise(steps):
+        last_end = max(end for _, end, _, step in events if step == before)
+        first_start = min(start for start, _, _, step in events if step == after)
+        assert last_end <= first_start, f"a step-{after} checkpoint began before every step-{before} one was saved"
+    client = MlflowClient(store)
+    assert {client.get_run(r.run_id).data.tags[CHECKPOINT_STEP_TAG] for r in results} == {"120"}

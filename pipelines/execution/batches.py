@@ -90,8 +90,8 @@ def plan(items: Sequence[T], config_of: Callable[[T], RunConfig], resume_step_of
 def resume_steps(configs: Sequence[RunConfig], held: Sequence[set[int]]) -> list[int]:
     """The step each interrupted run resumes from, given the steps of the checkpoints it holds
     (pipelines.tracking.checkpoint_store keeps each run's last two). A batch's runs save their
-    checkpoints one after another, so a batch killed between two saves leaves its runs one
-    checkpoint apart: among the runs that
+    checkpoints in rounds, each after the round before (checkpoint_store.Checkpoints), so a batch
+    killed between two saves leaves its runs at most one checkpoint apart: among the runs that
     could share a batch, those holding the earliest latest step resume from it together, exactly
     as they ran; the rest, from their own latest, by the same rule."""
     steps = [max(h, default=0) for h in held]

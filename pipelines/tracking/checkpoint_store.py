@@ -10,6 +10,7 @@ name whole checkpoints and the runs of a batch share a step to resume from toget
 from __future__ import annotations
 
 import io
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,15 @@ class Checkpoints(pl.Callback):
     behind that run's metric rows (RunWriter.after_rows): a checkpoint reaches the store only after
     every step before it (a resume leaves no gap), and the loop waits for neither. Consecutive
     checkpoints alternate between two slots (CHECKPOINT_SLOTS), so the other slot, and what its tag
-    says, stay whole while one is rewritten."""
+    says, stay whole while one is rewritten. The runs may have writers of their own (a GPU's batch of
+    many runs: pipelines.execution.run.writer_count): a round of saves first waits until the round
+    before is in the store, so the runs are never more than one checkpoint apart and a batch killed
+    at any moment resumes together (with one writer, first in first out, that wait is over at once)."""
 
     def __init__(self, every: int, log: BatchLog) -> None:
         self.every, self.batch_log = every, log
         self.start = 0  # the step this fit started from
+        self._saving: list[Future[Any]] = []  # the last round's saves
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.start = trainer.global_step
@@ -61,10 +66,13 @@ class Checkpoints(pl.Callback):
         parts = checkpoints.split(state)
         slot = "ab"[(step // self.every) % 2]
         tag = _slot_tag(slot)
-        for b, sample in self.batch_log.live:
+        for saved in self._saving:
+            saved.result()  # a save that failed raises here, as a failed write does at a flush
+        self._saving = [
             sample.writer.after_rows(upload_file, sample.run_id, _Serialized(parts[b]), CHECKPOINT_SLOTS[slot],
                                      before={tag: ""},  # being written: names nothing until whole
                                      after={tag: str(step), CHECKPOINT_STEP_TAG: str(step)})
+            for b, sample in self.batch_log.live]
 
 
 class _Serialized:

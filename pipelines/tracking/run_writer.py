@@ -111,12 +111,14 @@ class RunWriter:
         self._last_flush = time.monotonic()
         self.seconds += time.perf_counter() - start
 
-    def after_rows(self, write: Callable[..., object], *args: object, **kwargs: object) -> None:
+    def after_rows(self, write: Callable[..., object], *args: object, **kwargs: object) -> Future[Any]:
         """Hand over the rows so far, then run `write(uri, *args, **kwargs)` (a function of this
         module's kind: it opens its own client) on the writer behind them: first in, first out, what
-        it writes reaches the store only after every row before it."""
+        it writes reaches the store only after every row before it. Returns the write's future."""
         self.flush(wait=False)
-        self._pending.append(self.writer.submit(write, self.uri, *args, **kwargs))
+        future = self.writer.submit(write, self.uri, *args, **kwargs)
+        self._pending.append(future)
+        return future
 
     def _count(self, future: Future[float]) -> None:
         if not future.cancelled() and future.exception() is None:
