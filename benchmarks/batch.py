@@ -40,7 +40,7 @@ from nst.targets import build_backbone
 from pipelines.config.grid import load_experiment
 from pipelines.errors import UserError
 from pipelines.execution.batches import auto_size
-from pipelines.execution.run import FINISHED, WRITERS, RunSpec, execute_batch, quiet_lightning, writer_count
+from pipelines.execution.run import FINISHED, RunSpec, auto_writer, execute_batch, quiet_lightning, writer_count
 from pipelines.execution.sweep import SweepResult, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,10 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {size} px | " + " | ".join(cells) + f" | {ratio} |")
         replace_section(args.out, HEADING, lines)  # row by row: a bench cut off keeps what it measured
 
-    auto = WRITERS.get(device.type, "thread")
     lines += ["", "Tracked against bare, per step of the whole batch (marginal: runs of N and 3N steps, differenced;",
               "every run's metrics of every step logged, snapshots, checkpoints every 100 steps), the runs written",
-              f"by a {auto} beside the loop (this device's choice: \"Writers\" below measures both).", "",
+              "where this device writes them (`auto`: \"Writers\" below measures a thread against processes).", "",
               "| batch, store | bare loop | tracked | overhead | writer's CPU per step |",
               "|---|---|---|---|---|"]
     shapes = [(32, 3, 3)] if smoke else [(128, 3, 100), (256, 64, 100)] if gpu else [(128, 3, 10), (128, 8, 5)]
@@ -297,7 +296,8 @@ def writers(device: torch.device, smoke: bool, out: Path) -> None:
              "written by a thread beside the loop against by processes (pipelines.tracking.writer_process; one per",
              "16 runs, at most one per 4 cores: pipelines.execution.run.writer_count). A writer",
              "thread's CPU is time it holds Python's interpreter lock, which a loop launching GPU kernels waits for;",
-             f"a writer process's runs on another core. This device's choice: {WRITERS.get(device.type, 'thread')}.",
+             "a writer process's runs on another core. This device's choice (pipelines.execution.run.auto_writer): "
+             f"{', '.join(f'{n} runs: {auto_writer(device.type, n)}' for n in (3, 8, 64))}.",
              "", "| batch | bare loop | writer thread | writer processes | thread's CPU per step "
              "| processes' CPU per step |",
              "|---|---|---|---|---|---|"]

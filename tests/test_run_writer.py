@@ -30,6 +30,7 @@ from pipelines.execution.run import (
     FINISHED,
     WRITER_ENV,
     RunSpec,
+    auto_writer,
     execute,
     execute_batch,
     open_writer,
@@ -234,10 +235,12 @@ def test_a_batch_written_by_a_process_is_the_batch_written_by_a_thread(tmp_path)
                                                               held[1]["state_dict"]["image"])
 
 
-def test_a_batch_gets_one_writer_thread_or_a_process_per_16_runs_on_a_quarter_of_the_cores(monkeypatch) -> None:
+def test_a_batch_gets_a_writer_thread_or_a_process_per_16_runs_on_a_quarter_of_the_cores(monkeypatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert [writer_count("process", n) for n in (1, 3, 16, 17, 64, 200)] == [1, 1, 1, 2, 4, 4]
     assert writer_count("thread", 64) == 1  # threads would share one interpreter lock
+    # Where: on a GPU processes; on a CPU a thread for a small batch, processes for many runs (measured).
+    assert [auto_writer("cuda", 1), auto_writer("cpu", 3), auto_writer("cpu", 8)] == ["process", "thread", "process"]
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert writer_count("process", 64) == 1
 

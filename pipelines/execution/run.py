@@ -122,13 +122,13 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
     end the live runs FAILED with the reason, so a sweep can go on. A spec with `resume_run_id`
     continues that run from its last checkpoint, without writing any step twice. `writer`: where the
     runs' metrics, snapshots and checkpoints are written (`thread`, `process`; `auto`: $NST_WRITER, else
-    WRITERS)."""
+    auto_writer)."""
     quiet_lightning()
     config = specs[0].config  # its shared settings are every spec's (StyleTransfer checks)
     device = resolve_device(config.device)
     # Opened first: a writer process starts up (about a second) while the inputs load.
     if writer == "auto":
-        writer = os.environ.get(WRITER_ENV) or WRITERS.get(device, "thread")
+        writer = os.environ.get(WRITER_ENV) or auto_writer(device, len(specs))
     with ExitStack() as stack:
         writes = [stack.enter_context(open_writer(writer)) for _ in range(writer_count(writer, len(specs)))]
         client = MlflowClient(tracking_uri)
@@ -141,11 +141,20 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
         return _execute(specs, tracking_uri, experiment, progress, writes, client, inputs, inits, backbone, device)
 
 
-#: Where a batch's runs are written, by device (pipelines.tracking.writer_process says why; BENCHMARKS.md and
-#: BENCHMARKS-cuda.md measure both): on a GPU the loop is Python launching kernels, which a writer thread's
-#: interpreter lock holds up; on a CPU the loop is in torch's kernels, and a process would take a core from them.
-WRITERS = {"cuda": "process", "cpu": "thread"}
-WRITER_ENV = "NST_WRITER"  # `thread` or `process` for every device (the README says when)
+WRITER_ENV = "NST_WRITER"  # `thread` or `process` for every batch (the README says when)
+#: From this many runs a CPU's batch is written by a process: measured on this 2-core CPU (tracked steps of
+#: 15 and 45, differenced, two pairs each), 3 runs at 128 px cost 1.7-3.8% more a step with a process than
+#: with a thread (and the lr sweep's 200 steps 1.1-1.8 s more), 8 runs 9-14% less.
+CPU_PROCESS_FROM = 8
+
+
+def auto_writer(device: str, runs: int) -> str:
+    """Where a batch's runs are written (pipelines.tracking.writer_process says why; BENCHMARKS.md and
+    BENCHMARKS-cuda.md measure both): on a GPU, processes, since the loop is Python launching kernels,
+    which a writer thread's hold on the interpreter lock delays. On a CPU the loop is in torch's kernels,
+    which let go of the lock: a thread, until a batch's many runs' writes hold it long enough to pay
+    for a process's start-up and its share of the cores (CPU_PROCESS_FROM)."""
+    return "process" if device == "cuda" or runs >= CPU_PROCESS_FROM else "thread"
 
 
 #: One writer process writes about 15,000 metric rows a second into SQLite on this CPU (64 runs log 640 rows
