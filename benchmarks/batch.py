@@ -40,8 +40,9 @@ from nst.targets import build_backbone
 from pipelines.config.grid import load_experiment
 from pipelines.errors import UserError
 from pipelines.execution.batches import auto_size
-from pipelines.execution.run import FINISHED, RunSpec, auto_writer, execute_batch, quiet_lightning, writer_count
+from pipelines.execution.run import FINISHED, RunSpec, execute_batch, quiet_lightning
 from pipelines.execution.sweep import SweepResult, run_experiment
+from pipelines.tracking.writers import auto_writer, writer_count
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Batches"
@@ -294,9 +295,9 @@ def writers(device: torch.device, smoke: bool, out: Path) -> None:
              f"({resolve_precision('auto', device.type)}): a tracked batch's step (marginal: runs of N and 3N steps,",
              "differenced; every step's metrics into SQLite, snapshots, checkpoints every 100 steps) with its runs",
              "written by a thread beside the loop against by processes (pipelines.tracking.writer_process; one per",
-             "16 runs, at most one per 4 cores: pipelines.execution.run.writer_count). A writer",
+             "16 runs, at most one per 4 cores: pipelines.tracking.writers). A writer",
              "thread's CPU is time it holds Python's interpreter lock, which a loop launching GPU kernels waits for;",
-             "a writer process's runs on another core. This device's choice (pipelines.execution.run.auto_writer): "
+             "a writer process's runs on another core. This device's choice (pipelines.tracking.writers.auto_writer): "
              f"{', '.join(f'{n} runs: {auto_writer(device.type, n)}' for n in (3, 8, 64))}.",
              "", "| batch | bare loop | writer thread | writer processes | thread's CPU per step "
              "| processes' CPU per step |",

@@ -24,22 +24,12 @@ from PIL import Image
 
 from nst.images import to_pil
 from pipelines.config.runs import run_config
-from pipelines.execution import run as run_module
-from pipelines.execution.run import (
-    FAILED,
-    FINISHED,
-    WRITER_ENV,
-    RunSpec,
-    auto_writer,
-    execute,
-    execute_batch,
-    open_writer,
-    writer_count,
-)
-from pipelines.tracking import checkpoint_store
+from pipelines.execution.run import FAILED, FINISHED, RunSpec, execute, execute_batch
+from pipelines.tracking import checkpoint_store, writers
 from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG, download_checkpoint
 from pipelines.tracking.run_log import logged_snapshot_steps
 from pipelines.tracking.run_writer import RunWriter, upload_file, whole_steps
+from pipelines.tracking.writers import WRITER_ENV, auto_writer, open_writer, writer_count
 from tests.lane import ON_GPU
 
 KEYS = ["loss/total", "loss/content", "loss/style", "lr"]
@@ -248,7 +238,7 @@ def test_a_batch_gets_a_writer_thread_or_a_process_per_16_runs_on_a_quarter_of_t
 def test_runs_written_by_several_writers_stay_one_checkpoint_apart(store, monkeypatch) -> None:
     # Two writers, the first run's slow: each round of checkpoints waits for the round before, so a
     # kill at any moment leaves the runs a step they all hold (they resume together, exactly).
-    monkeypatch.setattr(run_module, "writer_count", lambda kind, runs: 2)
+    monkeypatch.setattr(writers, "writer_count", lambda kind, runs: 2)
     monkeypatch.setenv(WRITER_ENV, "thread")  # two writer threads, patched below in this process
     events: list[tuple[float, float, str, int]] = []  # (start, end, run id, step) of each checkpoint upload
 

@@ -17,8 +17,7 @@ import platform
 import tempfile
 import time
 import warnings
-from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import ExitStack
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -43,11 +42,10 @@ from pipelines.errors import UserError
 from pipelines.execution.failures import describe_failure, release_memory
 from pipelines.execution.inputs import Inputs, load_init, load_inputs, resolve_device
 from pipelines.execution.probe import SSIM_KEY, quality_probe
-from pipelines.tracking import checkpoint_store, run_log, store
+from pipelines.tracking import checkpoint_store, run_log, store, writers
 from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, Sample  # noqa: F401 - statuses
 from pipelines.tracking.run_writer import RunWriter
 from pipelines.tracking.tags import BATCH_TAG, CUDA_GRAPH_TAG
-from pipelines.tracking.writer_process import WriterProcess
 
 
 @dataclass
@@ -121,16 +119,12 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
     (before any run exists) and KeyboardInterrupt after marking the live runs KILLED; other failures
     end the live runs FAILED with the reason, so a sweep can go on. A spec with `resume_run_id`
     continues that run from its last checkpoint, without writing any step twice. `writer`: where the
-    runs' metrics, snapshots and checkpoints are written (`thread`, `process`; `auto`: $NST_WRITER, else
-    auto_writer)."""
+    runs' metrics, snapshots and checkpoints are written (`thread`, `process`; `auto`: pipelines.tracking.writers)."""
     quiet_lightning()
     config = specs[0].config  # its shared settings are every spec's (StyleTransfer checks)
     device = resolve_device(config.device)
     # Opened first: a writer process starts up (about a second) while the inputs load.
-    if writer == "auto":
-        writer = os.environ.get(WRITER_ENV) or auto_writer(device, len(specs))
-    with ExitStack() as stack:
-        writes = [stack.enter_context(open_writer(writer)) for _ in range(writer_count(writer, len(specs)))]
+    with writers.open_writers(writer, device, len(specs)) as writes:
         client = MlflowClient(tracking_uri)
         inputs = load_inputs(config)
         inits = [load_init(s.config, inputs.size, client) for s in specs]
@@ -139,46 +133,6 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
         except WeightsError as exc:
             raise UserError(str(exc)) from None
         return _execute(specs, tracking_uri, experiment, progress, writes, client, inputs, inits, backbone, device)
-
-
-WRITER_ENV = "NST_WRITER"  # `thread` or `process` for every batch (the README says when)
-#: From this many runs a CPU's batch is written by a process: measured on this 2-core CPU (tracked steps of
-#: 15 and 45, differenced, two pairs each), 3 runs at 128 px cost 1.7-3.8% more a step with a process than
-#: with a thread (and the lr sweep's 200 steps 1.1-1.8 s more), 8 runs 9-14% less.
-CPU_PROCESS_FROM = 8
-
-
-def auto_writer(device: str, runs: int) -> str:
-    """Where a batch's runs are written (pipelines.tracking.writer_process says why; BENCHMARKS.md and
-    BENCHMARKS-cuda.md measure both): on a GPU, processes, since the loop is Python launching kernels,
-    which a writer thread's hold on the interpreter lock delays. On a CPU the loop is in torch's kernels,
-    which let go of the lock: a thread, until a batch's many runs' writes hold it long enough to pay
-    for a process's start-up and its share of the cores (CPU_PROCESS_FROM)."""
-    return "process" if device == "cuda" or runs >= CPU_PROCESS_FROM else "thread"
-
-
-#: One writer process writes about 15,000 metric rows a second into SQLite on this CPU (64 runs log 640 rows
-#: a step: 42 ms of it), two about 24,000 (on its 2 cores; scratch measurement). A GPU steps a batch of 64 at
-#: 128 px in 15 ms (H100), faster than one process writes it: a batch's runs are dealt out to one writer
-#: process per RUNS_PER_WRITER runs, at most one per 4 cores (the loop and its data need the rest).
-RUNS_PER_WRITER = 16
-
-
-def writer_count(kind: str, runs: int) -> int:
-    """How many writers a batch of `runs` runs gets: one thread (more would share one interpreter lock),
-    or processes (RUNS_PER_WRITER)."""
-    if kind != "process":
-        return 1
-    return max(1, min(-(-runs // RUNS_PER_WRITER), (os.cpu_count() or 1) // 4))
-
-
-def open_writer(kind: str) -> Executor:
-    """One writer, first in first out, for a batch's runs: a thread (`nst-metrics`) or a process."""
-    if kind == "process":
-        return WriterProcess()
-    if kind == "thread":
-        return ThreadPoolExecutor(1, thread_name_prefix="nst-metrics")
-    raise UserError(f"{WRITER_ENV}={kind!r}: the writer must be 'thread' or 'process'; set one or unset it")
 
 
 def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress: bool, writers: list[Executor],

@@ -40,7 +40,7 @@ class Checkpoints(pl.Callback):
     every step before it (a resume leaves no gap), and the loop waits for neither. Consecutive
     checkpoints alternate between two slots (CHECKPOINT_SLOTS), so the other slot, and what its tag
     says, stay whole while one is rewritten. The runs may have writers of their own (a GPU's batch of
-    many runs: pipelines.execution.run.writer_count): a round of saves first waits until the round
+    many runs: pipelines.tracking.writers): a round of saves first waits until the round
     before is in the store, so the runs are never more than one checkpoint apart and a batch killed
     at any moment resumes together (with one writer, first in first out, that wait is over at once)."""
 
