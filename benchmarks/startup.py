@@ -2,7 +2,7 @@
 
 On the H100 the lr sweep's fit (one batch of 3 at 128 px, 2000 steps) took 23.3 s, where its steps,
 timed apart (tracked, marginal), account for about 15.6 s: some 8 s were paid once. On this CPU the
-same fit's one-off costs are about 0.1 s. This times tracked batches of the lr sweep's shape at a
+same fit pays 0.35 s once (this bench, BENCHMARKS.md). This times tracked batches of the lr sweep's shape at a
 short and a long length, twice in one process: the first fit pays for the process's first use of the
 device (its context, libraries, kernels loaded at their first launch), the second only what every fit
 pays. The difference of the two lengths gives the time per step; what is left is paid once. A batch's

@@ -135,7 +135,7 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
         return _execute(specs, tracking_uri, experiment, progress, writes, client, inputs, inits, backbone, device)
 
 
-def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress: bool, writers: list[Executor],
+def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress: bool, executors: list[Executor],
              client: MlflowClient, inputs: Inputs, inits: list[torch.Tensor | None], backbone: VGGFeatures,
              device: str) -> list[RunResult]:
     """execute_batch once its inputs are checked: the runs opened, fitted and ended."""
@@ -147,8 +147,8 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
         exp_id = store.experiment_id(client, experiment, tracking_uri) if any(
             not s.resume_run_id for s in specs) else ""
         for b, spec in enumerate(specs):
-            sample, checkpoint = _open_run(client, tracking_uri, spec, inputs, exp_id, device, len(specs),
-                                           Path(tmp) / str(b), writers[b % len(writers)])
+            sample, checkpoint = _open_run(client, spec, inputs, exp_id, device, len(specs), Path(tmp) / str(b),
+                                           executors[b % len(executors)])  # each run keeps one writer
             samples.append(sample)
             checkpoints.append(checkpoint)
         # From here on the runs exist: whatever happens, each ends FINISHED, FAILED or KILLED, never RUNNING.
@@ -179,7 +179,7 @@ def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: s
             sample.status, sample.error = status, error
 
 
-def _open_run(client: MlflowClient, uri: str, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int,
+def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int,
               folder: Path, writer: Executor) -> tuple[Sample, Checkpoint | None]:
     """The spec's run, created or resumed, and its checkpoint (loaded) when it resumes from one."""
     checkpoint, skip_through, done, measured = None, -1, set(), set()
@@ -196,8 +196,8 @@ def _open_run(client: MlflowClient, uri: str, spec: RunSpec, inputs: Inputs, exp
         artifact_uri = client.get_run(run_id).info.artifact_uri
     else:
         run_id, artifact_uri = _start_run(client, spec, inputs, exp_id, device, batch)
-    return Sample(run_id, RunWriter(uri, run_id, writer, skip_through), set(spec.config.snapshot_steps) - done,
-                  artifact_uri, measured=measured), checkpoint
+    rows = RunWriter(client.tracking_uri, run_id, writer, skip_through)
+    return Sample(run_id, rows, set(spec.config.snapshot_steps) - done, artifact_uri, measured=measured), checkpoint
 
 
 def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int
