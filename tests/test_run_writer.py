@@ -23,12 +23,14 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from nst.images import to_pil
+from pipelines.cli import main
 from pipelines.config.runs import run_config
+from pipelines.execution import executors
 from pipelines.execution.run import FAILED, FINISHED, RunSpec, execute, execute_batch
 from pipelines.tracking import checkpoint_store, writers
 from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG, download_checkpoint
 from pipelines.tracking.run_log import logged_snapshot_steps
-from pipelines.tracking.run_writer import RunWriter, upload_file, whole_steps
+from pipelines.tracking.run_writer import RunWriter, upload_file, whole_steps, write_rows
 from pipelines.tracking.writers import WRITER_ENV, auto_writer, open_writer, writer_count
 from tests.lane import ON_GPU
 
@@ -270,3 +272,54 @@ def test_runs_written_by_several_writers_stay_one_checkpoint_apart(store, monkey
         assert last_end <= first_start, f"a step-{after} checkpoint began before every step-{before} one was saved"
     client = MlflowClient(store)
     assert {client.get_run(r.run_id).data.tags[CHECKPOINT_STEP_TAG] for r in results} == {"120"}
+
+
+def test_a_sweeps_batches_share_their_writer_processes(tmp_path, store, monkeypatch) -> None:
+    # Three points one at a time, each batch written by a process (a GPU's choice): the sweep starts one
+    # process, not three (each took about a second to start, and its end was waited for), and every run
+    # is whole in the store.
+    monkeypatch.setenv(WRITER_ENV, "process")
+    pools: list[writers.WriterPool] = []
+
+    class Counted(writers.WriterPool):
+        def __init__(self) -> None:
+            super().__init__()
+            pools.append(self)
+
+    monkeypatch.setattr(executors, "WriterPool", Counted)
+    images = Path(__file__).resolve().parents[1] / "experiments" / "images"
+    path = tmp_path / "three.yaml"
+    path.write_text(f"""
+name: three
+description: three points, one batch each
+base: {{preset: seed, content: {images / "grace_hopper.jpg"}, style: {images / "starry_night.jpg"}, size: 32,
+        iterations: 5, snapshots: [0, 5]}}
+grid: {{optimizer.lr: [0.5, 1.0, 2.0]}}
+""")
+    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet", "--batch", "1"]) == 0
+    assert [p.started for p in pools] == [1]
+    client = MlflowClient(store)
+    children = [r for r in client.search_runs([client.get_experiment_by_name("three").experiment_id])
+                if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3
+    for run in children:
+        assert run.info.status == FINISHED
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")] == list(range(5))
+        assert logged_snapshot_steps(client, run.info.run_id) == {0, 5}
+
+
+def test_a_writer_pool_lends_its_processes_again_and_replaces_one_that_died(store) -> None:
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("pool")).info.run_id
+    with writers.WriterPool() as pool:
+        (first,) = pool.lend(1)
+        first.submit(write_rows, store, run_id, [(0, 0, {"loss/total": 1.0})]).result()
+        writers.WriterPool.settle([first])
+        assert pool.lend(1) == [first] and pool.started == 1  # alive: lent again, not started again
+        os.kill(first._child.pid, signal.SIGKILL)
+        first._child.wait()
+        writers.WriterPool.settle([first])  # gone: nothing left to wait for, and no error at a batch's end
+        (second,) = pool.lend(1)
+        assert second is not first and pool.started == 2
+        second.submit(write_rows, store, run_id, [(1, 0, {"loss/total": 2.0})]).result()
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss/total")] == [(0, 1.0), (1, 2.0)]

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from pipelines.config.grid import Point
 from pipelines.execution.run import RunResult, RunSpec, execute_batch
+from pipelines.tracking.writers import WriterPool
 
 Announce = Callable[[Point, str], None]
 
@@ -38,9 +39,9 @@ class Job:
     experiment: str
     progress: bool = True
 
-    def run(self) -> list[RunResult]:
+    def run(self, pool: WriterPool | None = None) -> list[RunResult]:
         return execute_batch([t.spec for t in self.tasks], tracking_uri=self.tracking_uri,
-                             experiment=self.experiment, progress=self.progress)
+                             experiment=self.experiment, progress=self.progress, pool=pool)
 
     def verb(self, task: Task) -> str:
         n = len(self.tasks)
@@ -52,8 +53,10 @@ class Executor(Protocol):
 
 
 def run_local(jobs: list[Job], *, say: Announce) -> Iterator[tuple[Point, RunResult]]:
-    """In this process, batch after batch. Bad input (UserError) and Ctrl-C stop the sweep."""
-    for job in jobs:
-        for task in job.tasks:
-            say(task.point, job.verb(task))
-        yield from zip((t.point for t in job.tasks), job.run(), strict=True)
+    """In this process, batch after batch, their writer processes kept from one to the next. Bad input
+    (UserError) and Ctrl-C stop the sweep."""
+    with WriterPool() as pool:
+        for job in jobs:
+            for task in job.tasks:
+                say(task.point, job.verb(task))
+            yield from zip((t.point for t in job.tasks), job.run(pool), strict=True)

@@ -114,17 +114,19 @@ def execute(
 
 
 def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
-                  progress: bool = True, writer: str = "auto") -> list[RunResult]:
+                  progress: bool = True, writer: str = "auto", pool: writers.WriterPool | None = None
+                  ) -> list[RunResult]:
     """Run a batch of style transfers, each tracked as its own run. Raises UserError for bad input
     (before any run exists) and KeyboardInterrupt after marking the live runs KILLED; other failures
     end the live runs FAILED with the reason, so a sweep can go on. A spec with `resume_run_id`
     continues that run from its last checkpoint, without writing any step twice. `writer`: where the
-    runs' metrics, snapshots and checkpoints are written (`thread`, `process`; `auto`: pipelines.tracking.writers)."""
+    runs' metrics, snapshots and checkpoints are written (`thread`, `process`; `auto`: pipelines.tracking.writers),
+    by processes from `pool` when given (a sweep's, kept from batch to batch)."""
     quiet_lightning()
     config = specs[0].config  # its shared settings are every spec's (StyleTransfer checks)
     device = resolve_device(config.device)
     # Opened first: a writer process starts up (about a second) while the inputs load.
-    with writers.open_writers(writer, device, len(specs)) as writes:
+    with writers.open_writers(writer, device, len(specs), pool) as writes:
         client = MlflowClient(tracking_uri)
         inputs = load_inputs(config)
         inits = [load_init(s.config, inputs.size, client) for s in specs]

@@ -1,5 +1,6 @@
 """Where a batch's runs are written, and by how many writers: a thread, or processes
-(pipelines.tracking.writer_process says why; BENCHMARKS.md and BENCHMARKS-cuda.md, "Writers", measure both).
+(pipelines.tracking.writer_process says why; BENCHMARKS.md and BENCHMARKS-cuda.md, "Writers", measure both),
+kept from batch to batch by a sweep run here (WriterPool).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
 from pipelines.errors import UserError
-from pipelines.tracking.writer_process import WriterProcess
+from pipelines.tracking.writer_process import WriterProcess, settled
 
 WRITER_ENV = "NST_WRITER"  # `thread` or `process` for every batch (the README says when)
 #: From this many runs a CPU's batch is written by a process: measured on this 2-core CPU (tracked steps of
@@ -49,11 +50,60 @@ def open_writer(kind: str) -> Executor:
     raise UserError(f"{WRITER_ENV}={kind!r}: the writer must be 'thread' or 'process'; set one or unset it")
 
 
+class WriterPool:
+    """A sweep's writer processes, kept from one batch to the next. A process takes about a second to
+    start (it imports MLflow) and had to be waited for at each batch's end: a sweep run one point at a
+    time on a GPU, where every batch is written by a process, paid both at every point (measured on this
+    CPU with `NST_WRITER=process`, 8 points of 2 steps one at a time: 16.8 s, against 3.2 s with a
+    thread). A batch borrows processes (`lend`) and gives them back once every write it handed them is
+    done (`settle`), so a batch's end still means its runs are whole in the store; a process that died
+    is replaced. On the way out, each ends as a batch's own would."""
+
+    def __init__(self) -> None:
+        self._processes: list[WriterProcess] = []
+        self.started = 0  # processes started in all (the tests count them)
+
+    def lend(self, n: int) -> list[Executor]:
+        for gone in [p for p in self._processes if not p.alive]:
+            gone.shutdown()
+            self._processes.remove(gone)
+        while len(self._processes) < n:
+            self._processes.append(WriterProcess())
+            self.started += 1
+        return list(self._processes[:n])
+
+    @staticmethod
+    def settle(lent: list[Executor]) -> None:
+        """Wait until every write handed to `lent` is done (one that failed has raised in its batch; a
+        process that died meanwhile is replaced at the next lend)."""
+        for writer in lent:
+            try:
+                writer.submit(settled).result()
+            except Exception:  # noqa: BLE001 - gone: nothing of it is left to wait for
+                pass
+
+    def __enter__(self) -> WriterPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self._processes:
+            process.shutdown()
+        self._processes = []
+
+
 @contextmanager
-def open_writers(kind: str, device: str, runs: int) -> Iterator[list[Executor]]:
+def open_writers(kind: str, device: str, runs: int, pool: WriterPool | None = None) -> Iterator[list[Executor]]:
     """A batch's writers (each run keeps one): `kind` `thread` or `process`, or `auto` ($NST_WRITER, else
-    auto_writer), as many as writer_count; on the way out, each waits for its writes."""
+    auto_writer), as many as writer_count; processes from `pool` when given (a sweep's). On the way out,
+    each has done its writes."""
     if kind == "auto":
         kind = os.environ.get(WRITER_ENV) or auto_writer(device, runs)
+    if kind == "process" and pool is not None:
+        lent = pool.lend(writer_count(kind, runs))
+        try:
+            yield lent
+        finally:
+            pool.settle(lent)
+        return
     with ExitStack() as stack:
         yield [stack.enter_context(open_writer(kind)) for _ in range(writer_count(kind, runs))]
