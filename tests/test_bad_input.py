@@ -89,10 +89,10 @@ def test_bad_images(tmp_path, store, capsys, monkeypatch, kind, needle) -> None:
         ("stop.window=0", "stop.window must be > 0"),
     ],
 )
-def test_bad_settings(store, capsys, setting, needle) -> None:
-    argv = ["run", "--content", STYLE, "--style", STYLE, "--set", setting, "--tracking-uri", store]
+def test_bad_settings(unmade_store, capsys, setting, needle) -> None:
+    argv = ["run", "--content", STYLE, "--style", STYLE, "--set", setting, "--tracking-uri", unmade_store]
     _expect_usage_error(capsys, argv, needle)
-    assert not Path(store.removeprefix("sqlite:///")).exists()
+    assert not Path(unmade_store.removeprefix("sqlite:///")).exists()
 
 
 def test_a_pyramid_starting_too_small_for_vgg(store, capsys) -> None:

@@ -105,7 +105,8 @@ def test_a_failing_point_does_not_stop_the_sweep(grid_file, store, monkeypatch, 
     assert sum(c.info.status == "FINISHED" for c in children) == 4
 
 
-def test_dry_run_prints_runs_and_touches_nothing(grid_file, store, capsys) -> None:
+def test_dry_run_prints_runs_and_touches_nothing(grid_file, unmade_store, capsys) -> None:
+    store = unmade_store
     assert main(["experiment", str(grid_file), "--dry-run", "--set", "iterations=2", "--tracking-uri", store]) == 0
     out = capsys.readouterr().out
     assert "tiny: 4 runs" in out and "lr=1 alpha=10 seed=0" in out and "2 it" in out

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +65,35 @@ def _sweep(path: Path, store: str, batch: str, env: dict[str, str] | None = None
     return subprocess.run(_command(path, store, batch), capture_output=True, timeout=600, env=env)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], str]:
+    """`uninterrupted(batch)`: the store of the sweep run whole with `--batch batch`, in a fresh process as
+    the killed one was (what earlier tests left in this process's torch state cannot tell them apart);
+    run once for all of this file's tests that compare with it."""
+    stores: dict[str, str] = {}
+
+    def store_of(batch: str) -> str:
+        if batch not in stores:
+            folder = tmp_path_factory.mktemp(f"uninterrupted-{batch}")
+            path = folder / "resumable.yaml"
+            path.write_text(SWEEP)
+            stores[batch] = f"sqlite:///{folder}/store/mlflow.db"
+            done = _sweep(path, stores[batch], batch)
+            assert done.returncode == 0, done.stderr[-2000:]
+        return stores[batch]
+
+    return store_of
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize(("batch", "writer"), [("1", None), ("2", None), process_writer("2", "process")])
-def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch, writer) -> None:
+def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, make_store, uninterrupted, batch,
+                                                              writer) -> None:
     # writer: where the runs are written (None: this device's choice; "process": as on a GPU, a writer
     # process, which must die with the killed command rather than write on while the resume runs).
     path = tmp_path / "resumable.yaml"
     path.write_text(SWEEP)
-    store = f"sqlite:///{tmp_path}/store/mlflow.db"
+    store = make_store(tmp_path / "store")
     client = MlflowClient(store)
     env = {**os.environ, "NST_WRITER": writer} if writer else None
     process = subprocess.Popen(_command(path, store, batch), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -79,8 +101,6 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch, w
     killed_id, deadline = None, time.monotonic() + 180
     while killed_id is None and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.3)
-        if not Path(f"{tmp_path}/store/mlflow.db").exists():
-            continue
         for run in _children(client).values():
             steps = _history(client, run.info.run_id)
             if run.info.status == "RUNNING" and len(steps) >= 50:
@@ -93,18 +113,14 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch, w
         assert [r.info.status for r in _children(client).values()] == ["RUNNING", "RUNNING"]
         assert all(client.list_artifacts(r.info.run_id, "checkpoint") for r in _children(client).values())
 
-    # The same command again, and the uninterrupted reference, each in a fresh process as the killed
-    # one was: what earlier tests left in this process's torch state cannot tell them apart.
+    # The same command again, in a fresh process as the killed one was.
     done = _sweep(path, store, batch, env)
     assert done.returncode == 0, done.stderr[-2000:]
     runs = _children(client)
     assert sorted(runs) == ["lr=0.5 seed=0", "lr=1 seed=0"]  # resumed in place, no third run
     assert all(r.info.status == "FINISHED" for r in runs.values())
 
-    reference = f"sqlite:///{tmp_path}/reference/mlflow.db"
-    done = _sweep(path, reference, batch)
-    assert done.returncode == 0, done.stderr[-2000:]
-    ref_client = MlflowClient(reference)
+    ref_client = MlflowClient(uninterrupted(batch))
     ref_runs = _children(ref_client)
     for name, run in runs.items():
         history = _history(client, run.info.run_id)
@@ -119,12 +135,11 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, batch, w
     assert client.list_artifacts(killed_id, "checkpoint")  # the resume came from a real checkpoint
 
 
-def _sweep_that_dies(tmp_path: Path, patch: str) -> tuple[Path, str]:
-    """The sweep in one batch, run as a script with `patch` applied first: it dies as kill -9 would
-    (os._exit) where the patch says. Returns the sweep's file and its store."""
+def _sweep_that_dies(tmp_path: Path, patch: str, store: str) -> Path:
+    """The sweep in one batch into `store`, run as a script with `patch` applied first: it dies as kill -9
+    would (os._exit) where the patch says. Returns the sweep's file."""
     path = tmp_path / "resumable.yaml"
     path.write_text(SWEEP)
-    store = f"sqlite:///{tmp_path}/store/mlflow.db"
     script = tmp_path / "dies.py"
     script.write_text(f"import os, sys\nfrom mlflow import MlflowClient\nfrom pipelines.cli import main\n{patch}\n"
                       "sys.exit(main(sys.argv[1:]))\n")
@@ -133,7 +148,7 @@ def _sweep_that_dies(tmp_path: Path, patch: str) -> tuple[Path, str]:
                           timeout=600, cwd=Path(__file__).resolve().parents[1],
                           env={**os.environ, "NST_WRITER": "thread"})
     assert died.returncode == 137, died.stderr[-2000:]
-    return path, store
+    return path
 
 
 # Dies at the one moment a snapshot's quality metrics are in the store and its image is not yet
@@ -151,8 +166,8 @@ MlflowClient.log_image = dies_before_the_image
 
 
 @pytest.mark.heavy
-def test_killed_between_a_snapshots_metrics_and_its_image_the_resume_redoes_only_the_image(tmp_path) -> None:
-    path, store = _sweep_that_dies(tmp_path, DIES_BEFORE_AN_IMAGE)
+def test_killed_between_a_snapshots_metrics_and_its_image_the_resume_redoes_only_the_image(tmp_path, store) -> None:
+    path = _sweep_that_dies(tmp_path, DIES_BEFORE_AN_IMAGE, store)
     client = MlflowClient(store)
     ssim_steps = {name: [m.step for m in client.get_metric_history(r.info.run_id, "quality/ssim_content")]
                   for name, r in _children(client).items()}
@@ -188,8 +203,9 @@ MlflowClient.log_batch = dies_before_the_tags
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("tagged", [0, 1])
-def test_killed_between_its_runs_checkpoints_a_batch_resumes_together_exactly(tmp_path, tagged) -> None:
-    path, store = _sweep_that_dies(tmp_path, DIES_BEFORE_A_CHECKPOINTS_TAGS.replace("TAGGED", str(tagged)))
+def test_killed_between_its_runs_checkpoints_a_batch_resumes_together_exactly(tmp_path, store, uninterrupted,
+                                                                              tagged) -> None:
+    path = _sweep_that_dies(tmp_path, DIES_BEFORE_A_CHECKPOINTS_TAGS.replace("TAGGED", str(tagged)), store)
     client = MlflowClient(store)
     runs = _children(client)
     latest = [torch.load(download_checkpoint(client, r.info.run_id, tmp_path / name), weights_only=False)
@@ -204,9 +220,7 @@ def test_killed_between_its_runs_checkpoints_a_batch_resumes_together_exactly(tm
     done = _sweep(path, store, "2")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count(b"(a batch of 2)") == 2, done.stdout  # resumed as they ran, from step 40
-    reference = f"sqlite:///{tmp_path}/reference/mlflow.db"
-    assert _sweep(path, reference, "2").returncode == 0
-    ref_client = MlflowClient(reference)
+    ref_client = MlflowClient(uninterrupted("2"))
     ref_runs = _children(ref_client)
     for name, run in _children(client).items():
         assert run.info.status == "FINISHED", name
