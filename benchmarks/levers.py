@@ -26,8 +26,9 @@ from benchmarks.bench import bare_loop
 from benchmarks.device import add_device_argument, memory_kind, peak_memory_gib, pick, reset_peak
 from benchmarks.markdown import Section
 from nst.config import TransferConfig
+from nst.layers import LAYER_NAMES
 from nst.module import StyleTransfer
-from nst.vgg import LAYER_NAMES, load_vgg19
+from nst.vgg import load_vgg19
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Levers"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
-from nst.vgg import check_layers
+from nst.layers import check_layers
 
 INITS = ("content", "noise", "content+noise")
 OPTIMIZERS = ("adam", "lbfgs", "sgd")

@@ -15,23 +15,16 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from nst.files import ImageError, check_file
+
 #: Smallest side, in px, after resizing: relu5_1 sits behind four 2x poolings (16 px -> 1 px).
 MIN_SIDE = 16
 #: Decoded-pixel bound against decompression bombs (Pillow warns at 89 Mpx by default).
 MAX_PIXELS = 64_000_000
 
 
-class ImageError(ValueError):
-    """A user's image file cannot be used; the message names the file and the fix."""
-
-
 def _open(path: Path) -> Image.Image:
-    if not path.exists():
-        raise ImageError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory; give an image file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: the file is empty; give a JPEG/PNG image")
+    check_file(path)
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():

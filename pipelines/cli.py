@@ -117,12 +117,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from mlflow import MlflowClient
-
+    # The config and its paths are checked before torch, Lightning and MLflow load (5-6 s here): bad input
+    # gets its line at once.
     from pipelines.config import presets
-    from pipelines.config.runs import merge, outside, parse_set, read_yaml, resolve_paths, run_config
-    from pipelines.execution.run import FINISHED, execute
-    from pipelines.tracking.store import resolve_tracking_uri, ui_base
+    from pipelines.config.runs import check_paths, merge, outside, parse_set, read_yaml, resolve_paths, run_config
 
     data: dict[str, Any] = {}
     if args.config:
@@ -139,6 +137,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = run_config(data, source=str(args.config) if args.config else "command line", preset=presets.DEFAULT)
     for note in outside(config, Path.cwd(), overrides):
         print(note, file=sys.stderr)
+    check_paths([config])
+    from mlflow import MlflowClient
+
+    from pipelines.execution.run import FINISHED, execute
+    from pipelines.tracking.store import resolve_tracking_uri, ui_base
+
     uri = resolve_tracking_uri(args.tracking_uri)
     result = execute(config, tracking_uri=uri, experiment=args.experiment, progress=not args.quiet)
     print(f"run {result.run_id}: {result.status} in {result.seconds:.1f} s")
@@ -160,20 +164,23 @@ def _start_ui(uri: str) -> str:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from mlflow import MlflowClient
-
+    # As _cmd_run: the file, its points and their paths are checked before the heavy imports.
     from pipelines.config.grid import find_config, load_experiment
-    from pipelines.config.runs import outside, parse_set
-    from pipelines.execution.batches import parse_batch, plan
-    from pipelines.execution.inputs import resolve_device
-    from pipelines.execution.sweep import run_experiment, summary
-    from pipelines.tracking.store import resolve_tracking_uri, sweep_link
+    from pipelines.config.runs import check_paths, outside, parse_set
 
     path = find_config(args.config)
     overrides = dict(parse_set(s) for s in args.overrides)
     experiment = load_experiment(path, overrides)
     for note in sorted({n for p in experiment.points for n in outside(p.config, Path.cwd(), overrides)}):
         print(note, file=sys.stderr)
+    check_paths(p.config for p in experiment.points)
+    from mlflow import MlflowClient
+
+    from pipelines.execution.batches import parse_batch, plan
+    from pipelines.execution.inputs import resolve_device
+    from pipelines.execution.sweep import run_experiment, summary
+    from pipelines.tracking.store import resolve_tracking_uri, sweep_link
+
     batch = parse_batch(args.batch)
     if args.dry_run:
         print(f"{experiment.name}: {len(experiment.points)} runs from {path}")
@@ -250,16 +257,16 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
+    if not 0 < args.lr_min < args.lr_max:  # answered before the heavy imports below
+        raise UserError(f"--lr-min {args.lr_min:g} and --lr-max {args.lr_max:g}: need 0 < lr-min < lr-max")
+    if args.points < 2:
+        raise UserError(f"--points {args.points}: need at least 2 learning rates to compare")
     from mlflow import MlflowClient
 
     from pipelines.config.runs import merge, parse_set, resolve_paths
     from pipelines.lr_find import ascii_plot, find_lr, log_range, plot
     from pipelines.tracking.store import resolve_tracking_uri
 
-    if not 0 < args.lr_min < args.lr_max:
-        raise UserError(f"--lr-min {args.lr_min:g} and --lr-max {args.lr_max:g}: need 0 < lr-min < lr-max")
-    if args.points < 2:
-        raise UserError(f"--points {args.points}: need at least 2 learning rates to compare")
     style = args.style[0] if len(args.style) == 1 else args.style
     # find_lr probes Adam's lr on the seed's formulation; --set preset=default probes on the default's
     # keys instead, with --set optimizer.name=adam.

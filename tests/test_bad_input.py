@@ -2,6 +2,8 @@
 traceback, nothing written to the store."""
 
 import io
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,3 +142,25 @@ def test_a_path_outside_the_project_is_allowed_and_reported(tmp_path, store, cap
                  "--set", "iterations=2", "--tracking-uri", store, "--quiet"])
     assert code == 0
     assert f"note: content resolves to {outside}, outside the project folder" in capsys.readouterr().err
+
+
+_TORCH_LOADED = "import sys; from pipelines.cli import main; print(main(sys.argv[1:]), 'torch' in sys.modules)"
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "key", "experiment"])
+def test_a_typo_is_answered_before_torch_loads(tmp_path, kind) -> None:
+    # torch, Lightning and MLflow take 5-6 s to load here: a mistyped path or key is answered without them.
+    missing = tmp_path / "nope.jpg"
+    photo = {"missing": missing, "key": IMAGES / "grace_hopper.jpg", "experiment": missing}.get(kind)
+    photo = photo or _bad_file(tmp_path, kind)
+    argv = ["run", "--content", str(photo), "--style", STYLE, "--set", "sizee=3" if kind == "key" else "size=32"]
+    if kind == "experiment":
+        path = tmp_path / "typo.yaml"
+        path.write_text(f"name: typo\nbase: {{content: {missing}, style: {STYLE}, size: 32}}\n"
+                        "grid: {optimizer.lr: [0.1, 1.0]}\n")
+        argv = ["experiment", str(path)]
+    done = subprocess.run([sys.executable, "-c", _TORCH_LOADED, *argv], capture_output=True, text=True,
+                          cwd=IMAGES.parents[1], timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stderr  # exit status 2, torch never loaded
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("nst: error: ")
+    assert ("did you mean 'size'" if kind == "key" else str(photo)) in done.stderr

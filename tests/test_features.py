@@ -15,7 +15,7 @@ from nst.determinism import deterministic
 from nst.images import load_image
 from nst.losses import style_layer_loss
 from nst.module import StyleTransfer
-from nst.scales import pyramid
+from nst.sizes import pyramid
 from pipelines.cli import main
 from pipelines.config.runs import run_config
 from pipelines.execution.run import FINISHED, execute

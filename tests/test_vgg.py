@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from nst.vgg import LAYER_NAMES, WeightsError, load_vgg19
+from nst.layers import LAYER_NAMES
+from nst.vgg import WeightsError, load_vgg19
 
 
 def _ramp(size: int = 32) -> torch.Tensor:

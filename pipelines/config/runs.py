@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from nst.config import INITS, TransferConfig, blend_weights
-from nst.scales import pyramid
+from nst.files import ImageError, check_file
+from nst.sizes import pyramid
 from pipelines.config import presets
 from pipelines.config.coerce import ConfigError, build, coerce, hints
 from pipelines.errors import UserError
@@ -169,6 +170,21 @@ def input_files(config: RunConfig) -> list[tuple[str, str]]:
     """(key, path) of every image file the run reads: the photo, each painting, an init image."""
     files = [("content", config.content), *(("style", s) for s in config.styles)]
     return [*files, ("init", config.init)] if config.init_from_file else files
+
+
+def check_paths(configs: Iterable[RunConfig]) -> None:
+    """UserError for the first input path that is no image file's (missing, a directory, empty), each path
+    looked at once: checked before torch loads, so a typo gets its answer at once (the files are decoded
+    later, pipelines.execution.inputs)."""
+    seen: set[str] = set()
+    for config in configs:
+        for _, path in input_files(config):
+            if path not in seen and not path.startswith("run:"):  # another run's image: the store has it
+                seen.add(path)
+                try:
+                    check_file(Path(path))
+                except ImageError as exc:
+                    raise UserError(str(exc)) from None
 
 
 def outside(config: RunConfig, root: Path, keys: Iterable[str]) -> list[str]:
