@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from mlflow import MlflowClient
 
 from benchmarks.bench import CONTENT, STYLE, Timing, _pair, _timing
 from benchmarks.cluster import tracking_server
@@ -42,7 +43,7 @@ from pipelines.errors import UserError
 from pipelines.execution.batches import auto_size
 from pipelines.execution.run import FINISHED, RunSpec, execute_batch, quiet_lightning
 from pipelines.execution.sweep import SweepResult, run_experiment
-from pipelines.tracking.writers import auto_writer, writer_count
+from pipelines.tracking.writers import WriterPool, auto_writer, writer_count
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Batches"
@@ -306,6 +307,31 @@ def writers(device: torch.device, smoke: bool, out: Path) -> None:
         section.add(f"| {b} × {size} px | {bare * 1000:.1f} ms | {thread * 1000:.1f} ms ({thread / bare - 1:+.1%}) "
                     f"| {process * 1000:.1f} ms ({process / bare - 1:+.1%}), {n} process{'es' if n > 1 else ''} "
                     f"| {thread_cpu * 1000:.1f} ms | {process_cpu * 1000:.1f} ms |")
+    n, size, steps = (3, 32, 2) if smoke else (8, 32, 2)
+    section.lines += [
+        "", f"A sweep of {n} short runs one at a time ({steps} steps at {size} px each, into one SQLite store",
+        "made beforehand), the wall of the whole: what each batch pays around its fit for its writer. A process",
+        "takes about a second to start; a sweep keeps its processes from batch to batch (WriterPool).", "",
+        "| runs | writer thread | a process per batch | the sweep's processes, kept |", "|---|---|---|---|"]
+    walls = [one_at_a_time(n, size, steps, device, w, kept) for w, kept in
+             (("thread", False), ("process", False), ("process", True))]
+    section.add(f"| {n} | {walls[0]:.1f} s | {walls[1]:.1f} s | {walls[2]:.1f} s |")
+
+
+def one_at_a_time(n: int, size: int, steps: int, device: torch.device, writer: str, kept: bool) -> float:
+    """Wall seconds of `n` tracked runs, one batch each, written by `writer` (`kept`: processes kept from batch
+    to batch, as a sweep run here keeps them)."""
+    specs = [RunSpec(replace(_run_config(size, steps, device), alpha=c.alpha, beta=c.beta, optimizer=c.optimizer))
+             for c in _configs(n)]
+    with tempfile.TemporaryDirectory() as tmp, WriterPool() if kept else nullcontext() as pool:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        MlflowClient(uri).search_experiments()  # the store made first: its making is not the writers'
+        start = time.perf_counter()
+        for spec in specs:
+            results = execute_batch([spec], tracking_uri=uri, experiment="one-at-a-time", progress=False,
+                                    writer=writer, pool=pool)
+            _require(results, f"a run one at a time ({writer})")
+        return time.perf_counter() - start
 
 
 def graphs(device: torch.device, smoke: bool, out: Path) -> None:

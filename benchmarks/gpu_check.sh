@@ -23,7 +23,8 @@
 #          steps (the H100's lr sweep fit carried ~8 s so), first and second fit in a process, then
 #          the first fit of a fresh process under cProfile (startup_profile.log names where it goes).
 #   writers benchmarks.batch --writers: a tracked batch's step (3 × 128, 64 × 256 px) with its runs
-#          written by a thread against by a process (not yet timed on a GPU; about 2 min expected).
+#          written by a thread against by a process, and 8 short runs one at a time with a thread, a
+#          process per batch, the sweep's kept processes (not yet timed on a GPU; about 2.5 min expected).
 # Under a time limit that may cut it off, the pytest lane is stopped with SIGINT, so that it still
 # prints its failures.
 # TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase;
@@ -92,7 +93,7 @@ for p in "${phases[@]}"; do
       phase startup_profile 90 "$PYTHON" -m benchmarks.startup --profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     writers)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
-      phase writers 180 "$PYTHON" -m benchmarks.batch --writers --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
+      phase writers 210 "$PYTHON" -m benchmarks.batch --writers --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     profile)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase profile 90 "$PYTHON" -m benchmarks.step_profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
