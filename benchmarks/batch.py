@@ -307,7 +307,7 @@ def writers(device: torch.device, smoke: bool, out: Path) -> None:
         section.add(f"| {b} × {size} px | {bare * 1000:.1f} ms | {thread * 1000:.1f} ms ({thread / bare - 1:+.1%}) "
                     f"| {process * 1000:.1f} ms ({process / bare - 1:+.1%}), {n} process{'es' if n > 1 else ''} "
                     f"| {thread_cpu * 1000:.1f} ms | {process_cpu * 1000:.1f} ms |")
-    n, size, steps = (3, 32, 2) if smoke else (8, 32, 2)
+    n, size, steps = (2, 32, 2) if smoke else (8, 32, 2)
     section.lines += [
         "", f"A sweep of {n} short runs one at a time ({steps} steps at {size} px each, into one SQLite store",
         "made beforehand), the wall of the whole: what each batch pays around its fit for its writer. A process",

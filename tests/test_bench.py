@@ -60,7 +60,10 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     assert "| lr_sweep, 4 steps |" in text and "| 8 points at 32 px, 3 steps |" in text
     assert "## CUDA graphs" in text and "| tracked 3 × 32 px, per step |" in text
     assert "| lr_sweep batched, 4 steps: optimization (wall) |" in text
-    assert "## Writers" in text and "| 3 × 32 px |" in text.split("## Writers")[1]  # thread against process
+    writers = text.split("## Writers")[1]
+    assert "| 3 × 32 px |" in writers  # thread against process
+    assert "| runs | writer thread | a process per batch | the sweep's processes, kept |" in writers
+    assert "\n| 2 | " in writers  # two runs one at a time, each way
 
 
 def test_startup_smoke_writes_its_section(tmp_path) -> None:
