@@ -13,7 +13,7 @@ PHASES  ?=
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install install-dev browser postgres server recipes gallery test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-profile bench-startup bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
+.PHONY: help install install-dev browser postgres server recipes gallery test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-profile bench-startup schema bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ bench: install  ## overhead, roofline, precision, memory, peer, levers, batches 
 	$(PY) -m benchmarks.batch --device $(DEVICE)
 	$(PY) -m benchmarks.step_profile --device $(DEVICE)
 	$(PY) -m benchmarks.expand --device $(DEVICE)
+
+schema: install  ## the JSON Schema of experiment files, for editors (keys, types, descriptions) -> experiments/schema.json
+	$(VENV)/bin/python -m pipelines.config.schema
 
 bench-expand: install  ## only grid expansion: a 100,000-point experiment file read and validated -> BENCHMARKS.md
 	$(PY) -m benchmarks.expand --device $(DEVICE)
