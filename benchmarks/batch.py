@@ -148,12 +148,18 @@ def tracked_fit(configs: list[TransferConfig], size: int, steps: int, device: to
     """One tracked batch of `steps` steps (snapshots at 0 and halfway, checkpoints every 100 steps) into
     a fresh SQLite store or `server`; every run FINISHED, or the bench stops with the error."""
     with tempfile.TemporaryDirectory() as tmp:
-        specs = [RunSpec(replace(_run_config(size, steps, device), alpha=c.alpha, beta=c.beta,
-                                 optimizer=c.optimizer, cuda_graph=cuda_graph)) for c in configs]
+        specs = _specs(configs, size, steps, device, cuda_graph=cuda_graph)
         results = execute_batch(specs, tracking_uri=server or f"sqlite:///{tmp}/mlflow.db",
                                 experiment=f"bench-{steps}", progress=False, writer=writer)
     _require(results, f"the tracked batch of {len(configs)} at {size} px")
     return results
+
+
+def _specs(configs: list[TransferConfig], size: int, steps: int, device: torch.device, **keys: object
+           ) -> list[RunSpec]:
+    """One tracked run per config of `configs` (what varies in a batch), the rest from _run_config."""
+    return [RunSpec(replace(_run_config(size, steps, device), alpha=c.alpha, beta=c.beta, optimizer=c.optimizer,
+                            **keys)) for c in configs]
 
 
 def _run_config(size: int, steps: int, device: torch.device):  # -> RunConfig
@@ -321,8 +327,7 @@ def writers(device: torch.device, smoke: bool, out: Path) -> None:
 def one_at_a_time(n: int, size: int, steps: int, device: torch.device, writer: str, kept: bool) -> float:
     """Wall seconds of `n` tracked runs, one batch each, written by `writer` (`kept`: processes kept from batch
     to batch, as a sweep run here keeps them)."""
-    specs = [RunSpec(replace(_run_config(size, steps, device), alpha=c.alpha, beta=c.beta, optimizer=c.optimizer))
-             for c in _configs(n)]
+    specs = _specs(_configs(n), size, steps, device)
     with tempfile.TemporaryDirectory() as tmp, WriterPool() if kept else nullcontext() as pool:
         uri = f"sqlite:///{tmp}/mlflow.db"
         MlflowClient(uri).search_experiments()  # the store made first: its making is not the writers'

@@ -120,7 +120,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # The config and its paths are checked before torch, Lightning and MLflow load (5-6 s here): bad input
     # gets its line at once.
     from pipelines.config import presets
-    from pipelines.config.runs import check_paths, merge, outside, parse_set, read_yaml, resolve_paths, run_config
+    from pipelines.config.paths import check_paths, outside, resolve_paths
+    from pipelines.config.runs import merge, parse_set, read_yaml, run_config
 
     data: dict[str, Any] = {}
     if args.config:
@@ -166,7 +167,8 @@ def _start_ui(uri: str) -> str:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     # As _cmd_run: the file, its points and their paths are checked before the heavy imports.
     from pipelines.config.grid import find_config, load_experiment
-    from pipelines.config.runs import check_paths, outside, parse_set
+    from pipelines.config.paths import check_paths, outside
+    from pipelines.config.runs import parse_set
 
     path = find_config(args.config)
     overrides = dict(parse_set(s) for s in args.overrides)
@@ -263,7 +265,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         raise UserError(f"--points {args.points}: need at least 2 learning rates to compare")
     from mlflow import MlflowClient
 
-    from pipelines.config.runs import merge, parse_set, resolve_paths
+    from pipelines.config.paths import resolve_paths
+    from pipelines.config.runs import merge, parse_set
     from pipelines.lr_find import ascii_plot, find_lr, log_range, plot
     from pipelines.tracking.store import resolve_tracking_uri
 

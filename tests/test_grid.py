@@ -136,7 +136,8 @@ def test_fast_expansion_builds_the_configs_and_keys_of_building_each_point_anew(
     """Each point is the first one with its varied fields replaced: it must equal the config built from
     scratch, for nested keys, whole sub-configs, image paths, a zip, variants and a seed axis."""
     from pipelines.config import presets
-    from pipelines.config.runs import merge, resolve_paths, run_config, run_key
+    from pipelines.config.paths import resolve_paths
+    from pipelines.config.runs import merge, run_config, run_key
 
     images = Path(__file__).resolve().parents[1] / "experiments" / "images"
     path = tmp_path / "mixed.yaml"

@@ -31,7 +31,8 @@ from typing import Any
 
 from pipelines.config import claims as verdicts
 from pipelines.config import presets
-from pipelines.config.runs import ConfigError, RunConfig, Variations, merge, read_yaml, resolve_paths
+from pipelines.config.paths import resolve_paths
+from pipelines.config.runs import ConfigError, RunConfig, Variations, merge, read_yaml
 from pipelines.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")

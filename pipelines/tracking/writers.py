@@ -53,11 +53,11 @@ def open_writer(kind: str) -> Executor:
 class WriterPool:
     """A sweep's writer processes, kept from one batch to the next. A process takes about a second to
     start (it imports MLflow) and had to be waited for at each batch's end: a sweep run one point at a
-    time on a GPU, where every batch is written by a process, paid both at every point (measured on this
-    CPU with `NST_WRITER=process`, 8 points of 2 steps one at a time: 16.8 s, against 3.2 s with a
-    thread). A batch borrows processes (`lend`) and gives them back once every write it handed them is
-    done (`settle`), so a batch's end still means its runs are whole in the store; a process that died
-    is replaced. On the way out, each ends as a batch's own would."""
+    time on a GPU, where every batch is written by a process, paid both at every point (BENCHMARKS.md,
+    "Writers": 8 runs of 2 steps one at a time on this CPU took 14.7 s with a process per batch, 4.0 s
+    with the sweep's kept process, 2.2 s with a thread). A batch borrows processes (`lend`) and gives
+    them back once every write it handed them is done (`settle`), so a batch's end still means its runs
+    are whole in the store; a process that died is replaced. On the way out, each ends as a batch's own would."""
 
     def __init__(self) -> None:
         self._processes: list[WriterProcess] = []
