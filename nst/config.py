@@ -10,16 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
+from typing import Literal, get_args
 
 from nst.layers import check_layers
 
-INITS = ("content", "noise", "content+noise")
-OPTIMIZERS = ("adam", "lbfgs", "sgd")
-SCHEDULES = ("constant", "cosine", "exponential")
-GRAM_NORMS = ("seed", "hw", "chw")
-STYLE_LOSSES = ("gram", "w2")  # nst.losses
-PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the hardware computes it natively
-COLOR_MODES = ("none", "luminance", "match")
+# The choices of a setting, as types: a config loader (and an editor's schema) offers exactly these.
+Optimizer = Literal["adam", "lbfgs", "sgd"]
+Schedule = Literal["constant", "cosine", "exponential"]
+GramNorm = Literal["seed", "hw", "chw"]
+StyleLoss = Literal["gram", "w2"]  # nst.losses
+Precision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where the hardware computes it natively
+ColorMode = Literal["none", "luminance", "match"]
+Pooling = Literal["max", "avg"]
+Convention = Literal["caffe", "torchvision"]
+TvNorm = Literal["l1", "l2"]
+
+INITS = ("content", "noise", "content+noise")  # or an image file, or run:<id> (a free string)
+OPTIMIZERS, SCHEDULES, GRAM_NORMS = get_args(Optimizer), get_args(Schedule), get_args(GramNorm)
+STYLE_LOSSES, PRECISIONS, COLOR_MODES = get_args(StyleLoss), get_args(Precision), get_args(ColorMode)
 
 
 def _positive(name: str, value: float) -> None:
@@ -51,10 +59,10 @@ def blend_weights(blend: Sequence[float], n: int) -> list[float]:
 class OptimizerConfig:
     """The optimizer over the pixels. L-BFGS does one iteration (no line search) per step."""
 
-    name: str = "adam"
+    name: Optimizer = "adam"
     lr: float = 0.1
     momentum: float = 0.9  # sgd only
-    schedule: str = "constant"
+    schedule: Schedule = "constant"
     gamma: float = 0.999  # per-step decay of the exponential schedule
 
     def __post_init__(self) -> None:
@@ -87,13 +95,13 @@ class BackboneConfig:
     """VGG-19 weights ("caffe", "torchvision" or a state_dict path) and pooling."""
 
     weights: str = "caffe"
-    pooling: str = "max"
-    convention: str | None = None  # input convention override: "caffe" | "torchvision"
+    pooling: Pooling = "max"
+    convention: Convention | None = None  # input convention override
 
     def __post_init__(self) -> None:
-        _one_of("pooling", self.pooling, ("max", "avg"))
+        _one_of("pooling", self.pooling, get_args(Pooling))
         if self.convention is not None:
-            _one_of("convention", self.convention, ("caffe", "torchvision"))
+            _one_of("convention", self.convention, get_args(Convention))
 
 
 @dataclass(frozen=True)
@@ -124,24 +132,24 @@ class TransferConfig:
     pixel_scale: float = 255.0
     # "bf16": the VGG runs under autocast, Gram matrices and losses stay fp32; "auto" (default):
     # bf16 where the hardware has it natively (1.6-1.8x faster here, final J within 0.6%), else fp32.
-    precision: str = "auto"
+    precision: Precision = "auto"
     alpha: float = 10.0
     beta: float = 40.0
     gamma: float = 0.0  # total-variation weight
-    tv_norm: str = "l2"
+    tv_norm: TvNorm = "l2"
     # Gram normalization of J_style: "seed" sum(dG^2) / (4 C^2 (HW)^2) (Gatys); "hw" the mean
     # square of G/HW (4x seed); "chw" of G/(CHW) (4/C^2 x seed: deep, wide layers count less).
-    gram_norm: str = "seed"
+    gram_norm: GramNorm = "seed"
     # "gram" (Gatys et al.) or "w2": the Wasserstein-2 distance of the features' Gaussians (nst.losses).
-    style_loss: str = "gram"
+    style_loss: StyleLoss = "gram"
     # Iterate averaging: the image written out is an exponential moving average of the iterates with this
     # decay per step (0: the last iterate, as Gatys et al.); the losses are still the iterate's.
     average: float = 0.0
     # Weights of several style images (their Gram targets are blended); () = equal weights.
     style_blend: tuple[float, ...] = ()
-    preserve_color: str = "none"  # "luminance" | "match": see nst.color
+    preserve_color: ColorMode = "none"  # see nst.color
     # Long sides to optimize at, coarse to fine, `iterations` steps each; () = the size only.
-    scales: tuple[int, ...] | str = ()
+    scales: tuple[int, ...] | Literal["auto"] = ()
     stop: StopConfig = field(default_factory=StopConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -157,7 +165,7 @@ class TransferConfig:
         _one_of("precision", self.precision, PRECISIONS)
         for name in ("alpha", "beta", "gamma"):
             _non_negative(name, getattr(self, name))
-        _one_of("tv_norm", self.tv_norm, ("l1", "l2"))
+        _one_of("tv_norm", self.tv_norm, get_args(TvNorm))
         _one_of("gram_norm", self.gram_norm, GRAM_NORMS)
         _one_of("style_loss", self.style_loss, STYLE_LOSSES)
         if not 0 <= self.average < 1:

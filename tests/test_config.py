@@ -1,5 +1,7 @@
 """RunConfig: coercion, validation messages, --set parsing, flattening, run keys."""
 
+import re
+
 import pytest
 
 from pipelines.config.runs import ConfigError, flatten, merge, parse_set, run_config, run_key, to_dict
@@ -30,29 +32,45 @@ def test_style_layers_as_a_list_get_equal_weights() -> None:
     assert config.layers.style == {"relu1_1": 0.5, "relu2_1": 0.5}
 
 
+def test_one_value_stands_for_a_list_unless_the_key_takes_one_value() -> None:
+    assert run_config({**BASE, "snapshots": 5, "scales": 128, "size": 256}).snapshots == (5,)
+    assert run_config({**BASE, "scales": 128, "size": 256}).scales == (128,)
+    assert run_config({**BASE, "scales": "auto"}).scales == "auto"
+    assert run_config({**BASE, "style": "b.jpg"}).style == "b.jpg"
+    assert run_config({**BASE, "optimizer": {"lr": "1e-3"}}).optimizer.lr == 1e-3  # YAML 1.1 reads 1e-3 as text
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"optimizer": {"lrr": 0.1}}, "unknown key 'optimizer.lrr'; did you mean 'optimizer.lr'"),
         ({"iteratons": 5}, "did you mean 'iterations'"),
-        ({"optimizer": {"lr": "fast"}}, "optimizer.lr: expected a number, got 'fast'"),
+        ({"optimizer": {"lr": "fast"}},
+         "optimizer.lr: input should be a valid number, unable to parse string as a number, got 'fast'"),
         ({"optimizer": {"lr": -0.1}}, "optimizer.lr must be > 0"),
-        ({"optimizer": {"name": "adamw"}}, "optimizer.name must be one of adam, lbfgs, sgd"),
+        ({"optimizer": {"name": "adamw"}}, "optimizer.name: input should be 'adam', 'lbfgs' or 'sgd'"),
         ({"iterations": -5}, "iterations must be > 0"),
-        ({"iterations": 2.5}, "iterations: expected an integer"),
+        ({"iterations": 2.5}, "iterations: input should be a valid integer, got a number with a fractional part"),
         ({"size": 0}, "size must be within 1..4096"),
         ({"size": 5000}, "size must be within 1..4096"),
         ({"size": 5000, "max_size": 8192}, None),
         ({"layers": {"content": ["relu9_9"]}}, "unknown VGG-19 layer 'relu9_9'"),
-        ({"optimizer": 0.1}, "optimizer: expected a mapping"),
-        ({"precision": "fp8"}, "precision must be one of fp32, bf16, auto"),
+        ({"optimizer": 0.1}, "optimizer: input should be a dictionary"),
+        ({"precision": "fp8"}, "precision: input should be 'fp32', 'bf16' or 'auto', got 'fp8'"),
+        ({"alpha": True}, "alpha: expected a number, got True (bool)"),  # YAML's `yes`, not 1
+        ({"content": ""}, "content: string should have at least 1 character"),
+        ({"snapshots": [0, "x"]}, "snapshots[1]: input should be a valid integer"),
+        ({"layers": {"style": {"relu1_1": "x"}}}, "layers.style.relu1_1: input should be a valid number"),
+        ({"style": 5}, "style: input should be a valid string, got 5 (int)"),  # not "a valid tuple"
+        ({"scales": "fine"}, "scales: input should be 'auto', got 'fine'"),
+        ({"beta": float("inf")}, "beta: input should be a finite number"),
     ],
 )
 def test_bad_values_name_the_key(data, message) -> None:
     if message is None:
         run_config({**BASE, **data})
         return
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as info:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
         run_config({**BASE, **data}, source="x.yaml")
     assert str(info.value).startswith("x.yaml: ")
 

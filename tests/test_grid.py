@@ -72,14 +72,15 @@ def test_relative_paths_resolve_against_the_file_then_cwd(tmp_path, monkeypatch)
     [
         ("name: t\n" + BASE + "grid:\n  optimizer.lr: [0.1\n", "line"),
         ("name: t\n" + BASE + "gird:\n  optimizer.lr: [0.1]\n", "unknown key 'gird'; did you mean 'grid'"),
-        ("name: t\n" + BASE + "grid:\n  optimizer.lr: [fast]\n", "optimizer.lr: expected a number, got 'fast'"),
+        ("name: t\n" + BASE + "grid:\n  optimizer.lr: [fast]\n",
+         "optimizer.lr: input should be a valid number, unable to parse string as a number, got 'fast'"),
         ("name: t\n" + BASE + "grid:\n  optimizer.lrr: [0.1]\n", "did you mean 'optimizer.lr'"),
         ("name: t\n" + BASE + "grid:\n  optimizer.lr: [-1]\n", "optimizer.lr must be > 0"),
         ("name: t\n" + BASE + "grid: {}\n", "nothing varies"),
-        ("name: t\n" + BASE + "grid:\n  optimizer.lr: []\n", "non-empty list"),
+        ("name: t\n" + BASE + "grid:\n  optimizer.lr: []\n", "list should have at least 1 item"),
         ("name: t\n" + BASE + "zip:\n  alpha: [1, 2]\n  beta: [1]\n", "equal lengths"),
-        ("name: t\n" + BASE + "grid:\n  seed: [0]\nseeds: [-1]\n", "seeds: expected"),
-        (BASE + "grid:\n  seed: [0, 1]\n", "name: expected"),
+        ("name: t\n" + BASE + "grid:\n  seed: [0]\nseeds: [-1]\n", "seeds[0]: input should be greater than or equal"),
+        (BASE + "grid:\n  seed: [0, 1]\n", "missing key 'name'; name: the MLflow experiment's"),
         ("- just\n- a list\n", "expected a mapping"),
         ("name: t\nbase:\n  style: x.jpg\ngrid:\n  seed: [0, 1]\n", "missing key 'content'"),
         ("name: t\n" + BASE + "grid:\n  layers.content: [[relu9_1]]\n", "unknown VGG-19 layer"),
@@ -93,6 +94,20 @@ def test_validation_errors_name_file_and_key(tmp_path, body, message) -> None:
         load_experiment(path)
     text = str(info.value)
     assert text.startswith(str(path)) and message in text and "\n" not in text
+
+
+def test_a_key_written_with_nothing_under_it_is_left_out(tmp_path) -> None:
+    # YAML reads `zip:` with nothing under it as null: the same as no zip (and no variants, claims, ...).
+    body = "name: t\ndescription:\n" + BASE + "grid:\n  seed: [0, 1]\nzip:\nvariants:\nclaims:\nnotes:\n"
+    experiment = load_experiment(_write(tmp_path, body))
+    assert len(experiment.points) == 2 and experiment.zip == {} and experiment.claims == []
+    assert experiment.description == ""
+
+
+def test_a_wrong_top_level_value_says_what_its_key_holds(tmp_path) -> None:
+    with pytest.raises(UserError, match=r"max_runs: input should be greater than 0, got 0 \(int\); "
+                                        r"max_runs: more runs than this ask for --yes"):
+        load_experiment(_write(tmp_path, "name: t\n" + BASE + "grid:\n  seed: [0, 1]\nmax_runs: 0\n"))
 
 
 def test_errors_are_config_errors_for_points(tmp_path) -> None:
@@ -128,7 +143,7 @@ def test_variants_are_named_runs_combined_with_the_grid(tmp_path) -> None:
     assert [p.config.preserve_color for p in experiment.points] == ["none", "none", "luminance", "luminance"]
     assert experiment.points[2].varied["variant"] == "luminance"
     path.write_text("name: v\n" + BASE + "variants:\n  bad: 3\n")
-    with pytest.raises(UserError, match=r"variants\.bad: expected a mapping"):
+    with pytest.raises(UserError, match=r"variants\.bad: input should be a valid dictionary"):
         load_experiment(path)
 
 

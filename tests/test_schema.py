@@ -52,6 +52,13 @@ def test_a_mistyped_key_is_flagged_where_it_is_as_nst_refuses_it(validator, tmp_
             load_experiment(path)
 
 
+def test_a_settings_choices_are_offered_and_others_flagged(validator) -> None:
+    run = json.loads((EXPERIMENTS / SCHEMA_FILE).read_text())["$defs"]["OptimizerConfig"]["properties"]
+    assert run["name"]["enum"] == ["adam", "lbfgs", "sgd"]  # an editor completes them
+    data = {"name": "t", "base": {"optimizer": {"name": "adamw"}}}
+    assert [tuple(e.absolute_path) for e in validator.iter_errors(data)] == [("base", "optimizer", "name")]
+
+
 def test_what_nst_accepts_beyond_the_types_passes_too(validator, tmp_path) -> None:
     # A list of layers for a map of weights (equal weights), one value for a list, a layer's weight as a grid key.
     data = {"name": "loose", "base": {"content": str(IMAGES / "grace_hopper.jpg"),

@@ -1,19 +1,25 @@
-"""Plain data (parsed YAML, `--set` values) into validated, typed dataclasses: every key checked by
-name (an unknown one gets the closest valid one), every value coerced to its field's type, and every
-error a ConfigError naming the key and what was expected."""
+"""Plain data (parsed YAML, `--set` values) into validated settings objects (dataclasses, pydantic models), by pydantic.
+
+pydantic checks every key by name, every value against its field's type (finite numbers only,
+non-empty strings) and runs the dataclasses' own `__post_init__` checks; this module adds only what
+is nst's: the looser forms a user may write (one value for a list, a list of layer names for a map
+of layer weights), and one line per error that names the key, what was expected and, for an unknown
+key, the closest valid one. Its errors are ConfigErrors.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import functools
-import math
-import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from nst import config as nst_config
 from pipelines.errors import UserError
 
 
@@ -21,73 +27,15 @@ class ConfigError(UserError):
     """A config value or key is wrong; the message names it."""
 
 
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+#: How strict pydantic is with a settings object: no unknown key, no inf or NaN (no run can use
+#: them), no empty string. YAML 1.1 reads 1e-4 (no dot) as a string: pydantic's lax mode takes it.
+CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, str_min_length=1)
 
-
-def describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def coerce(tp: Any, value: Any, key: str) -> Any:
-    """`value` as type `tp`, or ConfigError naming `key` and what was expected."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return coerce(option, value, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {field_names(tp)}, got {describe(value)}")
-        return build(tp, value, prefix=f"{key}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {describe(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {describe(value)}")
-    if tp is float:
-        number = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        # YAML 1.1 reads 1e-4 (no dot) as a string; accept what is plainly a number.
-        elif isinstance(value, str) and _NUMBER.match(value.strip()):
-            number = float(value)
-        if number is None:
-            raise ConfigError(f"{key}: expected a number, got {describe(value)}")
-        if not math.isfinite(number):  # .inf, .nan, 1e999: no run can use them
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str) and value:
-            return value
-        raise ConfigError(f"{key}: expected a non-empty string, got {describe(value)}")
-    if origin is tuple:
-        item = typing.get_args(tp)[0]
-        items = value if isinstance(value, list | tuple) else [value]
-        return tuple(coerce(item, v, f"{key}[{i}]") for i, v in enumerate(items))
-    if origin is dict:
-        _, item = typing.get_args(tp)
-        if isinstance(value, list | tuple):  # a list of layers: equal weights summing to 1
-            value = {v: 1.0 / len(value) for v in value} if value else {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping (or a list), got {describe(value)}")
-        return {str(k): coerce(item, v, f"{key}.{k}") for k, v in value.items()}
-    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not a user error
-
-
-def field_names(cls: type) -> str:
-    return ", ".join(f.name for f in dataclasses.fields(cls))
+# nst's dataclasses stay free of pydantic; the loader says how strictly they are read (a subclass,
+# such as RunConfig, inherits it).
+for _cls in (nst_config.TransferConfig, nst_config.OptimizerConfig, nst_config.LayersConfig,
+             nst_config.BackboneConfig, nst_config.StopConfig):
+    _cls.__pydantic_config__ = CONFIG  # type: ignore[attr-defined]
 
 
 @functools.cache  # evaluating the annotations costs more than building the config (a grid builds thousands)
@@ -95,23 +43,108 @@ def hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """An instance of dataclass `cls` from a mapping, validated; keys are checked by name."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    field_types = hints(cls)
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {field_names(cls)}"
-            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
-    missing = [
-        n for n, f in fields.items()
-        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"missing key '{prefix}{missing[0]}'")
-    kwargs = {k: coerce(field_types[k], v, f"{prefix}{k}") for k, v in data.items()}
+@functools.cache
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    # A settings object carries its own config; a bare field type (a grid's varied value) is given it.
+    return TypeAdapter(tp) if _keys(tp) is not None else TypeAdapter(tp, config=CONFIG)
+
+
+def build(cls: type, data: Mapping[str, Any]) -> Any:
+    """An instance of settings object `cls` (a dataclass or a pydantic model) from a mapping, validated."""
+    return coerce(cls, data, "")
+
+
+def coerce(tp: Any, value: Any, key: str) -> Any:
+    """`value` as type `tp` (a dataclass or a field's type), or a ConfigError naming `key`'s part
+    that is wrong and what was expected."""
     try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        raise ConfigError(f"{prefix}{exc}") from None
+        return _adapter(tp).validate_python(_loosened(tp, value, key))
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # Of a union's members, the one that took the value's type but not its value says most
+        # (scales: "fine" is not "auto"), not the one that wanted another type (a list).
+        telling = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+        raise ConfigError(_message(tp, key, telling)) from None
+
+
+# -- the looser forms ---------------------------------------------------------------------------------
+def _options(tp: Any) -> tuple[Any, ...]:
+    """The types a field may hold: a union's members, else the type itself."""
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+
+
+def _loosened(tp: Any, value: Any, key: str) -> Any:
+    """`value` with nst's looser forms written out in full: one value where a list is expected (unless
+    the field also takes one value, as `style` takes one path and `scales` "auto"), a list of layers where a map of
+    weights is (equal weights summing to 1). A boolean where a number is expected is refused here:
+    pydantic would read YAML's `yes` as 1. Anything else is left for pydantic to judge."""
+    options = _options(tp)
+    kinds = {type(v) for o in options if typing.get_origin(o) is typing.Literal for v in typing.get_args(o)}
+    kinds |= {typing.get_origin(o) or o for o in options}
+    dataclass = next((o for o in options if dataclasses.is_dataclass(o)), None)
+    if dataclass is not None and isinstance(value, Mapping):
+        fields = hints(dataclass)
+        dotted = f"{key}." if key else ""
+        return {k: _loosened(fields[k], v, dotted + k) if k in fields else v for k, v in value.items()}
+    if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+        raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+    if tuple in kinds and not isinstance(value, list | tuple):
+        items = {typing.get_args(o)[0] for o in options if typing.get_origin(o) is tuple}
+        return value if type(value) in kinds or items & kinds else [value]
+    if dict in kinds and isinstance(value, list | tuple):
+        return {v: 1.0 / len(value) for v in value}
+    return value
+
+
+# -- one line per error ---------------------------------------------------------------------------
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _keys(tp: Any) -> dict[str, Any] | None:
+    """The keys of a settings object (a dataclass or a pydantic model) and their types; None: not one."""
+    for option in _options(tp):
+        if dataclasses.is_dataclass(option):
+            return hints(option)  # type: ignore[arg-type]
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            return {name: f.annotation for name, f in option.model_fields.items()}
+    return None
+
+
+def _path(tp: Any, loc: tuple[Any, ...]) -> tuple[list[str], Any, str | None]:
+    """The error's location as the user wrote it (the names of a union's members, which pydantic
+    adds, left out), the settings object whose key it is at or under, and that key."""
+    parts: list[str] = []
+    holder, key, node = None, None, tp
+    for part in loc:
+        keys = _keys(node)
+        if keys is not None and isinstance(part, str):  # a settings object's key, or an unknown one
+            parts.append(part)
+            holder, key, node = node, part, keys.get(part)
+        elif isinstance(part, int):  # an item of a list
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{part}]"]
+        elif dict in {typing.get_origin(o) for o in _options(node)}:  # a name in a mapping (a layer, a grid key)
+            parts.append(str(part))
+            node = typing.get_args(node)[-1]
+        # else: the name of a union's member that pydantic tried: not part of the key
+    return parts, holder, key
+
+
+def _message(tp: Any, key: str, error: Mapping[str, Any]) -> str:
+    parts, holder, name = _path(tp, tuple(error["loc"]))
+    where = ".".join([key, *parts] if key else parts)
+    kind, text = error["type"], error["msg"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden") and holder is not None and name is not None:
+        names = list(_keys(holder) or ())
+        close = difflib.get_close_matches(name, names, n=1)
+        prefix = where.rpartition(".")[0]
+        if not close:
+            return f"unknown key '{where}'; valid keys: {', '.join(names)}"
+        return f"unknown key '{where}'; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
+    field = getattr(holder, "model_fields", {}).get(name)  # a pydantic model's key says what it holds
+    about = f"; {name}: {field.description}" if field is not None and field.description else ""
+    if kind == "missing":
+        return f"missing key '{where}'{about}"
+    if kind == "value_error":  # a dataclass's own check: its message names the field
+        return f"{where + '.' if where else ''}{text.removeprefix('Value error, ')}"
+    return f"{where}: {text[:1].lower()}{text[1:]}, got {_describe(error['input'])}{about}"

@@ -21,7 +21,6 @@ what was expected.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
@@ -31,15 +30,13 @@ from typing import Any
 
 from pipelines.config import claims as verdicts
 from pipelines.config import presets
+from pipelines.config.coerce import build
+from pipelines.config.experiment_file import MAX_RUNS, ExperimentFile
 from pipelines.config.paths import resolve_paths
 from pipelines.config.runs import ConfigError, RunConfig, Variations, merge, read_yaml
 from pipelines.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "zip", "variants", "seeds", "claims", "contrast", "notes",
-                  "max_runs")
-#: Above this many runs a sweep asks to be confirmed (--yes), unless the file's `max_runs` allows them.
-MAX_RUNS = 1000
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ class Experiment:
     text: str
     grid: dict[str, list[Any]]
     zip: dict[str, list[Any]]
-    seeds: list[int]
+    seeds: list[int | None]  # [None]: the grid or zip varies seed
     variants: dict[str, dict[str, Any]]
     claims: list[dict[str, Any]]
     points: list[Point]
@@ -95,34 +92,6 @@ def _fail(path: Path, message: str) -> UserError:
     return ConfigError(f"{path}: {message}")
 
 
-def _lists(path: Path, section: str, value: Any) -> dict[str, list[Any]]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise _fail(path, f"{section}: expected a mapping of dotted keys to lists, e.g. optimizer.lr: [0.01, 0.1]")
-    out: dict[str, list[Any]] = {}
-    for key, values in value.items():
-        if not isinstance(values, list) or not values:
-            raise _fail(path, f"{section}.{key}: expected a non-empty list of values, got {values!r}")
-        out[str(key)] = values
-    return out
-
-
-def _variants(path: Path, value: Any) -> dict[str, dict[str, Any]]:
-    """`variants: {label: {key: value, ...}}`: each label is one run (per grid point and seed)."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not value:
-        raise _fail(path, "variants: expected a mapping of labels to overrides, "
-                    "e.g. luminance: {preserve_color: luminance}")
-    out = {}
-    for label, changes in value.items():
-        if not isinstance(changes, Mapping):
-            raise _fail(path, f"variants.{label}: expected a mapping of run keys, got {changes!r} (use {{}} for none)")
-        out[str(label)] = dict(changes)
-    return out
-
-
 def _last(key: str) -> str:
     parts = key.split(".")
     return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]  # optimizer.name -> optimizer
@@ -154,26 +123,15 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
     raw = read_yaml(path)
     if not isinstance(raw, Mapping):
         raise _fail(path, "expected a mapping with name, base and grid")
-    for key in raw:
-        if key not in TOP_LEVEL_KEYS:
-            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(TOP_LEVEL_KEYS)}"
-            raise _fail(path, f"unknown key {key!r}{hint}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise _fail(path, "name: expected the experiment's name, e.g. name: lr_sweep")
-    base = raw.get("base") or {}
-    if not isinstance(base, Mapping):
-        raise _fail(path, "base: expected a mapping of run keys (content, style, size, ...)")
-    grid = _lists(path, "grid", raw.get("grid"))
-    zipped = _lists(path, "zip", raw.get("zip"))
+    try:
+        file: ExperimentFile = build(ExperimentFile, raw)
+    except ConfigError as exc:
+        raise _fail(path, str(exc)) from None
+    grid, zipped, variants, claims = file.grid, file.zip, file.variants, file.claims
+    seeds: list[int | None] = list(file.seeds)
     lengths = {k: len(v) for k, v in zipped.items()}
     if len(set(lengths.values())) > 1:
         raise _fail(path, f"zip: lists must have equal lengths, got {lengths}")
-    variants = _variants(path, raw.get("variants"))
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise _fail(path, f"seeds: expected a non-empty list of integers >= 0, got {seeds!r}")
     if "seed" in grid or "seed" in zipped:
         # A seed axis of the grid works as one; with `seeds` too, which one wins would be a guess.
         if "seeds" in raw:
@@ -182,12 +140,6 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
         seeds = [None]
     if not grid and not zipped and len(variants) < 2 and len(seeds) == 1:
         raise _fail(path, "grid: nothing varies; add a key with a list of values, e.g. optimizer.lr: [0.01, 0.1]")
-    max_runs = raw.get("max_runs", MAX_RUNS)
-    if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1:
-        raise _fail(path, f"max_runs: expected a whole number >= 1, got {max_runs!r}")
-    claims = raw.get("claims") or []
-    if not isinstance(claims, list) or not all(isinstance(c, Mapping) for c in claims):
-        raise _fail(path, "claims: expected a list of {claim: ..., run: {...}} entries")
     for claim in claims:
         try:
             verdicts.select(claim)
@@ -195,12 +147,12 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
             raise _fail(path, str(exc)) from None
 
     roots = (path.resolve().parent, Path.cwd())
-    base_data = merge(resolve_paths(dict(base), roots), resolve_paths(dict(overrides or {}), (Path.cwd(),)))
+    base_data = merge(resolve_paths(dict(file.base), roots), resolve_paths(dict(overrides or {}), (Path.cwd(),)))
     points = _expand(path, base_data, roots, variants, grid, zipped, seeds)
     _refuse_duplicates(path, points)
     return Experiment(
-        name=name.strip(),
-        description=str(raw.get("description") or ""),
+        name=file.name,
+        description=file.description,
         path=path,
         text=path.read_text(encoding="utf-8"),
         grid=grid,
@@ -209,7 +161,7 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
         variants=variants,
         claims=claims,
         points=points,
-        max_runs=max_runs,
+        max_runs=file.max_runs,
     )
 
 

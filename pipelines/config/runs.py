@@ -1,7 +1,7 @@
 """One run's configuration: the frozen `RunConfig`, built from YAML and `--set` overrides.
 
 Defaults live on the dataclasses (nst.config for the library's settings, RunConfig for the
-run's own); this module merges what a user wrote and validates it through pipelines.config.coerce,
+run's own); this module merges what a user wrote and validates it with pydantic (pipelines.config.coerce),
 whose errors name the key, what was expected and, for unknown keys, the closest valid one (its image
 paths: pipelines.config.paths). It also keys a run (`run_key`) and expands grids fast (`Variations`).
 """
@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -41,7 +41,7 @@ class RunConfig(TransferConfig):
     max_size: int = 4096  # guard against typos such as size=25600
     style_scale: float | None = None  # None: the style image is resized to the content's size
     snapshots: tuple[int, ...] = DEFAULT_SNAPSHOTS
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     # The recipe these settings started from (pipelines.config.presets); a label: the values are the keys.
     preset: str = "seed"
     checkpoint_every: int = 100  # steps between resumable checkpoints (0: none)

@@ -5,16 +5,16 @@ so an editor with a YAML language server (VS Code's YAML extension, say) complet
 their defaults (and the settings objects' descriptions), and underlines an unknown key or a wrong type
 as it is typed.
 
-The run's part is made by pydantic from the dataclasses the files are validated into (RunConfig and
-the nst.config classes inside it), so its keys, types, defaults and descriptions follow them. Only
-what the loader accepts beyond those types is added here: a single value for a list, a list of layer
-names for a map of layer weights (equal weights). A grid's keys are the dotted names of the same
-fields. nst's own check (pipelines.config) stays the judge of what runs.
+It is made by pydantic from the classes the files are validated into: ExperimentFile for the file's
+own keys, RunConfig (and the nst.config classes inside it) for one run's, so its keys, types, defaults
+and descriptions follow them. Only what the loader accepts beyond those types is added here: a single
+value for a list, a list of layer names for a map of layer weights (equal weights). A grid's keys are
+the dotted names of the run's fields. nst's loader (pipelines.config) stays the judge of what runs: it
+also checks what a schema cannot say (a VGG layer's name, a zip's equal lengths, an image file).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
@@ -22,27 +22,11 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from pipelines.config.grid import TOP_LEVEL_KEYS
+from pipelines.config.experiment_file import ExperimentFile
 from pipelines.config.runs import RunConfig
 
 SCHEMA_FILE = "schema.json"  # beside the experiment files
 MODELINE = f"# yaml-language-server: $schema={SCHEMA_FILE}"
-
-_SECTION: dict[str, dict[str, Any]] = {  # the file's own keys (pipelines.config.grid says what each does)
-    "name": {"type": "string", "minLength": 1, "description": "the MLflow experiment's name"},
-    "description": {"type": "string", "description": "shown on the parent run"},
-    "grid": {"type": "object", "description": "the cartesian product over dotted keys, e.g. optimizer.lr: [0.01, 0.1]"},
-    "zip": {"type": "object", "description": "equal-length lists varied together"},
-    "variants": {"type": "object", "additionalProperties": {"type": "object"},
-                 "description": "named sets of overrides, one run each (combined with the grid)"},
-    "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
-              "description": "repeats of every grid point"},
-    "claims": {"type": "array", "items": {"type": "object"}, "description": "judged by `nst report`"},
-    "contrast": {"type": "string", "description": "another sweep the report judges the same claims on"},
-    "notes": {"type": "string", "description": "markdown appended to the report"},
-    "max_runs": {"type": "integer", "minimum": 1, "description": "more runs than this ask for --yes"},
-}
-
 
 def run_schema() -> dict[str, Any]:
     """The schema of one run's keys (an experiment's `base`), with its definitions in `$defs`."""
@@ -52,8 +36,8 @@ def run_schema() -> dict[str, Any]:
 
 
 def _as_loaded(node: Any) -> None:
-    """In place: no unknown keys in a settings object, nothing required (a preset or the grid may give
-    it), a single value wherever a list is expected, a list of names wherever a map of weights is."""
+    """In place: nothing required in a settings object (a preset or the grid may give it), a single
+    value wherever a list is expected, a list of names wherever a map of weights is."""
     if isinstance(node, list):
         for item in node:
             _as_loaded(item)
@@ -63,7 +47,6 @@ def _as_loaded(node: Any) -> None:
     for value in list(node.values()):
         _as_loaded(value)
     if "properties" in node:
-        node["additionalProperties"] = False
         node.pop("required", None)
     elif node.get("type") == "array" and "items" in node:
         array = {k: node.pop(k) for k in ("type", "items", "minItems", "maxItems") if k in node}
@@ -88,18 +71,16 @@ def _dotted(schema: dict[str, Any], defs: dict[str, Any], prefix: str = "") -> l
 
 
 def experiment_schema() -> dict[str, Any]:
-    """The schema of a whole experiment file."""
+    """The schema of a whole experiment file: the file's own keys (ExperimentFile), one run's under
+    `base`, and a grid's or zip's keys named as the run's dotted keys."""
     run = run_schema()
     defs = run.pop("$defs", {})
-    keys = {"pattern": f"^({'|'.join(_dotted(run, defs))})$"}
-    sections = copy.deepcopy(_SECTION)
+    schema = ExperimentFile.model_json_schema()
+    properties = schema["properties"]
+    properties["base"] = run | {"description": properties["base"]["description"]}
     for section in ("grid", "zip"):
-        sections[section] |= {"propertyNames": keys, "additionalProperties": {"type": "array", "minItems": 1}}
-    properties = {key: run if key == "base" else sections[key] for key in TOP_LEVEL_KEYS}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "nst experiment file",
-            "description": "A sweep: a base run, what varies, and what the report judges (nst experiment FILE).",
-            "type": "object", "properties": properties, "required": ["name"], "additionalProperties": False,
-            "$defs": defs}
+        properties[section]["propertyNames"] = {"pattern": f"^({'|'.join(_dotted(run, defs))})$"}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "$defs": defs}
 
 
 def schema_text() -> str:
