@@ -84,9 +84,11 @@ def test_relative_paths_resolve_against_the_file_then_cwd(tmp_path, monkeypatch)
         ("- just\n- a list\n", "expected a mapping"),
         ("name: t\nbase:\n  style: x.jpg\ngrid:\n  seed: [0, 1]\n", "missing key 'content'"),
         ("name: t\n" + BASE + "grid:\n  layers.content: [[relu9_1]]\n", "unknown VGG-19 layer"),
+        ("name: t\n" + BASE + "grid:\n  seed: [0, 1]\nclaims:\n  - {claim: good, runn: {}}\n",
+         "unknown key 'claims[0].runn'; did you mean 'claims[0].run'?"),
     ],
     ids=["syntax", "top-key", "type", "nested-key", "range", "empty-grid", "empty-list", "zip-lengths",
-         "seeds", "no-name", "not-mapping", "missing-content", "layer"],
+         "seeds", "no-name", "not-mapping", "missing-content", "layer", "claim-key"],
 )
 def test_validation_errors_name_file_and_key(tmp_path, body, message) -> None:
     path = _write(tmp_path, body)

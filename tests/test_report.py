@@ -7,6 +7,7 @@ from mlflow import MlflowClient
 
 from pipelines.cli import main
 from pipelines.config import claims as verdicts
+from pipelines.config.coerce import ConfigError
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 SWEEP = f"""
@@ -76,5 +77,5 @@ def test_verdicts_on_hand_made_numbers(kind, measures, passed) -> None:
 
 
 def test_unknown_claim_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown claim"):
+    with pytest.raises(ConfigError, match="claim: input should be 'barely_changes', 'good' or 'loses_content'"):
         verdicts.select({"claim": "pretty", "run": {}})

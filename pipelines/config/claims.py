@@ -17,6 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
+from pipelines.config.coerce import build
 
 MOVE_MAX = 0.05 * 255  # "not much change": 5% of the pixel range on average
 STYLE_DROP = 0.1  # "took the style": J_style fell by an order of magnitude
@@ -46,7 +51,19 @@ class Verdict:
         return "PASS" if self.passed else "FAIL"
 
 
-CLAIMS = ("barely_changes", "good", "loses_content")
+Kind = Literal["barely_changes", "good", "loses_content"]
+CLAIMS = get_args(Kind)
+
+
+class Claim(BaseModel):
+    """One `claims:` entry of an experiment file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    claim: Kind = Field(description="the verdict asked for; the criteria above say how each is judged")
+    run: dict[str, Any] = Field(default_factory=dict,
+                                description="the run it is about, by its varied values, e.g. {optimizer.lr: 0.01}")
+    step: NonNegativeInt = Field(2000, description="the step barely_changes measures the change at")
 
 
 def judge(kind: str, run: str, m: Measures) -> Verdict:
@@ -76,12 +93,7 @@ def judge(kind: str, run: str, m: Measures) -> Verdict:
 
 
 def select(claim: Mapping[str, object]) -> tuple[str, dict[str, str], int]:
-    """(kind, the run's varied values as strings, step) of one `claims:` entry of a YAML file."""
-    kind = str(claim.get("claim", ""))
-    if kind not in CLAIMS:
-        raise ValueError(f"claims: unknown claim {kind!r}; claims are {', '.join(CLAIMS)}")
-    where = claim.get("run") or {}
-    if not isinstance(where, Mapping):
-        raise ValueError("claims: 'run' must map varied keys to values, e.g. {optimizer.lr: 0.01}")
-    step = claim.get("step", 2000)
-    return kind, {str(k): str(v) for k, v in where.items()}, int(step)  # type: ignore[call-overload]
+    """(kind, the run's varied values as strings, step) of one `claims:` entry of a YAML file; a
+    ConfigError names what is wrong with it."""
+    entry: Claim = build(Claim, claim)
+    return entry.claim, {str(k): str(v) for k, v in entry.run.items()}, entry.step

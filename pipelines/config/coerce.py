@@ -123,6 +123,8 @@ def _path(tp: Any, loc: tuple[Any, ...]) -> tuple[list[str], Any, str | None]:
             holder, key, node = node, part, keys.get(part)
         elif isinstance(part, int):  # an item of a list
             parts[-1:] = [f"{parts[-1] if parts else ''}[{part}]"]
+            sequence = next((o for o in _options(node) if typing.get_origin(o) in (list, tuple)), None)
+            node = typing.get_args(sequence)[0] if sequence is not None else None
         elif dict in {typing.get_origin(o) for o in _options(node)}:  # a name in a mapping (a layer, a grid key)
             parts.append(str(part))
             node = typing.get_args(node)[-1]

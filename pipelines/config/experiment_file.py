@@ -17,6 +17,8 @@ from pydantic import (
     field_validator,
 )
 
+from pipelines.config.claims import Claim
+
 #: Above this many runs a sweep asks to be confirmed (--yes), unless the file's `max_runs` allows them.
 MAX_RUNS = 1000
 
@@ -41,8 +43,8 @@ class ExperimentFile(BaseModel):
                                           "e.g. luminance: {preserve_color: luminance}; {} for none")
     seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = Field(
         [0], description="repeats of every grid point, e.g. seeds: [0, 1]")
-    claims: list[dict[str, Any]] = Field(
-        default_factory=list, description="judged by `nst report`: {claim: ..., run: {...}} entries")
+    claims: list[Claim] = Field(
+        default_factory=list, description="judged by `nst report`: {claim: ..., run: {...}, step: ...} entries")
     contrast: str | None = Field(None, description="another sweep the report judges the same claims on")
     notes: str | None = Field(None, description="markdown appended to the report")
     max_runs: PositiveInt = Field(MAX_RUNS, description="more runs than this ask for --yes")

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import claims as verdicts
 from pipelines.config import presets
+from pipelines.config.claims import Claim
 from pipelines.config.coerce import build
 from pipelines.config.experiment_file import MAX_RUNS, ExperimentFile
 from pipelines.config.paths import resolve_paths
@@ -60,7 +60,7 @@ class Experiment:
     zip: dict[str, list[Any]]
     seeds: list[int | None]  # [None]: the grid or zip varies seed
     variants: dict[str, dict[str, Any]]
-    claims: list[dict[str, Any]]
+    claims: list[Claim]
     points: list[Point]
     max_runs: int = MAX_RUNS
 
@@ -140,11 +140,6 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
         seeds = [None]
     if not grid and not zipped and len(variants) < 2 and len(seeds) == 1:
         raise _fail(path, "grid: nothing varies; add a key with a list of values, e.g. optimizer.lr: [0.01, 0.1]")
-    for claim in claims:
-        try:
-            verdicts.select(claim)
-        except ValueError as exc:
-            raise _fail(path, str(exc)) from None
 
     roots = (path.resolve().parent, Path.cwd())
     base_data = merge(resolve_paths(dict(file.base), roots), resolve_paths(dict(overrides or {}), (Path.cwd(),)))

@@ -76,6 +76,7 @@ def experiment_schema() -> dict[str, Any]:
     run = run_schema()
     defs = run.pop("$defs", {})
     schema = ExperimentFile.model_json_schema()
+    defs |= schema.pop("$defs", {})  # the file's own (a claim)
     properties = schema["properties"]
     properties["base"] = run | {"description": properties["base"]["description"]}
     for section in ("grid", "zip"):
