@@ -4,7 +4,6 @@ lane (tests/lane.py): the CPU, or the GPU under NST_TEST_DEVICE=cuda."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,29 +73,13 @@ def style_path() -> Path:
     return IMAGES / "starry_night.jpg"
 
 
-@pytest.fixture(scope="session")
-def _store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite store as MLflow makes a new one, made once: making one runs MLflow's schema
-    migrations (about 0.6 s on this CPU), a copy of its file takes 0.02 s. Its Default experiment keeps
-    its artifacts in the template's folder, never in the project's mlruns/."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    folder = tmp_path_factory.mktemp("store-template")
-    SqlAlchemyStore(f"sqlite:///{folder}/mlflow.db", (folder / "artifacts").as_uri()).engine.dispose()
-    return folder / "mlflow.db"
-
-
 @pytest.fixture
-def make_store(_store_template: Path) -> Callable[[Path], str]:
-    """`make_store(folder)`: the URI of a new SQLite MLflow store in `folder` (made there, a copy of the
-    session's new store)."""
+def make_store() -> Callable[[Path], str]:
+    """`make_store(folder)`: the URI of a new SQLite MLflow store in `folder`, a copy of one MLflow made
+    once in this session (benchmarks.stores: 0.02 s against 0.6 s of MLflow's migrations)."""
+    from benchmarks.stores import new_store
 
-    def make(folder: Path) -> str:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_store_template, folder / "mlflow.db")
-        return f"sqlite:///{folder}/mlflow.db"
-
-    return make
+    return new_store
 
 
 @pytest.fixture
