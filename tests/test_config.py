@@ -54,7 +54,7 @@ def test_one_value_stands_for_a_list_unless_the_key_takes_one_value() -> None:
         ({"size": 0}, "size must be within 1..4096"),
         ({"size": 5000}, "size must be within 1..4096"),
         ({"size": 5000, "max_size": 8192}, None),
-        ({"layers": {"content": ["relu9_9"]}}, "unknown VGG-19 layer 'relu9_9'"),
+        ({"layers": {"content": ["relu9_9"]}}, "layers: unknown VGG-19 layer 'relu9_9'"),
         ({"optimizer": 0.1}, "optimizer: input should be a dictionary"),
         ({"precision": "fp8"}, "precision: input should be 'fp32', 'bf16' or 'auto', got 'fp8'"),
         ({"alpha": True}, "alpha: expected a number, got True (bool)"),  # YAML's `yes`, not 1

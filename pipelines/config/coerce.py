@@ -111,9 +111,9 @@ def _keys(tp: Any) -> dict[str, Any] | None:
     return None
 
 
-def _path(tp: Any, loc: tuple[Any, ...]) -> tuple[list[str], Any, str | None]:
+def _path(tp: Any, loc: tuple[Any, ...]) -> tuple[list[str], Any, str | None, Any]:
     """The error's location as the user wrote it (the names of a union's members, which pydantic
-    adds, left out), the settings object whose key it is at or under, and that key."""
+    adds, left out), the settings object whose key it is at or under, that key, and the type there."""
     parts: list[str] = []
     holder, key, node = None, None, tp
     for part in loc:
@@ -129,11 +129,11 @@ def _path(tp: Any, loc: tuple[Any, ...]) -> tuple[list[str], Any, str | None]:
             parts.append(str(part))
             node = typing.get_args(node)[-1]
         # else: the name of a union's member that pydantic tried: not part of the key
-    return parts, holder, key
+    return parts, holder, key, node
 
 
 def _message(tp: Any, key: str, error: Mapping[str, Any]) -> str:
-    parts, holder, name = _path(tp, tuple(error["loc"]))
+    parts, holder, name, node = _path(tp, tuple(error["loc"]))
     where = ".".join([key, *parts] if key else parts)
     kind, text = error["type"], error["msg"]
     if kind in ("unexpected_keyword_argument", "extra_forbidden") and holder is not None and name is not None:
@@ -147,6 +147,8 @@ def _message(tp: Any, key: str, error: Mapping[str, Any]) -> str:
     about = f"; {name}: {field.description}" if field is not None and field.description else ""
     if kind == "missing":
         return f"missing key '{where}'{about}"
-    if kind == "value_error":  # a dataclass's own check: its message names the field
-        return f"{where + '.' if where else ''}{text.removeprefix('Value error, ')}"
+    if kind == "value_error":  # a settings object's own check; its message mostly starts with its key
+        text = text.removeprefix("Value error, ")
+        own = text.split(" ", 1)[0].split(".", 1)[0] in (_keys(node) or ())
+        return f"{where}.{text}" if where and own else f"{where}: {text}" if where else text
     return f"{where}: {text[:1].lower()}{text[1:]}, got {_describe(error['input'])}{about}"
