@@ -43,8 +43,9 @@ postgres:  ## Debian's PostgreSQL server for `make server` and the cluster test 
 server: install-dev $(if $(filter postgresql,$(DB)),postgres)  ## tracking server for many writers: PostgreSQL in .pg/ (DB=sqlite: light) on 127.0.0.1:$(PORT)
 	$(NST) server --db $(DB) --port $(PORT) $(ARGS)
 
-test: install-dev browser postgres  ## lint and run the test suite (installs .venv, chromium and postgresql first when missing)
+test: install-dev browser postgres  ## lint, type-check and run the test suite (installs .venv, chromium and postgresql first when missing)
 	$(VENV)/bin/ruff check nst pipelines tests benchmarks
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 test-gpu: install-dev  ## the test suite on a CUDA GPU: every test that performs a transfer runs there (NST_TEST_DEVICE=cuda)
@@ -53,8 +54,9 @@ test-gpu: install-dev  ## the test suite on a CUDA GPU: every test that performs
 gpu-check: install-dev  ## on a GPU: test lane, lr sweep + report, bench -> reports/gpu_check/ (~8 min; PHASES="batch levers peer" adds the rest)
 	PYTHON=$(PY) bash benchmarks/gpu_check.sh $(if $(PHASES),tests sweep bench $(PHASES))
 
-lint: install-dev  ## ruff
+lint: install-dev  ## ruff, and mypy over nst/ and pipelines/
 	$(VENV)/bin/ruff check nst pipelines tests benchmarks
+	$(VENV)/bin/mypy
 
 experiment: install  ## run a sweep: make experiment CONFIG=lr_sweep.yaml [ARGS="--set iterations=50"]
 	$(NST) experiment $(CONFIG) $(ARGS)

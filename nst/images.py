@@ -93,9 +93,9 @@ def load_image(path: str | Path, size: int | tuple[int, int]) -> Tensor:
 
 def to_pil(image01: Tensor) -> Image.Image:
     """A (1, 3, H, W) or (3, H, W) tensor in 0-1 units as an 8-bit RGB Pillow image."""
-    array = image01.detach().float().cpu().reshape(-1, *image01.shape[-2:]).clamp(0, 1)
-    array = (array.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
-    return Image.fromarray(array, "RGB")
+    chw = image01.detach().float().cpu().reshape(-1, *image01.shape[-2:]).clamp(0, 1)
+    pixels = (chw.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
 
 
 def save_image(image01: Tensor, path: str | Path) -> Path:

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -78,6 +79,15 @@ def _batched(configs: Sequence[TransferConfig]) -> tuple[TransferConfig, ...]:
 
 
 class StyleTransfer(pl.LightningModule):
+    # What nn.Module's attribute lookup returns, typed: the unregistered VGG and its bf16 twin, the buffers.
+    vgg: VGGFeatures
+    _vgg_bf16: VGGFeatures | None
+    content_full: Tensor
+    content01: Tensor
+    chroma01: Tensor
+    average_image: Tensor
+    average_weight: Tensor
+
     def __init__(
         self,
         content01: Tensor,
@@ -198,7 +208,7 @@ class StyleTransfer(pl.LightningModule):
             return color.with_chroma(image01, chroma)
         return image01
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # nn.Module's own signature
+    def _apply(self, fn, recurse=True):  # nn.Module's own signature
         """`.to()`, `.cuda()`, `.cpu()` all come here: the unregistered VGG moves with the module
         (Lightning moves it to the GPU before fit and back to the CPU after)."""
         super()._apply(fn, recurse)
@@ -244,11 +254,12 @@ class StyleTransfer(pl.LightningModule):
         convolution's weight and bias; 26 launches on a GPU, where a small step is launch-bound), 0.6 ms
         of a 37 ms step of 3 images at 64 px on this CPU. The input's normalization stays fp32, as
         autocast leaves it."""
-        if self._vgg_bf16 is None:
+        twin = self._vgg_bf16
+        if twin is None:
             twin = copy.deepcopy(self.vgg)
             twin.layers.to(torch.bfloat16)
             object.__setattr__(self, "_vgg_bf16", twin)  # not a submodule: never saved, dropped on a move
-        return self._vgg_bf16
+        return twin
 
     def _style_target(self, layer: str) -> Tensor | W2Target:
         if self.config.style_loss == "w2":
@@ -316,7 +327,7 @@ class StyleTransfer(pl.LightningModule):
 
     def training_step(self, batch: int, batch_idx: int) -> None:
         step = self.trainer.global_step
-        optimizer = self.optimizers()
+        optimizer = cast(LightningOptimizer, self.optimizers())  # the one optimizer configure_optimizers gives
         lbfgs = self.config.optimizer.name == "lbfgs"
         self.last_lrs = lrs = self.schedules.lrs
         group = optimizer.optimizer.param_groups[0]

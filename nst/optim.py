@@ -135,7 +135,8 @@ class SampleSchedules:
     @property
     def lrs(self) -> list[float]:
         """The learning rates of the coming step."""
-        return [s.get_last_lr()[0] if s is not None else lr for s, lr in zip(self.schedulers, self.base, strict=True)]
+        return [float(s.get_last_lr()[0]) if s is not None else lr
+                for s, lr in zip(self.schedulers, self.base, strict=True)]
 
     def step(self) -> None:
         with warnings.catch_warnings():

@@ -22,7 +22,8 @@ def resize_long_side(image: Tensor, long_side: int) -> Tensor:
     return resize(image, target)
 
 
-def resize(image: Tensor, hw: tuple[int, int]) -> Tensor:
+def resize(image: Tensor, hw: tuple[int, ...]) -> Tensor:
+    """(B, C, H, W) resized to `hw` = (H, W) (antialiased bicubic when it shrinks), clamped to 0-1."""
     if tuple(image.shape[-2:]) == hw:
         return image
     antialias = hw[0] < image.shape[-2]

@@ -14,7 +14,7 @@ def pyramid(scales: tuple[int, ...] | str, size: int, min_size: int = AUTO_MIN) 
     () -> [size]; "auto" -> min_size, min_size*sqrt2, ... below size, then size; an explicit
     list -> itself, with `size` appended when it ends below it.
     """
-    if scales == "auto":
+    if isinstance(scales, str):  # "auto", the one word a config allows
         sizes, s = [], float(min_size)
         while round(s) < size:
             sizes.append(round(s))

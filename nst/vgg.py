@@ -55,6 +55,10 @@ CONVENTIONS = {c.name: c for c in (CAFFE, TORCHVISION)}
 class VGGFeatures(nn.Module):
     """VGG-19 `features` up to `last_layer`, frozen, returning the requested layers by name."""
 
+    _order: Tensor  # buffers: the input's channel order, mean and std in its convention
+    _mean: Tensor
+    _std: Tensor
+
     def __init__(self, features: nn.Sequential, convention: InputConvention, last_layer: str) -> None:
         super().__init__()
         depth = LAYER_INDEX[last_layer] + 1

@@ -207,8 +207,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     finals = [(p.name, r.final_image) for p, r in sweep.results if r.final_image]
     if finals:
         print("final images:")
-        for name, path in finals:
-            print(f"  {name:<28} {path}")
+        for name, image in finals:
+            print(f"  {name:<28} {image}")
     for point, result in sweep.failed:
         print(f"FAILED {point.name}: {result.error}", file=sys.stderr)
     client = MlflowClient(uri)

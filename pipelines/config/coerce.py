@@ -35,11 +35,11 @@ CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, str_min_length=1)
 # such as RunConfig, inherits it).
 for _cls in (nst_config.TransferConfig, nst_config.OptimizerConfig, nst_config.LayersConfig,
              nst_config.BackboneConfig, nst_config.StopConfig):
-    _cls.__pydantic_config__ = CONFIG  # type: ignore[attr-defined]
+    _cls.__pydantic_config__ = CONFIG  # type: ignore[union-attr]
 
 
 @functools.cache  # evaluating the annotations costs more than building the config (a grid builds thousands)
-def hints(cls: type) -> dict[str, Any]:
+def hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -83,7 +83,7 @@ def _loosened(tp: Any, value: Any, key: str) -> Any:
     kinds |= {typing.get_origin(o) or o for o in options}
     dataclass = next((o for o in options if dataclasses.is_dataclass(o)), None)
     if dataclass is not None and isinstance(value, Mapping):
-        fields = hints(dataclass)
+        fields = hints(dataclass)  # type: ignore[arg-type]  # a class is hashable; mypy's cache stub doubts it
         dotted = f"{key}." if key else ""
         return {k: _loosened(fields[k], v, dotted + k) if k in fields else v for k, v in value.items()}
     if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
@@ -105,7 +105,7 @@ def _keys(tp: Any) -> dict[str, Any] | None:
     """The keys of a settings object (a dataclass or a pydantic model) and their types; None: not one."""
     for option in _options(tp):
         if dataclasses.is_dataclass(option):
-            return hints(option)  # type: ignore[arg-type]
+            return hints(option)  # type: ignore[arg-type]  # as above
         if isinstance(option, type) and issubclass(option, BaseModel):
             return {name: f.annotation for name, f in option.model_fields.items()}
     return None

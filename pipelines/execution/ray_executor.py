@@ -120,6 +120,8 @@ def _child_id(client: MlflowClient, task: Task) -> str | None:
     if task.spec.resume_run_id:
         return task.spec.resume_run_id
     parent = task.spec.parent_run_id
+    if parent is None:  # not a sweep's point: nothing to look for
+        return None
     runs = client.search_runs(
         [client.get_run(parent).info.experiment_id],
         filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and tags.`nst.run_key` = '{task.point.key}'",

@@ -241,7 +241,8 @@ class LossBar(TQDMProgressBar):
         super().__init__()
         self.batch_log = log
 
-    def get_metrics(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, int | str | float]:
+    def get_metrics(self, trainer: pl.Trainer, module: pl.LightningModule
+                    ) -> dict[str, int | str | float | dict[str, float]]:
         items = super().get_metrics(trainer, module)
         items.pop("v_num", None)
         lasts = [s.last for s in self.batch_log.samples if s.last]

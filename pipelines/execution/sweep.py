@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -79,7 +80,7 @@ def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) ->
         MLFLOW_RUN_NOTE: experiment.description or f"sweep {experiment.name}",
     }
     run_id = store.create_run(client, exp_id, tags=tags, run_name=f"{experiment.name} (sweep)").run_id
-    params = {f"grid.{k}": v for k, v in experiment.grid.items()}
+    params: dict[str, Any] = {f"grid.{k}": v for k, v in experiment.grid.items()}
     params |= {f"zip.{k}": v for k, v in experiment.zip.items()}
     params |= {f"variant.{k}": v for k, v in experiment.variants.items()}
     params |= {"seeds": experiment.seeds, "runs": len(experiment.points)}

@@ -25,7 +25,7 @@ def slide_figure(runs: list[RunView], path: Path, title: str, dpi: int = 110) ->
     """One row per run: content, style, each snapshot, final; labelled like the slide."""
     steps = snapshot_columns(runs)
     columns = ["content", "style", *[f"iteration {s}" for s in steps], "final"]
-    height, width = runs[0].final.shape[-2:]  # type: ignore[union-attr]
+    height, width = runs[0].final.shape[-2:]  # type: ignore[attr-defined]
     cell = 2.2
     fig, axes = plt.subplots(
         len(runs), len(columns), squeeze=False,
@@ -72,7 +72,7 @@ def loss_figure(runs: list[RunView], path: Path, title: str, dpi: int = 110) -> 
 
 def finals_figure(runs: list[RunView], path: Path, dpi: int = 110) -> Path:
     """The final images side by side, one per run, titled with the run's name."""
-    height, width = runs[0].final.shape[-2:]  # type: ignore[union-attr]
+    height, width = runs[0].final.shape[-2:]  # type: ignore[attr-defined]
     cell = 2.0
     fig, axes = plt.subplots(1, len(runs), squeeze=False, figsize=(cell * len(runs) * width / height, cell + 0.4))
     for ax, run in zip(axes[0], runs, strict=True):

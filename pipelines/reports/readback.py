@@ -102,14 +102,14 @@ def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = No
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{pid}'", max_results=10000,
     )
-    children = [c for c in children if c.info.status == "FINISHED"]
-    if not children:
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    if not finished:
         raise UserError(f"sweep {pid}: no FINISHED runs yet; run (or resume) the experiment first")
     varied_keys = json.loads(parent.data.tags.get(VARIED_TAG, "[]"))
     spec = _spec(client, pid)
     views: list[RunView] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for child in children:
+        for child in finished:
             rid = child.info.run_id
             folder = Path(tmp) / rid
             history = {k: {m.step: m.value for m in client.get_metric_history(rid, k)} for k in LOSSES}

@@ -19,7 +19,8 @@ def _writers_only(check: Callable[[], bool]) -> Callable[[], bool]:
     def gate() -> bool:
         if not check():
             return False
-        user = auth.store.get_user(auth.authenticate_request().username)
+        signed_in = auth.authenticate_request()  # check() passed: credentials, not a 401 response
+        user = auth.store.get_user(signed_in.username)  # type: ignore[union-attr,arg-type]
         return user.is_admin or any(role.name == WRITERS for role in auth.store.list_user_roles(user.id))
 
     return gate

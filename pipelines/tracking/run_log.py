@@ -161,7 +161,7 @@ class BatchLog(pl.Callback):
             if diverged[b] != NEVER:
                 # The loss went non-finite before the update, so the image is still the last finite one.
                 self.client.log_image(sample.run_id, to_pil(image01), "last_finite.png")
-                self.end(sample, FAILED, reasons[b])
+                self.end(sample, FAILED, reasons[b] or "diverged")
             else:
                 self.finish(sample, image01, reasons[b] or "")
 

@@ -67,18 +67,18 @@ def check_store(uri: str) -> None:
     elif scheme not in ("sqlite", "http", "https", "databricks"):
         raise UserError(f"{uri}: nst cannot use a {scheme!r} store; {USE_INSTEAD}")
     if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
+        home = Path(uri.removeprefix("sqlite:///")).parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".nst-write-test-{os.getpid()}"
+            home.mkdir(parents=True, exist_ok=True)
+            probe = home / f".nst-write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise UserError(f"store folder {folder} is not writable ({exc.strerror}); "
+            raise UserError(f"store folder {home} is not writable ({exc.strerror}); "
                             "pick another with --tracking-uri or fix its permissions") from None
         # MLflow creates and migrates the schema on first use; two processes doing that at
         # once corrupt the migration. One at a time, under a lock file beside the database.
-        with open(folder / ".nst-init.lock", "w") as lock:
+        with open(home / ".nst-init.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             MlflowClient(uri).search_experiments(max_results=1)
     elif uri.startswith(("http://", "https://")):

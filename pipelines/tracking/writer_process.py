@@ -154,7 +154,7 @@ def settled() -> None:
 def _portable(exc: BaseException) -> BaseException:
     """The error itself when it survives pickling (MLflow's do), else a WriterError saying the same."""
     try:
-        return pickle.loads(pickle.dumps(exc))  # type: ignore[no-any-return]
+        return pickle.loads(pickle.dumps(exc))
     except Exception:  # noqa: BLE001 - whatever stops it travelling, its text still does
         return WriterError(f"{type(exc).__name__}: {exc}")
 
