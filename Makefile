@@ -54,7 +54,7 @@ test-gpu: install-dev  ## the test suite on a CUDA GPU: every test that performs
 gpu-check: install-dev  ## on a GPU: test lane, lr sweep + report, bench -> reports/gpu_check/ (~8 min; PHASES="batch levers peer" adds the rest)
 	PYTHON=$(PY) bash benchmarks/gpu_check.sh $(if $(PHASES),tests sweep bench $(PHASES))
 
-lint: install-dev  ## ruff, and mypy over nst/ and pipelines/
+lint: install-dev  ## ruff, and mypy over nst/, pipelines/ and benchmarks/
 	$(VENV)/bin/ruff check nst pipelines tests benchmarks
 	$(VENV)/bin/mypy
 

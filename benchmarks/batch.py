@@ -25,6 +25,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ GRAPHS_HEADING = "## CUDA graphs"
 WRITERS_HEADING = "## Writers"
 
 
-def _configs(n: int, **keys: object) -> list[TransferConfig]:
+def _configs(n: int, **keys: Any) -> list[TransferConfig]:
     """n points of a grid: each its own lr (and beta), as a sweep's batch would hold."""
     return [TransferConfig(optimizer=OptimizerConfig(lr=0.1 * (1 + i % 4)), beta=40.0 / (1 + i // 4 % 4), **keys)
             for i in range(n)]
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [(32, 3, 3)] if smoke else [(128, 3, 100), (256, 64, 100)] if gpu else [(128, 3, 10), (128, 8, 5)]
     for i, (size, b, steps) in enumerate(shapes):
         bare = batch_loop(_configs(b), size, steps, device).median
-        stores = [("SQLite", None)]
+        stores: list[tuple[str, str | None]] = [("SQLite", None)]
         if i == len(shapes) - 1:  # the largest batch again, into a tracking server: its SQL work in other processes
             stores.append(("a tracking server (SQLite behind it)", "server"))
         for label, store in stores:
@@ -274,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
               "| final J, largest difference |", "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         lr_keys = {"iterations": lr_steps, "device": device.type, **({"size": 32} if smoke else {})}
-        cases = [(f"lr_sweep, {lr_steps} steps", ROOT / "experiments" / "lr_sweep.yaml", lr_keys, None),
-                 (f"{n**3} points at {grid_size} px, {grid_steps} steps",
-                  grid_file(Path(tmp), grid_size, grid_steps, n), {"device": device.type}, first)]
+        cases: list[tuple[str, Path, dict[str, object], int | None]] = [
+            (f"lr_sweep, {lr_steps} steps", ROOT / "experiments" / "lr_sweep.yaml", lr_keys, None),
+            (f"{n**3} points at {grid_size} px, {grid_steps} steps",
+             grid_file(Path(tmp), grid_size, grid_steps, n), {"device": device.type}, first)]
         for label, path, overrides, subset in cases:
             one_wall, one_fit, one_j = sweep(path, overrides, 1, subset)
             wall, fit, j = sweep(path, overrides, "auto")

@@ -35,7 +35,7 @@ import torch
 from benchmarks.device import add_device_argument, describe, memory_kind, peak_memory_gib, pick, reset_peak, sync
 from benchmarks.markdown import keep_others
 from benchmarks.stores import new_store
-from nst.config import TransferConfig
+from nst.config import Precision, TransferConfig
 from nst.determinism import deterministic
 from nst.images import load_image
 from nst.module import StyleTransfer
@@ -164,7 +164,7 @@ def conv_flops(config: TransferConfig, height: int, width: int) -> float:
     vgg = build_backbone(config)
     flops, h, w = 0.0, height, width
     for name, layer in zip(vgg.names, vgg.layers, strict=True):
-        if name.startswith("conv"):
+        if isinstance(layer, torch.nn.Conv2d):
             flops += 2 * layer.in_channels * layer.out_channels * 9 * h * w
         elif name.startswith("pool"):
             h, w = h // 2, w // 2
@@ -201,7 +201,7 @@ def peak_rss(size: int, precision: str, device: torch.device, steps: int = 2) ->
     return float(out[-2]), float(out[-1])
 
 
-def _rss_child(size: int, precision: str, steps: int, device: torch.device) -> None:
+def _rss_child(size: int, precision: Precision, steps: int, device: torch.device) -> None:
     config = TransferConfig(iterations=steps, precision=precision)
     reset_peak(device)
     timing = bare_loop(config, size, steps, warmup=0, device=device).timing
@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         content = load_image(CONTENT, size)
         flops = conv_flops(base, *content.shape[-2:])
         results = {}
-        for precision, peak in (("fp32", fp32_peak), ("bf16", bf16_peak)):
+        precisions: tuple[tuple[Precision, float], ...] = (("fp32", fp32_peak), ("bf16", bf16_peak))
+        for precision, peak in precisions:
             timing, final, _, _ = bare_loop(replace(base, precision=precision), size, 2 if smoke else 10,
                                             device=device)
             results[precision] = (timing, final)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,8 +69,8 @@ def checkpointed(module: StyleTransfer) -> None:
                 out[vgg.names[i]] = x
         return x, out
 
-    def forward(rgb01: torch.Tensor, layers: object) -> dict[str, torch.Tensor]:
-        wanted = frozenset(layers)  # type: ignore[arg-type]
+    def forward(rgb01: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
+        wanted = frozenset(layers)
         x, found = vgg.normalize(rgb01), {}
         for indices in (b for b in blocks if b):
             x, out = checkpoint(run_block, x, indices, wanted, use_reentrant=False)
@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {abs(loss / base_loss - 1):.1e} |")
     section.lines += ["", f"Memory, the lever for large images: {memory_kind(device)} of a fresh process at",
               f"{args.memory_size} px (fp32, 3 steps).", "", "| lever | peak memory | s/iteration |", "|---|---|---|"]
-    for lever in LEVERS:
-        gib, seconds = peak_rss(args.memory_size, lever, device)
-        section.add(f"| {lever} | {gib:.2f} GiB | {seconds:.1f} s |")
+    for name in LEVERS:
+        gib, seconds = peak_rss(args.memory_size, name, device)
+        section.add(f"| {name} | {gib:.2f} GiB | {seconds:.1f} s |")
     return 0
 
 
