@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"| {fit:.1f} s | {one_wall * scale / wall:.1f}× | {gap:.1e} |")
     writers(device, smoke, args.out)
     graphs(device, smoke, args.out)
+    from benchmarks.opening import opening  # it builds its runs with this module's helpers
+
+    opening(device, smoke, args.out)
     return 0
 
 

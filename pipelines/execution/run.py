@@ -17,7 +17,7 @@ import platform
 import tempfile
 import time
 import warnings
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -144,15 +144,10 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
     config = specs[0].config
     with tempfile.TemporaryDirectory() as tmp:
         inputs.write(Path(tmp) / "inputs")
-        samples, checkpoints = [], []
         # Looked up (or created) once for the batch: 64 lookups cost 0.2 s on this CPU.
         exp_id = store.experiment_id(client, experiment, tracking_uri) if any(
             not s.resume_run_id for s in specs) else ""
-        for b, spec in enumerate(specs):
-            sample, checkpoint = _open_run(client, spec, inputs, exp_id, device, len(specs), Path(tmp) / str(b),
-                                           executors[b % len(executors)])  # each run keeps one writer
-            samples.append(sample)
-            checkpoints.append(checkpoint)
+        samples, checkpoints = open_runs(client, specs, inputs, exp_id, device, Path(tmp), executors)
         # From here on the runs exist: whatever happens, each ends FINISHED, FAILED or KILLED, never RUNNING.
         start = time.perf_counter()
         try:
@@ -179,6 +174,48 @@ def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: s
             client.set_tag(sample.run_id, run_log.ERROR_TAG, error)
             client.set_terminated(sample.run_id, status)
             sample.status, sample.error = status, error
+
+
+#: Runs opened at once against a tracking server. Each is four requests or more (the run, its params,
+#: its input images, config.yaml), which a server answers in parallel; into a local SQLite file threads
+#: gain nothing, so one at a time there (`make bench-batch`, "Opening a batch's runs").
+OPEN_THREADS = 8
+
+
+def open_runs(client: MlflowClient, specs: list[RunSpec], inputs: Inputs, exp_id: str, device: str, folder: Path,
+              executors: list[Executor], threads: int | None = None) -> tuple[list[Sample], list[Checkpoint | None]]:
+    """Every spec's run, created or resumed, in the specs' order, with its checkpoint when it resumes
+    from one; `threads` at a time (None: OPEN_THREADS against a tracking server, else one). If one
+    cannot be opened, the ones that were are ended FAILED before its error is raised: no run is left
+    RUNNING."""
+    def open_one(b: int) -> tuple[Sample, Checkpoint | None]:
+        return _open_run(client, specs[b], inputs, exp_id, device, len(specs), folder / str(b),
+                         executors[b % len(executors)])  # each run keeps one writer
+
+    opened: list[tuple[Sample, Checkpoint | None]] = []
+    error: BaseException | None = None
+    if threads is None:
+        threads = OPEN_THREADS if client.tracking_uri.startswith(("http://", "https://")) else 1
+    if threads > 1 and len(specs) > 1:
+        with ThreadPoolExecutor(min(threads, len(specs))) as pool:
+            futures = [pool.submit(open_one, b) for b in range(len(specs))]
+        for future in futures:
+            failure = future.exception()
+            if failure is None:
+                opened.append(future.result())
+            elif error is None:
+                error = failure
+    else:
+        for b in range(len(specs)):
+            try:
+                opened.append(open_one(b))
+            except Exception as exc:  # noqa: BLE001 - raised below, once the opened runs are ended
+                error = exc
+                break
+    if error is not None:
+        _end_live(client, [sample for sample, _ in opened], FAILED, f"its batch could not open every run: {error}")
+        raise error
+    return [sample for sample, _ in opened], [checkpoint for _, checkpoint in opened]
 
 
 def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int,

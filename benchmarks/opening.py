@@ -1,0 +1,82 @@
+"""Opening a batch's runs: one at a time against several at once, into a SQLite file and into a
+tracking server (`make bench-batch`'s "Opening a batch's runs"; alone: `python -m benchmarks.opening`).
+
+A run is opened with four requests or more (the run and its tags, its params, its input images,
+config.yaml) before its batch's fit starts; a batch of 64 makes 256 of them. A tracking server answers
+them in parallel, a SQLite file one writer at a time (pipelines.execution.run.open_runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from mlflow import MlflowClient
+
+from benchmarks.batch import _configs, _specs
+from benchmarks.cluster import tracking_server
+from benchmarks.device import add_device_argument, pick
+from benchmarks.markdown import Section
+from benchmarks.stores import new_store
+from pipelines.errors import UserError
+from pipelines.execution.inputs import Inputs, load_inputs
+from pipelines.execution.run import OPEN_THREADS, RunSpec, open_runs
+from pipelines.tracking import store
+
+HEADING = "## Opening a batch's runs"
+
+
+def opening(device: torch.device, smoke: bool, out: Path) -> None:
+    """The section: the wall of opening a batch's runs, one at a time against OPEN_THREADS at a time."""
+    n = 4 if smoke else 64
+    specs = _specs(_configs(n), 64, 2, device)
+    section = Section(out, [HEADING, "", f"A batch of {n} runs opened before its fit (each run created with its tags, "
+                      "params, input images", "and config.yaml) on this CPU, into a SQLite file made beforehand and "
+                      "into `nst server`'s pieces on", "loopback (SQLite behind them, no sign-in). nst opens them "
+                      f"{OPEN_THREADS} at a time against a server, one at a time into a file.", "",
+                      f"| store | one at a time | {OPEN_THREADS} at a time | faster |", "|---|---|---|---|"])
+    inputs = load_inputs(specs[0].config)
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs.write(Path(tmp) / "inputs")
+        section.add(_row("SQLite file", new_store(Path(tmp) / "store"), specs, inputs, device, Path(tmp) / "file"))
+        label = "tracking server (SQLite behind it)"
+        try:
+            with tracking_server("sqlite") as server:
+                section.add(_row(label, server, specs, inputs, device, Path(tmp) / "server"))
+        except UserError as exc:  # no server on this machine (mlflow-skinny alone): the row says so
+            section.add(f"| {label} | not measured: {exc} | — | — |")
+
+
+def _row(label: str, uri: str, specs: list[RunSpec], inputs: Inputs, device: torch.device, folder: Path) -> str:
+    _open(uri, specs[:2], inputs, device, folder / "warm", 1)  # the first requests: a cold server's workers
+    one, many = (_open(uri, specs, inputs, device, folder / str(t), t) for t in (1, OPEN_THREADS))
+    return f"| {label} | {one:.2f} s | {many:.2f} s | {one / many:.1f}× |"
+
+
+def _open(uri: str, specs: list[RunSpec], inputs: Inputs, device: torch.device, folder: Path, threads: int) -> float:
+    """Wall seconds of opening `specs`' runs `threads` at a time, in an experiment of their own."""
+    client = MlflowClient(uri)
+    experiment = store.experiment_id(client, f"opening-{folder.parent.name}-{folder.name}", uri)
+    with ThreadPoolExecutor(1) as unused:  # each run's writer: nothing is written here
+        start = time.perf_counter()
+        open_runs(client, specs, inputs, experiment, device.type, folder, [unused], threads=threads)
+        return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench-opening", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="4 runs: checks the code, not the speed")
+    add_device_argument(parser)
+    args = parser.parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    opening(pick(parser, args), args.smoke, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
