@@ -5,7 +5,7 @@
 #   bench  benchmarks.bench on the GPU (overhead, roofline, precision, memory, determinism)
 # Those three are the check (on an H100, 2026-11-26, in one call: tests 143 s, sweep + report 69 s,
 # bench 163 s: 399 s in all). The rest of `make bench` runs when
-# named: batch, levers, peer (benchmarks.batch 216 s on that H100, before its "Opening a batch's runs" (~20 s
+# named: batch, levers, peer (benchmarks.batch 216 s on that H100, before its "A batch into a tracking server" (~60 s
 # with a server there); levers and peer not yet timed
 # there), e.g. `gpu_check.sh tests sweep bench batch` or, within one 10-minute call,
 #   LIMIT_tests=255 LIMIT_batch=300 bash benchmarks/gpu_check.sh tests batch     (~450 s)

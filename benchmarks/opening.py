@@ -1,5 +1,6 @@
-"""Opening a batch's runs: one at a time against several at once, into a SQLite file and into a
-tracking server (`make bench-batch`'s "Opening a batch's runs"; alone: `python -m benchmarks.opening`).
+"""A batch into a tracking server: its runs opened one at a time against several at once (and the same
+into a SQLite file), and the whole tracked batch written by one process against nst's choice of writers
+(`make bench-batch`'s "A batch into a tracking server"; alone: `python -m benchmarks.opening`).
 
 A run is opened with four requests or more (the run and its tags, its params, its input images,
 config.yaml) before its batch's fit starts; a batch of 64 makes 256 of them. A tracking server answers
@@ -18,28 +19,30 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
-from benchmarks.batch import _configs, _specs
+from benchmarks.batch import _configs, _require, _specs
 from benchmarks.cluster import tracking_server
 from benchmarks.device import add_device_argument, pick
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
 from pipelines.errors import UserError
 from pipelines.execution.inputs import Inputs, load_inputs
-from pipelines.execution.run import OPEN_THREADS, RunSpec, open_runs
+from pipelines.execution.run import RunSpec, execute_batch, open_runs
 from pipelines.tracking import store
+from pipelines.tracking.store import REMOTE_REQUESTS
+from pipelines.tracking.writers import auto_writer, writer_count
 
-HEADING = "## Opening a batch's runs"
+HEADING = "## A batch into a tracking server"
 
 
 def opening(device: torch.device, smoke: bool, out: Path) -> None:
-    """The section: the wall of opening a batch's runs, one at a time against OPEN_THREADS at a time."""
+    """The section: the wall of opening a batch's runs, one at a time against REMOTE_REQUESTS at a time."""
     n = 4 if smoke else 64
     specs = _specs(_configs(n), 64, 2, device)
     section = Section(out, [HEADING, "", f"A batch of {n} runs opened before its fit (each run created with its tags, "
                       "params, input images", "and config.yaml) on this CPU, into a SQLite file made beforehand and "
                       "into `nst server`'s pieces on", "loopback (SQLite behind them, no sign-in). nst opens them "
-                      f"{OPEN_THREADS} at a time against a server, one at a time into a file.", "",
-                      f"| store | one at a time | {OPEN_THREADS} at a time | faster |", "|---|---|---|---|"])
+                      f"{REMOTE_REQUESTS} at a time against a server, one at a time into a file.", "",
+                      f"| store | one at a time | {REMOTE_REQUESTS} at a time | faster |", "|---|---|---|---|"])
     inputs = load_inputs(specs[0].config)
     with tempfile.TemporaryDirectory() as tmp:
         inputs.write(Path(tmp) / "inputs")
@@ -48,13 +51,31 @@ def opening(device: torch.device, smoke: bool, out: Path) -> None:
         try:
             with tracking_server("sqlite") as server:
                 section.add(_row(label, server, specs, inputs, device, Path(tmp) / "server"))
+                one, chosen = (_whole_batch(server, specs, writer) for writer in ("process", "auto"))
         except UserError as exc:  # no server on this machine (mlflow-skinny alone): the row says so
             section.add(f"| {label} | not measured: {exc} | — | — |")
+            return
+    choice = auto_writer(device.type, n, remote=True)
+    count = writer_count(choice, n, remote=True)
+    section.lines += ["", f"The whole tracked batch ({n} runs of 2 steps at 64 px: opened, fitted, its rows, snapshots "
+                      "and final images", "written, its runs ended) into that server, written by one writer process "
+                      f"against nst's choice for it here ({count} writer {choice}{'s' if count > 1 else ''}):", "",
+                      "| batch | one writer process | nst's choice | faster |", "|---|---|---|---|"]
+    section.add(f"| {n} runs | {one:.2f} s | {chosen:.2f} s | {one / chosen:.1f}× |")
+
+
+def _whole_batch(server: str, specs: list[RunSpec], writer: str) -> float:
+    """Wall seconds of one tracked batch into `server`, its runs written by `writer`; every run FINISHED."""
+    start = time.perf_counter()
+    results = execute_batch(specs, tracking_uri=server, experiment=f"whole-{writer}", progress=False, writer=writer)
+    seconds = time.perf_counter() - start
+    _require(results, f"the batch into a tracking server ({writer})")
+    return seconds
 
 
 def _row(label: str, uri: str, specs: list[RunSpec], inputs: Inputs, device: torch.device, folder: Path) -> str:
     _open(uri, specs[:2], inputs, device, folder / "warm", 1)  # the first requests: a cold server's workers
-    one, many = (_open(uri, specs, inputs, device, folder / str(t), t) for t in (1, OPEN_THREADS))
+    one, many = (_open(uri, specs, inputs, device, folder / str(t), t) for t in (1, REMOTE_REQUESTS))
     return f"| {label} | {one:.2f} s | {many:.2f} s | {one / many:.1f}× |"
 
 

@@ -64,7 +64,8 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     assert "| 3 × 32 px |" in writers  # thread against process
     assert "| runs | writer thread | a process per batch | the sweep's processes, kept |" in writers
     assert "\n| 2 | " in writers  # two runs one at a time, each way
-    assert "## Opening a batch's runs" in text and "| tracking server (SQLite behind it) |" in text
+    assert "## A batch into a tracking server" in text and "| tracking server (SQLite behind it) |" in text
+    assert "| 4 runs |" in text  # the whole batch, one writer process against nst's choice
 
 
 def test_startup_smoke_writes_its_section(tmp_path) -> None:

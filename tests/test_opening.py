@@ -1,7 +1,7 @@
 """A batch's runs are opened (created with their tags, params, input images and config.yaml, or
-resumed) before its fit: against a tracking server several at once, into a SQLite file one at a time;
-either way each spec gets its own run, in the specs' order, and a run that cannot be opened leaves none
-of its batch RUNNING."""
+resumed) before its fit, written during it and ended after it: against a tracking server several at
+once, into a SQLite file one at a time; either way each spec gets its own whole run, in the specs'
+order, and a run that cannot be opened leaves none of its batch RUNNING."""
 
 from __future__ import annotations
 
@@ -36,14 +36,18 @@ def _specs(n: int) -> list[RunSpec]:
     return [RunSpec(run_config({**base, "alpha": float(a)})) for a in range(1, n + 1)]
 
 
-def test_a_batch_opened_on_a_server_gives_each_spec_its_own_whole_run(server, tmp_path) -> None:
+def test_a_batch_on_a_server_gives_each_spec_its_own_whole_run(server, tmp_path, capfd) -> None:
+    # Opened, written (5 writer threads on a CPU) and ended several at a time.
     results = execute_batch(_specs(5), tracking_uri=server, experiment="opened", progress=False)
+    assert "View run" not in capfd.readouterr().out  # MLflow's two lines per run end: off
     client = MlflowClient(server)
     runs = [client.get_run(r.run_id) for r in results]
     assert [r.data.params["alpha"] for r in runs] == ["1.0", "2.0", "3.0", "4.0", "5.0"]  # the specs' order
     assert {r.info.status for r in runs} == {FINISHED}
     for r in runs:
-        assert {"content.png", "style.png", "config.yaml"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"content.png", "style.png", "config.yaml", "final.png"} <= artifacts
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "loss/total")] == [0, 1]
         config = Path(client.download_artifacts(r.info.run_id, "config.yaml", str(tmp_path))).read_text()
         assert f"alpha: {r.data.params['alpha']}" in config
 

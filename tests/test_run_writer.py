@@ -228,6 +228,7 @@ def test_a_batch_written_by_a_process_is_the_batch_written_by_a_thread(tmp_path)
 
 
 def test_a_batch_gets_a_writer_thread_or_a_process_per_16_runs_on_a_quarter_of_the_cores(monkeypatch) -> None:
+    # (or, into a tracking server on a CPU, a writer thread per run up to 8)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert [writer_count("process", n) for n in (1, 3, 16, 17, 64, 200)] == [1, 1, 1, 2, 4, 4]
     assert writer_count("thread", 64) == 1  # threads would share one interpreter lock
@@ -235,12 +236,16 @@ def test_a_batch_gets_a_writer_thread_or_a_process_per_16_runs_on_a_quarter_of_t
     assert [auto_writer("cuda", 1), auto_writer("cpu", 3), auto_writer("cpu", 8)] == ["process", "thread", "process"]
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert writer_count("process", 64) == 1
+    # Into a tracking server (remote), whose answers threads wait for with the lock let go: on a CPU
+    # threads, one per run up to store.REMOTE_REQUESTS; a GPU's loop keeps its processes.
+    assert [auto_writer("cpu", 64, remote=True), auto_writer("cuda", 64, remote=True)] == ["thread", "process"]
+    assert [writer_count("thread", n, remote=True) for n in (1, 3, 64)] == [1, 3, 8]
 
 
 def test_runs_written_by_several_writers_stay_one_checkpoint_apart(store, monkeypatch) -> None:
     # Two writers, the first run's slow: each round of checkpoints waits for the round before, so a
     # kill at any moment leaves the runs a step they all hold (they resume together, exactly).
-    monkeypatch.setattr(writers, "writer_count", lambda kind, runs: 2)
+    monkeypatch.setattr(writers, "writer_count", lambda kind, runs, remote=False: 2)
     monkeypatch.setenv(WRITER_ENV, "thread")  # two writer threads, patched below in this process
     events: list[tuple[float, float, str, int]] = []  # (start, end, run id, step) of each checkpoint upload
 

@@ -126,7 +126,7 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
     config = specs[0].config  # its shared settings are every spec's (StyleTransfer checks)
     device = resolve_device(config.device)
     # Opened first: a writer process starts up (about a second) while the inputs load.
-    with writers.open_writers(writer, device, len(specs), pool) as writes:
+    with writers.open_writers(writer, device, len(specs), pool, store.remote(tracking_uri)) as writes:
         client = MlflowClient(tracking_uri)
         inputs = load_inputs(config)
         inits = [load_init(s.config, inputs.size, client) for s in specs]
@@ -176,16 +176,11 @@ def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: s
             sample.status, sample.error = status, error
 
 
-#: Runs opened at once against a tracking server. Each is four requests or more (the run, its params,
-#: its input images, config.yaml), which a server answers in parallel; into a local SQLite file threads
-#: gain nothing, so one at a time there (`make bench-batch`, "Opening a batch's runs").
-OPEN_THREADS = 8
-
-
 def open_runs(client: MlflowClient, specs: list[RunSpec], inputs: Inputs, exp_id: str, device: str, folder: Path,
               executors: list[Executor], threads: int | None = None) -> tuple[list[Sample], list[Checkpoint | None]]:
     """Every spec's run, created or resumed, in the specs' order, with its checkpoint when it resumes
-    from one; `threads` at a time (None: OPEN_THREADS against a tracking server, else one). If one
+    from one (each four requests or more: the run, its params, its input images, config.yaml); `threads`
+    at a time (None: store.REMOTE_REQUESTS against a tracking server, else one). If one
     cannot be opened, the ones that were are ended FAILED before its error is raised: no run is left
     RUNNING."""
     def open_one(b: int) -> tuple[Sample, Checkpoint | None]:
@@ -195,7 +190,7 @@ def open_runs(client: MlflowClient, specs: list[RunSpec], inputs: Inputs, exp_id
     opened: list[tuple[Sample, Checkpoint | None]] = []
     error: BaseException | None = None
     if threads is None:
-        threads = OPEN_THREADS if client.tracking_uri.startswith(("http://", "https://")) else 1
+        threads = store.REMOTE_REQUESTS if store.remote(client.tracking_uri) else 1
     if threads > 1 and len(specs) > 1:
         with ThreadPoolExecutor(min(threads, len(specs))) as pool:
             futures = [pool.submit(open_one, b) for b in range(len(specs))]
@@ -337,8 +332,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
     seconds = time.perf_counter() - start
     log.flush(module, due_only=False, wait=True)
     images = module.result01()
-    for b, sample in log.live:
-        log.finish(sample, images[b : b + 1], f"ran all {module.total_steps} steps")
+    log.finish_all([(sample, images[b : b + 1]) for b, sample in log.live], f"ran all {module.total_steps} steps")
     return seconds
 
 

@@ -2,3 +2,10 @@
 what a run logs while it optimizes (`run_log`, `run_writer`; `writer_process`: those writes in a process
 of their own; `writers`: a thread or processes, and how many), its checkpoints (`checkpoint_store`), and
 the tracking server (`server`)."""
+
+import os
+
+# Against a tracking server MLflow prints two lines at every run's end ("View run ... at", "View experiment
+# at") and asks the server for the run once more to make them: 128 lines and 64 requests for a batch of 64,
+# between nst's progress bars. nst prints its sweep's one link itself.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from torch import Tensor
 from nst.images import to_pil
 from nst.module import StyleTransfer
 from nst.stopping import NEVER
+from pipelines.tracking import store
 from pipelines.tracking.run_writer import RunWriter, log_image
 from pipelines.tracking.tags import ERROR_TAG
 
@@ -172,6 +174,15 @@ class BatchLog(pl.Callback):
         self.client.set_tag(sample.run_id, STOP_TAG, reason)
         self.client.set_terminated(sample.run_id, FINISHED)
         sample.status = FINISHED
+
+    def finish_all(self, ended: list[tuple[Sample, Tensor]], reason: str) -> None:
+        """`finish` each run with its image: against a tracking server, several at once (each is three
+        requests or more, which it answers in parallel; 64 one at a time took 7 s on this CPU)."""
+        threads = min(store.REMOTE_REQUESTS, len(ended)) if store.remote(self.client.tracking_uri) else 1
+        with ThreadPoolExecutor(max(threads, 1)) as pool:
+            done = [pool.submit(self.finish, sample, image01, reason) for sample, image01 in ended]
+        for future in done:
+            future.result()  # a failure raises here, once every other run has had its end
 
     def end(self, sample: Sample, status: str, error: str) -> None:
         """A run that stopped without a result (FAILED, KILLED): its metrics so far, and why."""

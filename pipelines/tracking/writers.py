@@ -11,6 +11,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
 from pipelines.errors import UserError
+from pipelines.tracking.store import REMOTE_REQUESTS
 from pipelines.tracking.writer_process import WriterProcess, settled
 
 WRITER_ENV = "NST_WRITER"  # `thread` or `process` for every batch (the README says when)
@@ -25,19 +26,24 @@ CPU_PROCESS_FROM = 8
 RUNS_PER_WRITER = 16
 
 
-def auto_writer(device: str, runs: int) -> str:
+def auto_writer(device: str, runs: int, remote: bool = False) -> str:
     """On a GPU, processes: the loop is Python launching kernels, which a writer thread's hold on the
     interpreter lock delays. On a CPU the loop is in torch's kernels, which let go of the lock: a thread,
-    until a batch's many runs' writes hold it long enough to pay for a process's start-up and its share
-    of the cores (CPU_PROCESS_FROM)."""
-    return "process" if device == "cuda" or runs >= CPU_PROCESS_FROM else "thread"
+    until a batch's many runs' writes into a SQLite file hold it long enough to pay for a process's
+    start-up and its share of the cores (CPU_PROCESS_FROM); into a tracking server (`remote`), threads,
+    which mostly wait for its answers."""
+    if device == "cuda":
+        return "process"
+    return "process" if runs >= CPU_PROCESS_FROM and not remote else "thread"
 
 
-def writer_count(kind: str, runs: int) -> int:
-    """How many writers a batch of `runs` runs gets: one thread (more would share one interpreter lock),
-    or processes (RUNS_PER_WRITER)."""
+def writer_count(kind: str, runs: int, remote: bool = False) -> int:
+    """How many writers a batch of `runs` runs gets: one thread into a SQLite file (more would share one
+    interpreter lock, and the file one writer), one per REMOTE_REQUESTS into a tracking server (each
+    waits for its answers, the interpreter lock let go), or processes
+    (RUNS_PER_WRITER)."""
     if kind != "process":
-        return 1
+        return min(runs, REMOTE_REQUESTS) if remote else 1
     return max(1, min(-(-runs // RUNS_PER_WRITER), (os.cpu_count() or 1) // 4))
 
 
@@ -92,18 +98,20 @@ class WriterPool:
 
 
 @contextmanager
-def open_writers(kind: str, device: str, runs: int, pool: WriterPool | None = None) -> Iterator[list[Executor]]:
+def open_writers(kind: str, device: str, runs: int, pool: WriterPool | None = None,
+                 remote: bool = False) -> Iterator[list[Executor]]:
     """A batch's writers (each run keeps one): `kind` `thread` or `process`, or `auto` ($NST_WRITER, else
-    auto_writer), as many as writer_count; processes from `pool` when given (a sweep's). On the way out,
-    each has done its writes."""
+    auto_writer), as many as writer_count; processes from `pool` when given (a sweep's). `remote`: the
+    runs go to a tracking server. On the way out, each has done its writes."""
     if kind == "auto":
-        kind = os.environ.get(WRITER_ENV) or auto_writer(device, runs)
+        kind = os.environ.get(WRITER_ENV) or auto_writer(device, runs, remote)
+    count = writer_count(kind, runs, remote)
     if kind == "process" and pool is not None:
-        lent = pool.lend(writer_count(kind, runs))
+        lent = pool.lend(count)
         try:
             yield lent
         finally:
             pool.settle(lent)
         return
     with ExitStack() as stack:
-        yield [stack.enter_context(open_writer(kind)) for _ in range(writer_count(kind, runs))]
+        yield [stack.enter_context(open_writer(kind)) for _ in range(count)]
