@@ -1,6 +1,7 @@
 """A batch into a tracking server: its runs opened one at a time against several at once (and the same
-into a SQLite file), and the whole tracked batch written by one process against nst's choice of writers
-(`make bench-batch`'s "A batch into a tracking server"; alone: `python -m benchmarks.opening`).
+into a SQLite file), the whole tracked batch written by one process against nst's choice of writers,
+and a sweep read back by `nst report` one run at a time against several at once (`make bench-batch`'s
+"A batch into a tracking server"; alone: `python -m benchmarks.opening`).
 
 A run is opened with four requests or more (the run and its tags, its params, its input images,
 config.yaml) before its batch's fit starts; a batch of 64 makes 256 of them. A tracking server answers
@@ -19,14 +20,17 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
-from benchmarks.batch import _configs, _require, _specs
+from benchmarks.batch import _configs, _require, _specs, grid_file
 from benchmarks.cluster import tracking_server
 from benchmarks.device import add_device_argument, pick
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
+from pipelines.config.grid import load_experiment
 from pipelines.errors import UserError
 from pipelines.execution.inputs import Inputs, load_inputs
 from pipelines.execution.run import RunSpec, execute_batch, open_runs
+from pipelines.execution.sweep import run_experiment
+from pipelines.reports.readback import load_sweep
 from pipelines.tracking import store
 from pipelines.tracking.store import REMOTE_REQUESTS
 from pipelines.tracking.writers import auto_writer, writer_count
@@ -52,6 +56,7 @@ def opening(device: torch.device, smoke: bool, out: Path) -> None:
             with tracking_server("sqlite") as server:
                 section.add(_row(label, server, specs, inputs, device, Path(tmp) / "server"))
                 one, chosen = (_whole_batch(server, specs, writer) for writer in ("process", "auto"))
+                sweep, read_one, read_many = _read_back(server, Path(tmp), smoke)
         except UserError as exc:  # no server on this machine (mlflow-skinny alone): the row says so
             section.add(f"| {label} | not measured: {exc} | — | — |")
             return
@@ -62,6 +67,23 @@ def opening(device: torch.device, smoke: bool, out: Path) -> None:
                       f"against nst's choice for it here ({count} writer {choice}{'s' if count > 1 else ''}):", "",
                       "| batch | one writer process | nst's choice | faster |", "|---|---|---|---|"]
     section.add(f"| {n} runs | {one:.2f} s | {chosen:.2f} s | {one / chosen:.1f}× |")
+    section.lines += ["", f"A sweep of {sweep} short runs read back from that server by `nst report` (each run's "
+                      "losses, snapshots, input", "and final images: about ten requests), one run at a time against "
+                      f"{REMOTE_REQUESTS} at a time (what nst does with a server):", "",
+                      f"| sweep | one at a time | {REMOTE_REQUESTS} at a time | faster |", "|---|---|---|---|"]
+    section.add(f"| {sweep} runs | {read_one:.2f} s | {read_many:.2f} s | {read_one / read_many:.1f}× |")
+
+
+def _read_back(server: str, folder: Path, smoke: bool) -> tuple[int, float, float]:
+    """(runs, wall one at a time, wall REMOTE_REQUESTS at a time) of load_sweep over a sweep run into `server`."""
+    experiment = load_experiment(grid_file(folder, 32, 2, 2 if smoke else 3))  # 8 or 27 points
+    run_experiment(experiment, tracking_uri=server, progress=False, say=lambda _: None)
+    client, walls = MlflowClient(server), []
+    for threads in (1, REMOTE_REQUESTS):
+        start = time.perf_counter()
+        load_sweep(client, experiment.name, threads=threads)
+        walls.append(time.perf_counter() - start)
+    return len(experiment.points), walls[0], walls[1]
 
 
 def _whole_batch(server: str, specs: list[RunSpec], writer: str) -> float:

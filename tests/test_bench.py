@@ -65,7 +65,7 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     assert "| runs | writer thread | a process per batch | the sweep's processes, kept |" in writers
     assert "\n| 2 | " in writers  # two runs one at a time, each way
     assert "## A batch into a tracking server" in text and "| tracking server (SQLite behind it) |" in text
-    assert "| 4 runs |" in text  # the whole batch, one writer process against nst's choice
+    assert "| 4 runs |" in text and "| 8 runs |" in text  # the whole batch; a sweep read back
 
 
 def test_startup_smoke_writes_its_section(tmp_path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from nst.images import load_image
 from pipelines.errors import UserError
+from pipelines.tracking import store
 from pipelines.tracking.run_log import SNAPSHOT_FILE
 from pipelines.tracking.tags import POINT_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
 
@@ -95,8 +97,10 @@ def find_parent(client: MlflowClient, experiment: str, parent_id: str | None) ->
     return parents[0]
 
 
-def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = None) -> SweepView:
-    """The sweep's parent, its experiment file (from the parent's artifacts) and its FINISHED children."""
+def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = None,
+               threads: int | None = None) -> SweepView:
+    """The sweep's parent, its experiment file (from the parent's artifacts) and its FINISHED children,
+    read `threads` at a time (None: store.REMOTE_REQUESTS from a tracking server, else one)."""
     parent = find_parent(client, experiment, parent_id)
     pid = parent.info.run_id
     children = client.search_runs(
@@ -107,28 +111,34 @@ def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = No
         raise UserError(f"sweep {pid}: no FINISHED runs yet; run (or resume) the experiment first")
     varied_keys = json.loads(parent.data.tags.get(VARIED_TAG, "[]"))
     spec = _spec(client, pid)
-    views: list[RunView] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for child in finished:
-            rid = child.info.run_id
-            folder = Path(tmp) / rid
-            history = {k: {m.step: m.value for m in client.get_metric_history(rid, k)} for k in LOSSES}
-            view = RunView(
-                child, child.info.run_name or rid,
-                {k: child.data.params.get(k, child.data.tags.get(f"nst.{k}", "")) for k in varied_keys}, history,
-            )
-            for artifact in client.list_artifacts(rid, "images"):
-                match = SNAPSHOT_FILE.match(Path(artifact.path).name)
-                if match:
-                    view.snapshots[int(match.group(1))] = _download_image(client, rid, artifact.path, folder)
-            view.content = _download_image(client, rid, "content.png", folder)
-            view.style = _download_image(client, rid, "style.png", folder)
-            view.final = _download_image(client, rid, "final.png", folder)
-            views.append(view)
+    # A run is ten requests or so (its losses, its images); a tracking server answers several at once.
+    if threads is None:
+        threads = store.REMOTE_REQUESTS if store.remote(client.tracking_uri) else 1
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(threads) as pool:
+        views = list(pool.map(lambda child: _view(client, child, varied_keys, Path(tmp) / child.info.run_id),
+                              finished))
     # In the experiment file's order when the runs know it (nst.point), else by what they vary.
     views.sort(key=lambda v: (int(v.run.data.tags.get(POINT_TAG, 10**9)),
                               [_sort_key(v.varied[k]) for k in varied_keys]))
     return SweepView(parent.data.tags.get(SWEEP_TAG, experiment), parent, spec, views)
+
+
+def _view(client: MlflowClient, child: Run, varied_keys: list[str], folder: Path) -> RunView:
+    """One FINISHED run as the report reads it: its losses, its snapshots, its input and final images."""
+    rid = child.info.run_id
+    history = {k: {m.step: m.value for m in client.get_metric_history(rid, k)} for k in LOSSES}
+    view = RunView(
+        child, child.info.run_name or rid,
+        {k: child.data.params.get(k, child.data.tags.get(f"nst.{k}", "")) for k in varied_keys}, history,
+    )
+    for artifact in client.list_artifacts(rid, "images"):
+        match = SNAPSHOT_FILE.match(Path(artifact.path).name)
+        if match:
+            view.snapshots[int(match.group(1))] = _download_image(client, rid, artifact.path, folder)
+    view.content = _download_image(client, rid, "content.png", folder)
+    view.style = _download_image(client, rid, "style.png", folder)
+    view.final = _download_image(client, rid, "final.png", folder)
+    return view
 
 
 def _sort_key(value: str) -> tuple[int, float, str]:

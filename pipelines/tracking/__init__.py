@@ -9,3 +9,6 @@ import os
 # at") and asks the server for the run once more to make them: 128 lines and 64 requests for a batch of 64,
 # between nst's progress bars. nst prints its sweep's one link itself.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# And a progress bar on stderr for every artifact it downloads from a server: `nst report` reads about ten
+# per run, `nst run --init run:<id>` and a resume one each.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

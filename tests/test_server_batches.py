@@ -1,7 +1,8 @@
 """A batch's runs are opened (created with their tags, params, input images and config.yaml, or
-resumed) before its fit, written during it and ended after it: against a tracking server several at
-once, into a SQLite file one at a time; either way each spec gets its own whole run, in the specs'
-order, and a run that cannot be opened leaves none of its batch RUNNING."""
+resumed) before its fit, written during it and ended after it, and a sweep's runs read back by the
+report: against a tracking server several at once, into and from a SQLite file one at a time; either
+way each spec gets its own whole run, in the specs' order, a run that cannot be opened leaves none of
+its batch RUNNING, and MLflow prints none of its per-run lines and progress bars."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from benchmarks.batch import grid_file
 from benchmarks.cluster import tracking_server
+from pipelines.config.grid import load_experiment
 from pipelines.config.runs import run_config
 from pipelines.execution import run
 from pipelines.execution.run import FAILED, FINISHED, RunSpec, execute_batch
+from pipelines.execution.sweep import run_experiment
+from pipelines.reports.readback import load_sweep
 from pipelines.tracking.run_log import ERROR_TAG
 
 pytestmark = pytest.mark.cpu_only("opening runs is the store's requests: a transfer's device changes none of them")
@@ -71,3 +76,12 @@ def test_a_run_that_cannot_be_opened_leaves_none_of_its_batch_running(where, ser
     assert sorted(float(r.data.params["alpha"]) for r in runs) == ([1, 2] if where == "SQLite" else [1, 2, 4, 5])
     assert {r.info.status for r in runs} == {FAILED}
     assert all("could not open every run: the store refused run 3" in r.data.tags[ERROR_TAG] for r in runs)
+
+
+def test_a_sweep_reads_back_from_a_server_whole_and_in_order(server, tmp_path, capfd) -> None:
+    experiment = load_experiment(grid_file(tmp_path, 32, 2, 2))  # 8 points: 2 lr x 2 beta x 2 seeds
+    run_experiment(experiment, tracking_uri=server, progress=False, say=lambda _: None)
+    sweep = load_sweep(MlflowClient(server), experiment.name)  # read 8 runs at a time
+    assert [r.name for r in sweep.runs] == [p.name for p in experiment.points]
+    assert all(r.final is not None and r.content is not None and 0 in r.snapshots for r in sweep.runs)
+    assert "Downloading artifacts" not in capfd.readouterr().err  # MLflow's bar per download: off
