@@ -5,7 +5,7 @@ and a sweep read back by `nst report` one run at a time against several at once 
 
 A run is opened with four requests or more (the run and its tags, its params, its input images,
 config.yaml) before its batch's fit starts; a batch of 64 makes 256 of them. A tracking server answers
-them in parallel, a SQLite file one writer at a time (pipelines.execution.run.open_runs).
+them in parallel, a SQLite file one writer at a time (pipelines.execution.opening.open_runs).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from benchmarks.stores import new_store
 from pipelines.config.grid import load_experiment
 from pipelines.errors import UserError
 from pipelines.execution.inputs import Inputs, load_inputs
-from pipelines.execution.run import RunSpec, execute_batch, open_runs
+from pipelines.execution.opening import open_runs
+from pipelines.execution.run import RunSpec, execute_batch
 from pipelines.execution.sweep import run_experiment
 from pipelines.reports.readback import load_sweep
 from pipelines.tracking import store

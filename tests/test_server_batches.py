@@ -16,7 +16,7 @@ from benchmarks.batch import grid_file
 from benchmarks.cluster import tracking_server
 from pipelines.config.grid import load_experiment
 from pipelines.config.runs import run_config
-from pipelines.execution import run
+from pipelines.execution import opening
 from pipelines.execution.run import FAILED, FINISHED, RunSpec, execute_batch
 from pipelines.execution.sweep import run_experiment
 from pipelines.reports.readback import load_sweep
@@ -60,14 +60,14 @@ def test_a_batch_on_a_server_gives_each_spec_its_own_whole_run(server, tmp_path,
 @pytest.mark.parametrize("where", ["SQLite", "server"])
 def test_a_run_that_cannot_be_opened_leaves_none_of_its_batch_running(where, server, store, monkeypatch) -> None:
     uri = server if where == "server" else store
-    start_run = run._start_run
+    start_run = opening._start_run
 
     def refuse_the_third(client, spec, *args):  # a store that fails one request: the fault is forced
         if spec.config.alpha == 3.0:
             raise RuntimeError("the store refused run 3")
         return start_run(client, spec, *args)
 
-    monkeypatch.setattr(run, "_start_run", refuse_the_third)
+    monkeypatch.setattr(opening, "_start_run", refuse_the_third)
     with pytest.raises(RuntimeError, match="refused run 3"):
         execute_batch(_specs(5), tracking_uri=uri, experiment=f"refused-{where}", progress=False)
     client = MlflowClient(uri)

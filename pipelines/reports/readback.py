@@ -100,7 +100,7 @@ def find_parent(client: MlflowClient, experiment: str, parent_id: str | None) ->
 def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = None,
                threads: int | None = None) -> SweepView:
     """The sweep's parent, its experiment file (from the parent's artifacts) and its FINISHED children,
-    read `threads` at a time (None: store.REMOTE_REQUESTS from a tracking server, else one)."""
+    read `threads` at a time (None: store.requests_at_once)."""
     parent = find_parent(client, experiment, parent_id)
     pid = parent.info.run_id
     children = client.search_runs(
@@ -113,7 +113,7 @@ def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = No
     spec = _spec(client, pid)
     # A run is ten requests or so (its losses, its images); a tracking server answers several at once.
     if threads is None:
-        threads = store.REMOTE_REQUESTS if store.remote(client.tracking_uri) else 1
+        threads = store.requests_at_once(client.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(threads) as pool:
         views = list(pool.map(lambda child: _view(client, child, varied_keys, Path(tmp) / child.info.run_id),
                               finished))

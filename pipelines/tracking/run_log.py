@@ -178,8 +178,8 @@ class BatchLog(pl.Callback):
     def finish_all(self, ended: list[tuple[Sample, Tensor]], reason: str) -> None:
         """`finish` each run with its image: against a tracking server, several at once (each is three
         requests or more, which it answers in parallel; 64 one at a time took 7 s on this CPU)."""
-        threads = min(store.REMOTE_REQUESTS, len(ended)) if store.remote(self.client.tracking_uri) else 1
-        with ThreadPoolExecutor(max(threads, 1)) as pool:
+        threads = max(1, min(store.requests_at_once(self.client.tracking_uri), len(ended)))
+        with ThreadPoolExecutor(threads) as pool:
             done = [pool.submit(self.finish, sample, image01, reason) for sample, image01 in ended]
         for future in done:
             future.result()  # a failure raises here, once every other run has had its end

@@ -38,6 +38,11 @@ def remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def requests_at_once(uri: str) -> int:
+    """How many requests (or runs' worth of them) nst keeps in flight to the store at `uri`."""
+    return REMOTE_REQUESTS if remote(uri) else 1
+
+
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """`--tracking-uri`, else MLFLOW_TRACKING_URI, else SQLite in ./mlruns (created)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
