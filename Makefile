@@ -43,10 +43,12 @@ postgres:  ## Debian's PostgreSQL server for `make server` and the cluster test 
 server: install-dev $(if $(filter postgresql,$(DB)),postgres)  ## tracking server for many writers: PostgreSQL in .pg/ (DB=sqlite: light) on 127.0.0.1:$(PORT)
 	$(NST) server --db $(DB) --port $(PORT) $(ARGS)
 
+# One pytest worker per core, each with one torch thread (two threads apiece would fight over the cores);
+# loadgroup keeps a module that starts servers, Ray or a browser on one worker (tests/test_auth.py says why).
 test: install-dev browser postgres  ## lint, type-check and run the test suite (installs .venv, chromium and postgresql first when missing)
 	$(VENV)/bin/ruff check nst pipelines tests benchmarks
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n auto --dist loadgroup
 
 test-gpu: install-dev  ## the test suite on a CUDA GPU: every test that performs a transfer runs there (NST_TEST_DEVICE=cuda)
 	NST_TEST_DEVICE=cuda OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -rfEs -n auto --dist loadgroup

@@ -33,12 +33,12 @@ def _refuse(message: str) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The GPU lane skips the tests that run no transfer on a device of their own choosing, and
-    starts the heavy ones first: pytest-xdist deals tests to its workers in collection order, and
-    dealt late, the four longest (80-100 s on an H100) ran on after every other test was done."""
+    """Both lanes start the heavy tests first: pytest-xdist deals tests to its workers in collection
+    order, and dealt late, the four longest (80-100 s on an H100) ran on after every other test was
+    done. The GPU lane skips the tests that run no transfer on a device of their own choosing."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: the rest keep their order
     if not ON_GPU:
         return
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: the rest keep their order
     for item in items:
         marker = item.get_closest_marker("cpu_only")
         if marker is not None:

@@ -31,7 +31,10 @@ CHROMIUM = "/usr/bin/chromium"
 
 # What these check (sign-in, users, the server's stores) does not depend on where a run's pixels are
 # optimized; they need the server's extras (full mlflow, PostgreSQL), which a GPU machine may not have.
-pytestmark = pytest.mark.cpu_only("the tracking server's sign-in: a transfer's device changes nothing it checks")
+pytestmark = [pytest.mark.cpu_only("the tracking server's sign-in: a transfer's device changes nothing it checks"),
+              # One worker for the module under pytest-xdist: its servers start once per database (dealt
+              # to two workers, each started them), and its Ray test never meets test_cluster's cluster.
+              pytest.mark.xdist_group("ray"), pytest.mark.heavy]
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 

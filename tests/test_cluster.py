@@ -22,9 +22,10 @@ from pipelines.tracking.server import _pg_bin
 from tests.lane import DEVICE, ON_GPU, gpu_only
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]' (make test installs it)")
-# One Ray cluster at a time: under pytest-xdist (the GPU lane: --dist loadgroup) these tests go to one
-# worker; dealt to two, two clusters on one machine made the second's rerun die (NodeDiedError).
-pytestmark = pytest.mark.xdist_group("ray")
+# One Ray cluster at a time: under pytest-xdist (both lanes: --dist loadgroup) these tests go to one
+# worker, with test_auth's; dealt to two, two clusters on one machine made the second's rerun die
+# (NodeDiedError).
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.heavy]
 
 ROOT = Path(__file__).resolve().parents[1]
 NST = [sys.executable, "-m", "pipelines.cli"]

@@ -45,7 +45,9 @@ grid:
   optimizer.lr: [0.1, 1.0, 10.0]
 """
 
-pytestmark = pytest.mark.browser
+# One worker for the module under pytest-xdist: its sweep and its browser start once (dealt to two
+# workers, each started them).
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("ui"), pytest.mark.heavy]
 
 
 def _browser_or_skip() -> None:
