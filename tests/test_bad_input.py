@@ -121,6 +121,15 @@ def test_bad_experiment_files(tmp_path, store, capsys, grid, needle) -> None:
     _expect_usage_error(capsys, ["experiment", str(path), "--tracking-uri", store], str(path), needle)
 
 
+@pytest.mark.parametrize("value", ["proces", "process:0", "thread:many"])
+def test_a_bad_writer_setting(store, capsys, monkeypatch, value) -> None:
+    monkeypatch.setenv("NST_WRITER", value)
+    argv = ["run", "--content", STYLE, "--style", STYLE, "--set", "size=32", "--set", "iterations=2",
+            "--tracking-uri", store]
+    _expect_usage_error(capsys, argv, f"NST_WRITER={value!r}", "'thread' or 'process'", "'process:2'")
+    assert _store_is_empty(store)
+
+
 def test_unreachable_tracking_server_answers_fast(capsys) -> None:
     start = time.monotonic()
     _expect_usage_error(capsys, ["run", "--content", STYLE, "--style", STYLE, "--tracking-uri",

@@ -25,13 +25,14 @@ from PIL import Image
 from nst.images import to_pil
 from pipelines.cli import main
 from pipelines.config.runs import run_config
+from pipelines.errors import UserError
 from pipelines.execution import executors
 from pipelines.execution.run import FAILED, FINISHED, RunSpec, execute, execute_batch
 from pipelines.tracking import checkpoint_store, writers
 from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG, download_checkpoint
 from pipelines.tracking.run_log import logged_snapshot_steps
 from pipelines.tracking.run_writer import RunWriter, upload_file, whole_steps, write_rows
-from pipelines.tracking.writers import WRITER_ENV, auto_writer, open_writer, writer_count
+from pipelines.tracking.writers import WRITER_ENV, auto_writer, open_writer, parse_writer, writer_count
 from tests.lane import ON_GPU
 
 KEYS = ["loss/total", "loss/content", "loss/style", "lr"]
@@ -236,10 +237,18 @@ def test_a_batch_gets_a_writer_thread_or_a_process_per_16_runs_on_a_quarter_of_t
     assert [auto_writer("cuda", 1), auto_writer("cpu", 3), auto_writer("cpu", 8)] == ["process", "thread", "process"]
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert writer_count("process", 64) == 1
-    # Into a tracking server (remote), whose answers threads wait for with the lock let go: on a CPU
-    # threads, one per run up to store.REMOTE_REQUESTS; a GPU's loop keeps its processes.
+    # Into a tracking server (remote), whose answers a writer mostly waits for: on a CPU threads (the lock
+    # let go meanwhile), on a GPU processes (the loop's own lock stays free), one per run up to
+    # store.REMOTE_REQUESTS however few the cores.
     assert [auto_writer("cpu", 64, remote=True), auto_writer("cuda", 64, remote=True)] == ["thread", "process"]
-    assert [writer_count("thread", n, remote=True) for n in (1, 3, 64)] == [1, 3, 8]
+    for kind in ("thread", "process"):
+        assert [writer_count(kind, n, remote=True) for n in (1, 3, 64)] == [1, 3, 8]
+    # NST_WRITER may say how many: `process:1`, `thread:4`.
+    assert [parse_writer(w) for w in ("thread", "process:1", "thread:12")] == [
+        ("thread", None), ("process", 1), ("thread", 12)]
+    for bad in ("proces", "process:", "process:0", "thread:many", "auto"):
+        with pytest.raises(UserError, match="'process:2'"):
+            parse_writer(bad)
 
 
 def test_runs_written_by_several_writers_stay_one_checkpoint_apart(store, monkeypatch) -> None:

@@ -14,7 +14,7 @@ from pipelines.errors import UserError
 from pipelines.tracking.store import REMOTE_REQUESTS
 from pipelines.tracking.writer_process import WriterProcess, settled
 
-WRITER_ENV = "NST_WRITER"  # `thread` or `process` for every batch (the README says when)
+WRITER_ENV = "NST_WRITER"  # `thread` or `process`, with a count or not, for every batch (the README says when)
 #: From this many runs a CPU's batch is written by a process: measured on this 2-core CPU (tracked steps of
 #: 15 and 45, differenced, two pairs each), 3 runs at 128 px cost 1.7-3.8% more a step with a process than
 #: with a thread (and the lr sweep's 200 steps 1.1-1.8 s more), 8 runs 9-14% less.
@@ -38,13 +38,26 @@ def auto_writer(device: str, runs: int, remote: bool = False) -> str:
 
 
 def writer_count(kind: str, runs: int, remote: bool = False) -> int:
-    """How many writers a batch of `runs` runs gets: one thread into a SQLite file (more would share one
-    interpreter lock, and the file one writer), one per REMOTE_REQUESTS into a tracking server (each
-    waits for its answers, the interpreter lock let go), or processes
-    (RUNS_PER_WRITER)."""
+    """How many writers a batch of `runs` runs gets. Into a tracking server (`remote`), threads or
+    processes, one per run up to REMOTE_REQUESTS: each writes one run at a time and mostly waits for the
+    server's answers, so neither the interpreter lock nor the cores limit them (one writer process took
+    3.1× as long as 8 writer threads for a batch of 64 runs here: BENCHMARKS.md, "A batch into a tracking
+    server"). Into a SQLite file, one thread (more would share one interpreter lock, and the file one
+    writer) or processes (RUNS_PER_WRITER)."""
+    if remote:
+        return min(runs, REMOTE_REQUESTS)
     if kind != "process":
-        return min(runs, REMOTE_REQUESTS) if remote else 1
+        return 1
     return max(1, min(-(-runs // RUNS_PER_WRITER), (os.cpu_count() or 1) // 4))
+
+
+def parse_writer(text: str) -> tuple[str, int | None]:
+    """`thread` or `process`, and how many when it says (`process:1`, `thread:4`); None: writer_count's."""
+    kind, colon, count = text.partition(":")
+    if kind not in ("thread", "process") or (colon and not (count.isdigit() and int(count) > 0)):
+        raise UserError(f"{WRITER_ENV}={text!r}: the writer must be 'thread' or 'process', or either with a count "
+                        "of writers ('process:2'); set one or unset it")
+    return kind, int(count) if colon else None
 
 
 def open_writer(kind: str) -> Executor:
@@ -100,12 +113,14 @@ class WriterPool:
 @contextmanager
 def open_writers(kind: str, device: str, runs: int, pool: WriterPool | None = None,
                  remote: bool = False) -> Iterator[list[Executor]]:
-    """A batch's writers (each run keeps one): `kind` `thread` or `process`, or `auto` ($NST_WRITER, else
-    auto_writer), as many as writer_count; processes from `pool` when given (a sweep's). `remote`: the
-    runs go to a tracking server. On the way out, each has done its writes."""
+    """A batch's writers (each run keeps one): `kind` `thread` or `process` (parse_writer: with a count or
+    not), or `auto` ($NST_WRITER, else auto_writer), as many as it says, else as writer_count; processes from
+    `pool` when given (a sweep's). `remote`: the runs go to a tracking server. On the way out, each has done
+    its writes."""
     if kind == "auto":
         kind = os.environ.get(WRITER_ENV) or auto_writer(device, runs, remote)
-    count = writer_count(kind, runs, remote)
+    kind, asked = parse_writer(kind)
+    count = min(asked or writer_count(kind, runs, remote), runs)
     if kind == "process" and pool is not None:
         lent = pool.lend(count)
         try:
