@@ -148,11 +148,24 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
 
 class LossBar(TQDMProgressBar):
     """Lightning's progress bar (iteration, it/s, ETA) with the last J, J_content, J_style read
-    back (every few dozen steps: the step itself never waits for them); a batch shows its range."""
+    back (every few dozen steps: the step itself never waits for them); a batch shows its range.
+    It redraws at most every REFRESH_SECONDS, and at the last step: Lightning's redraws it twice a
+    step, which cost 1.3 ms a step here (a 32 px step: 10.5 ms without the bar, 11.8 with it)."""
+
+    REFRESH_SECONDS = 0.1  # tqdm's own pace (mininterval), which Lightning's explicit redraws bypass
 
     def __init__(self, log: BatchLog) -> None:
         super().__init__()
         self.batch_log = log
+        self._drawn = float("-inf")  # time.monotonic() of the last redraw
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.monotonic()
+        if now - self._drawn < self.REFRESH_SECONDS and batch_idx + 1 != self.total_train_batches:
+            return
+        self._drawn = now
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer: pl.Trainer, module: pl.LightningModule
                     ) -> dict[str, int | str | float | dict[str, float]]:
