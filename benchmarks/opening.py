@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
-from benchmarks.batch import _configs, _require, _specs, grid_file
 from benchmarks.cluster import tracking_server
 from benchmarks.device import add_device_argument, pick
+from benchmarks.loops import grid_file, point_configs, require_all, run_specs
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
 from pipelines.config.grid import load_experiment
@@ -42,7 +42,7 @@ HEADING = "## A batch into a tracking server"
 def opening(device: torch.device, smoke: bool, out: Path) -> None:
     """The section: the wall of opening a batch's runs, one at a time against REMOTE_REQUESTS at a time."""
     n = 4 if smoke else 64
-    specs = _specs(_configs(n), 64, 2, device)
+    specs = run_specs(point_configs(n), 64, 2, device)
     section = Section(out, [HEADING, "", f"A batch of {n} runs opened before its fit (each run created with its tags, "
                       "params, input images", "and config.yaml) on this CPU, into a SQLite file made beforehand and "
                       "into `nst server`'s pieces on", "loopback (SQLite behind them, no sign-in). nst opens them "
@@ -98,7 +98,7 @@ def _whole_batch(server: str, specs: list[RunSpec], writer: str) -> float:
     start = time.perf_counter()
     results = execute_batch(specs, tracking_uri=server, experiment=f"whole-{writer}", progress=False, writer=writer)
     seconds = time.perf_counter() - start
-    _require(results, f"the batch into a tracking server ({writer})")
+    require_all(results, f"the batch into a tracking server ({writer})")
     return seconds
 
 

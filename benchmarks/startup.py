@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from benchmarks.batch import _configs, tracked_fit
 from benchmarks.device import add_device_argument, pick
+from benchmarks.loops import point_configs, tracked_fit
 from benchmarks.markdown import Section
 from nst.precision import resolve_precision
 from pipelines.execution.run import quiet_lightning
@@ -34,7 +34,7 @@ B, SIZE = 3, 128  # the lr sweep's batch
 def timed_fit(steps: int, size: int, device: torch.device) -> tuple[float, float]:
     """(wall s of the whole batch, s of its fit) of one tracked batch of B runs."""
     start = time.perf_counter()
-    results = tracked_fit(_configs(B), size, steps, device)
+    results = tracked_fit(point_configs(B), size, steps, device)
     return time.perf_counter() - start, results[0].seconds
 
 

@@ -1,6 +1,6 @@
 """`python -m benchmarks.step_profile`: where a batched step's time goes, operator by operator.
 
-torch.profiler over a few steps of the bare batched loop (benchmarks.batch.batch_loop's step: the
+torch.profiler over a few steps of the bare batched loop (benchmarks.loops.batch_loop's step: the
 losses, backward, per-image Adam, clamp) for a launch-bound batch (3 × 128 px) and an
 arithmetic-bound one (8 × 512 px on a GPU, 3 × 128 px only on the CPU). For each: the wall time of a
 step, the time the device spent running kernels (its share of the wall: far below 100% means the
@@ -21,8 +21,8 @@ from contextlib import AbstractContextManager, contextmanager
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.batch import _configs, bare_step
 from benchmarks.device import add_device_argument, pick, sync
+from benchmarks.loops import bare_step, point_configs
 from benchmarks.markdown import Section
 from nst.precision import resolve_precision
 
@@ -54,7 +54,7 @@ def profile_step(b: int, size: int, steps: int, device: torch.device
                  ) -> tuple[float, float, list[tuple[str, float]], float]:
     """(wall s/step, device busy s/step, [(operator, its device s/step)] most first, final J summed over
     the images) of the bare batched step: `steps` timed, then `steps` more profiled."""
-    step = bare_step(_configs(b), size, device)
+    step = bare_step(point_configs(b), size, device)
 
     for _ in range(3):  # lazy initialization and cuDNN's first choices, outside the measurements
         step()

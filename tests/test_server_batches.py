@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from benchmarks.batch import grid_file
 from benchmarks.cluster import tracking_server
+from benchmarks.loops import grid_file
 from pipelines.config.grid import load_experiment
 from pipelines.config.runs import run_config
 from pipelines.execution import opening

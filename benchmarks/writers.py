@@ -1,0 +1,70 @@
+"""`make bench-batch`'s "Writers" (alone: `python -m benchmarks.batch --writers`): a tracked batch's
+step with its runs written by a thread beside the loop against by processes, and a sweep of short
+runs one at a time with a thread, a process per batch, and the sweep's kept processes."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from benchmarks.loops import batch_loop, point_configs, require_all, run_specs, tracked_batch
+from benchmarks.markdown import Section
+from benchmarks.stores import new_store
+from nst.precision import resolve_precision
+from pipelines.execution.run import execute_batch
+from pipelines.tracking.writers import WriterPool, auto_writer, writer_count
+
+HEADING = "## Writers"
+
+
+def writers(device: torch.device, smoke: bool, out: Path) -> None:
+    """The "Writers" section: a tracked batch's step with its runs written by a thread against by a process."""
+    section = Section(out, [HEADING, "", f"`make bench-batch` (or `python -m benchmarks.batch --writers`) on "
+             f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'}, default precision "
+             f"({resolve_precision('auto', device.type)}): a tracked batch's step (marginal: runs of N and 3N steps,",
+             "differenced; every step's metrics into SQLite, snapshots, checkpoints every 100 steps) with its runs",
+             "written by a thread beside the loop against by processes (pipelines.tracking.writer_process; one per",
+             "16 runs, at most one per 4 cores: pipelines.tracking.writers). A writer",
+             "thread's CPU is time it holds Python's interpreter lock, which a loop launching GPU kernels waits for;",
+             "a writer process's runs on another core. This device's choice (pipelines.tracking.writers.auto_writer): "
+             f"{', '.join(f'{n} runs: {auto_writer(device.type, n)}' for n in (3, 8, 64))}.",
+             "", "| batch | bare loop | writer thread | writer processes | thread's CPU per step "
+             "| processes' CPU per step |",
+             "|---|---|---|---|---|---|"])
+    gpu = device.type == "cuda"
+    for size, b, steps in [(32, 3, 3)] if smoke else [(128, 3, 100), (256, 64, 100)] if gpu else [(128, 3, 10),
+                                                                                                (128, 8, 5)]:
+        bare = batch_loop(point_configs(b), size, steps, device).median
+        (thread, thread_cpu), (process, process_cpu) = (tracked_batch(point_configs(b), size, steps, device, writer=w)
+                                                        for w in ("thread", "process"))
+        n = writer_count("process", b)
+        section.add(f"| {b} × {size} px | {bare * 1000:.1f} ms | {thread * 1000:.1f} ms ({thread / bare - 1:+.1%}) "
+                    f"| {process * 1000:.1f} ms ({process / bare - 1:+.1%}), {n} process{'es' if n > 1 else ''} "
+                    f"| {thread_cpu * 1000:.1f} ms | {process_cpu * 1000:.1f} ms |")
+    n, size, steps = (2, 32, 2) if smoke else (8, 32, 2)
+    section.lines += [
+        "", f"A sweep of {n} short runs one at a time ({steps} steps at {size} px each, into one SQLite store",
+        "made beforehand), the wall of the whole: what each batch pays around its fit for its writer. A process",
+        "takes about a second to start; a sweep keeps its processes from batch to batch (WriterPool).", "",
+        "| runs | writer thread | a process per batch | the sweep's processes, kept |", "|---|---|---|---|"]
+    walls = [one_at_a_time(n, size, steps, device, w, kept) for w, kept in
+             (("thread", False), ("process", False), ("process", True))]
+    section.add(f"| {n} | {walls[0]:.1f} s | {walls[1]:.1f} s | {walls[2]:.1f} s |")
+
+
+def one_at_a_time(n: int, size: int, steps: int, device: torch.device, writer: str, kept: bool) -> float:
+    """Wall seconds of `n` tracked runs, one batch each, written by `writer` (`kept`: processes kept from batch
+    to batch, as a sweep run here keeps them)."""
+    specs = run_specs(point_configs(n), size, steps, device)
+    with tempfile.TemporaryDirectory() as tmp, WriterPool() if kept else nullcontext() as pool:
+        uri = new_store(tmp)  # made first: its making is not the writers'
+        start = time.perf_counter()
+        for spec in specs:
+            results = execute_batch([spec], tracking_uri=uri, experiment="one-at-a-time", progress=False,
+                                    writer=writer, pool=pool)
+            require_all(results, f"a run one at a time ({writer})")
+        return time.perf_counter() - start
