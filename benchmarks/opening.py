@@ -49,6 +49,7 @@ def opening(device: torch.device, smoke: bool, out: Path) -> None:
                       f"{REMOTE_REQUESTS} at a time against a server, one at a time into a file.", "",
                       f"| store | one at a time | {REMOTE_REQUESTS} at a time | faster |", "|---|---|---|---|"])
     inputs = load_inputs(specs[0].config)
+    choice = auto_writer(device.type, n, remote=True)
     with tempfile.TemporaryDirectory() as tmp:
         inputs.write(Path(tmp) / "inputs")
         section.add(_row("SQLite file", new_store(Path(tmp) / "store"), specs, inputs, device, Path(tmp) / "file"))
@@ -58,13 +59,11 @@ def opening(device: torch.device, smoke: bool, out: Path) -> None:
                 section.add(_row(label, server, specs, inputs, device, Path(tmp) / "server"))
                 one, processes = (_whole_batch(server, specs, w) for w in ("process:1", "process"))
                 # nst's choice on a GPU is those processes: measured once
-                chosen = processes if auto_writer(device.type, n, remote=True) == "process" else _whole_batch(
-                    server, specs, "auto")
+                chosen = processes if choice == "process" else _whole_batch(server, specs, "auto")
                 sweep, read_one, read_many = _read_back(server, Path(tmp), smoke)
         except UserError as exc:  # no server on this machine (mlflow-skinny alone): the row says so
             section.add(f"| {label} | not measured: {exc} | — | — |")
             return
-    choice = auto_writer(device.type, n, remote=True)
     count = writer_count(choice, n, remote=True)
     section.lines += ["", f"The whole tracked batch ({n} runs of 2 steps at 64 px: opened, fitted, its rows, snapshots "
                       "and final images", "written, its runs ended) into that server, written by one writer process, "

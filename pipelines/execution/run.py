@@ -150,7 +150,7 @@ class LossBar(TQDMProgressBar):
     """Lightning's progress bar (iteration, it/s, ETA) with the last J, J_content, J_style read
     back (every few dozen steps: the step itself never waits for them); a batch shows its range.
     It redraws at most every REFRESH_SECONDS, and at the last step: Lightning's redraws it twice a
-    step, which cost 1.3 ms a step here (a 32 px step: 10.5 ms without the bar, 11.8 with it)."""
+    step, 0.33-0.41 ms a step here (its hook timed over 400 steps of 1 and 8 images at 32 px)."""
 
     REFRESH_SECONDS = 0.1  # tqdm's own pace (mininterval), which Lightning's explicit redraws bypass
 

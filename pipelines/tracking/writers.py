@@ -61,12 +61,12 @@ def parse_writer(text: str) -> tuple[str, int | None]:
 
 
 def open_writer(kind: str) -> Executor:
-    """One writer, first in first out: a thread (`nst-metrics`) or a process."""
+    """One writer, first in first out: a thread (`nst-metrics`) or a process (`kind` as parse_writer read it)."""
     if kind == "process":
         return WriterProcess()
     if kind == "thread":
         return ThreadPoolExecutor(1, thread_name_prefix="nst-metrics")
-    raise UserError(f"{WRITER_ENV}={kind!r}: the writer must be 'thread' or 'process'; set one or unset it")
+    raise ValueError(f"a writer is a 'thread' or a 'process', not {kind!r}")  # a user's words went through parse_writer
 
 
 class WriterPool:
