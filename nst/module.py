@@ -226,10 +226,10 @@ class StyleTransfer(pl.LightningModule):
         """All losses of the current images, keyed by their metric names, one value per image."""
         image01 = self.image01()
         layers = [*self.content_layers, *self.style_layers]
-        if resolve_precision(self.config.precision, self.device.type) == "bf16":
+        if resolve_precision(self.config.precision, self.image.device.type) == "bf16":
             # No cast cache: it would hold nothing (the weights are bf16 already, _bf16_vgg); off, a
             # step can be captured in a CUDA graph.
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False):
+            with torch.autocast(self.image.device.type, dtype=torch.bfloat16, cache_enabled=False):
                 feats = self._bf16_vgg()(image01, layers)
         else:
             feats = self.vgg(image01, layers)
@@ -319,7 +319,8 @@ class StyleTransfer(pl.LightningModule):
 
     def _step_graph(self) -> CapturedStep[tuple[dict[str, Tensor], Tensor]] | None:
         """The captured losses and gradient when this step runs from a CUDA graph (captured at its first use)."""
-        if not self.cuda_graph or why_not_captured(self.device, self.config.optimizer.name, self.config.style_loss):
+        c = self.config
+        if not self.cuda_graph or why_not_captured(self.image.device, c.optimizer.name, c.style_loss):
             return None
         if self._captured is None:
             self._captured = CapturedStep(self._losses_and_gradient, self.image)
@@ -397,7 +398,7 @@ class StyleTransfer(pl.LightningModule):
         self._loss_scale = state["loss_scale"]
         if state["scale_index"] != self.scale_index:
             self.scale_index = state["scale_index"]
-            self.image = nn.Parameter(torch.empty_like(checkpoint["state_dict"]["image"], device=self.device))
+            self.image = nn.Parameter(torch.empty_like(checkpoint["state_dict"]["image"], device=self.image.device))
             self._captured = None
             self._init_average()  # shaped like the new image; the checkpoint fills it
             self._targets_stale = True
