@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -24,8 +29,11 @@ import torch
 from benchmarks.device import add_device_argument, pick
 from benchmarks.loops import point_configs, tracked_fit
 from benchmarks.markdown import Section
+from benchmarks.stores import new_store
 from nst.precision import resolve_precision
 from pipelines.execution.run import quiet_lightning
+from pipelines.tracking.run_writer import connect
+from pipelines.tracking.writer_process import WriterProcess, settled
 
 HEADING = "## A tracked fit's one-off time"
 B, SIZE = 3, 128  # the lr sweep's batch
@@ -36,6 +44,30 @@ def timed_fit(steps: int, size: int, device: torch.device) -> tuple[float, float
     start = time.perf_counter()
     results = tracked_fit(point_configs(B), size, steps, device)
     return time.perf_counter() - start, results[0].seconds
+
+
+def writer_ready() -> tuple[float, float, float, float]:
+    """What a batch written by a process waits for at most, in s: from a writer process's start until
+    it answers its first task with its client of a store open; then one more task's round trip; and,
+    to say where the start goes, a bare interpreter's start and one that imports the writes' module."""
+    def python(code: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in sys.path if p)})  # the writer process's own import path
+        return time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = new_store(tmp)
+        start = time.perf_counter()
+        writer = WriterProcess()
+        try:
+            writer.submit(connect, uri).result()
+            ready = time.perf_counter()
+            writer.submit(settled).result()
+            trip = time.perf_counter() - ready
+        finally:
+            writer.shutdown()
+    return ready - start, trip, python("pass"), python("import pipelines.tracking.run_writer")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
             section.add(f"| {which} | {steps} | {wall:.2f} s | {fit:.2f} s | {wall - fit:.2f} s |")
     per_step = (fits["second", long][1] - fits["second", short][1]) / (long - short)
     once = {which: fits[which, short][1] - short * per_step for which in ("first in the process", "second")}
+    ready = [writer_ready() for _ in range(3)]
+    seconds = [statistics.median(r[i] for r in ready) for i in range(4)]
+    section.add("", f"A writer process (a GPU's batch is written by one per 16 runs) answers its first task, "
+                f"its client of the store open, {seconds[0]:.2f} s after it starts (median of 3, "
+                f"{min(r[0] for r in ready):.2f}-{max(r[0] for r in ready):.2f} s): a bare Python starts in "
+                f"{seconds[2]:.2f} s, one that imports the writes' module (MLflow) in {seconds[3]:.2f} s, and the "
+                f"store's client takes the rest. Then a task's round trip takes {seconds[1] * 1000:.1f} ms.")
     section.add("", f"Per step (the second fits' difference): {per_step * 1000:.1f} ms. Paid once in a fit: "
                 f"{once['first in the process']:.2f} s in the process's first, {once['second']:.2f} s in the "
                 f"second (at 2000 steps the lr sweep's steps take {2000 * per_step:.1f} s).")

@@ -251,6 +251,15 @@ def test_a_batch_gets_a_writer_thread_or_a_process_per_16_runs_on_a_quarter_of_t
             parse_writer(bad)
 
 
+def _two_runs_checkpointing_every_20_steps(store: str) -> list:
+    """A batch of two runs of 130 steps, a checkpoint every 20, both FINISHED."""
+    specs = [RunSpec(_config(130, snapshots=[0], checkpoint_every=20, optimizer={"name": "adam", "lr": lr}))
+             for lr in (1.0, 4.0)]
+    results = execute_batch(specs, tracking_uri=store, experiment="rounds", progress=False)
+    assert [r.status for r in results] == [FINISHED, FINISHED], [r.error for r in results]
+    return results
+
+
 def test_runs_written_by_several_writers_stay_one_checkpoint_apart(store, monkeypatch) -> None:
     # Two writers, the first run's slow: each round of checkpoints waits for the round before, so a
     # kill at any moment leaves the runs a step they all hold (they resume together, exactly).
@@ -274,16 +283,47 @@ def test_runs_written_by_several_writers_stay_one_checkpoint_apart(store, monkey
 
     monkeypatch.setattr(checkpoint_store, "upload_file", upload)
     monkeypatch.setattr(MlflowClient, "create_run", first_is_slow)
-    specs = [RunSpec(_config(130, snapshots=[0], checkpoint_every=20, optimizer={"name": "adam", "lr": lr}))
-             for lr in (1.0, 4.0)]
-    results = execute_batch(specs, tracking_uri=store, experiment="rounds", progress=False)
-    assert [r.status for r in results] == [FINISHED, FINISHED], [r.error for r in results]
+    results = _two_runs_checkpointing_every_20_steps(store)
     steps = sorted({step for *_, step in events})
     assert steps == [20, 40, 60, 80, 100, 120]
     for before, after in pairwise(steps):
         last_end = max(end for _, end, _, step in events if step == before)
         first_start = min(start for start, _, _, step in events if step == after)
         assert last_end <= first_start, f"a step-{after} checkpoint began before every step-{before} one was saved"
+    client = MlflowClient(store)
+    assert {client.get_run(r.run_id).data.tags[CHECKPOINT_STEP_TAG] for r in results} == {"120"}
+
+
+def test_runs_written_by_one_writer_hand_over_rounds_without_waiting_for_the_last(store, monkeypatch) -> None:
+    # One writer for both runs, its first checkpoint slow (as a writer process still starting up is on a
+    # GPU): first in first out, the store holds a prefix of the writes whatever the moment, so the loop
+    # hands over the next rounds meanwhile, up to ROUNDS_AHEAD, and only then waits.
+    monkeypatch.setenv(WRITER_ENV, "thread")
+    ahead = checkpoint_store.ROUNDS_AHEAD
+    handed: list[tuple[float, int]] = []  # (when, checkpoint step) of each upload handed to the writer
+    last_ahead, slow_end = threading.Event(), []
+    after_rows = RunWriter.after_rows
+
+    def handing(self, write, *args, **kwargs):
+        if write is upload:
+            step = int(kwargs["after"][CHECKPOINT_STEP_TAG])
+            handed.append((time.monotonic(), step))
+            if step == 20 * ahead:
+                last_ahead.set()
+        return after_rows(self, write, *args, **kwargs)
+
+    def upload(uri, run_id, data, path, before, after):
+        if after[CHECKPOINT_STEP_TAG] == "20" and not slow_end:
+            last_ahead.wait(60)  # slow until the loop handed over every round it may (or it hangs: fails below)
+            slow_end.append(time.monotonic())
+        upload_file(uri, run_id, data, path, before, after)
+
+    monkeypatch.setattr(checkpoint_store, "upload_file", upload)
+    monkeypatch.setattr(RunWriter, "after_rows", handing)
+    results = _two_runs_checkpointing_every_20_steps(store)
+    before_slow_end = sorted({step for when, step in handed if when < slow_end[0]})
+    assert before_slow_end == [20, 40, 60, 80], "the loop waited for the slow round"  # ROUNDS_AHEAD = 4
+    assert sorted({step for _, step in handed}) == [20, 40, 60, 80, 100, 120]
     client = MlflowClient(store)
     assert {client.get_run(r.run_id).data.tags[CHECKPOINT_STEP_TAG] for r in results} == {"120"}
 

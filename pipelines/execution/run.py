@@ -113,6 +113,8 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
             backbone = build_backbone(config)
         except WeightsError as exc:
             raise UserError(str(exc)) from None
+        # The input is good: each writer opens its client of the store while the runs open and the loop starts.
+        writers.connect(writes, tracking_uri)
         return _execute(specs, tracking_uri, experiment, progress, writes, client, inputs, inits, backbone, device)
 
 

@@ -10,6 +10,7 @@ name whole checkpoints and the runs of a batch share a step to resume from toget
 from __future__ import annotations
 
 import io
+from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from pipelines.tracking.run_writer import upload_file
 #: naming whole checkpoints only, and the runs of a batch killed between their saves still share a
 #: step to resume from together.
 CHECKPOINT_SLOTS = {"a": "checkpoint/a.ckpt", "b": "checkpoint/b.ckpt"}
+#: Rounds of checkpoints a batch written by one writer may hand over before the oldest is in the store.
+ROUNDS_AHEAD = 4
 CHECKPOINT_STEP_TAG = "nst.checkpoint_step"  # the step of the run's latest checkpoint
 LEGACY_CHECKPOINT = "checkpoint/last.ckpt"  # one file, before the slots (runs logged by earlier nst)
 
@@ -42,12 +45,16 @@ class Checkpoints(pl.Callback):
     says, stay whole while one is rewritten. The runs may have writers of their own (a GPU's batch of
     many runs: pipelines.tracking.writers): a round of saves first waits until the round
     before is in the store, so the runs are never more than one checkpoint apart and a batch killed
-    at any moment resumes together (with one writer, first in first out, that wait is over at once)."""
+    at any moment resumes together. One writer for every run needs no such wait: first in first out,
+    the store always holds a prefix of what it was handed, so the runs share a step whatever the moment.
+    There a round waits only for the one ROUNDS_AHEAD rounds before it, which bounds what waits in
+    memory: on a GPU, a fresh writer process is up only after the loop's first checkpoints (the H100's
+    lr sweep waited about 7 s at its second checkpoint, step 200, for a writer still starting)."""
 
     def __init__(self, every: int, log: BatchLog) -> None:
         self.every, self.batch_log = every, log
         self.start = 0  # the step this fit started from
-        self._saving: list[Future[Any]] = []  # the last round's saves
+        self._rounds: deque[list[Future[Any]]] = deque()  # the saves of the rounds not yet known done
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.start = trainer.global_step
@@ -66,13 +73,16 @@ class Checkpoints(pl.Callback):
         parts = checkpoints.split(state)
         slot = "ab"[(step // self.every) % 2]
         tag = _slot_tag(slot)
-        for saved in self._saving:
-            saved.result()  # a save that failed raises here, as a failed write does at a flush
-        self._saving = [
+        live = self.batch_log.live
+        ahead = ROUNDS_AHEAD if len({id(sample.writer.writer) for _, sample in live}) == 1 else 1
+        while len(self._rounds) >= ahead:
+            for saved in self._rounds.popleft():
+                saved.result()  # a save that failed raises here, as a failed write does at a flush
+        self._rounds.append([
             sample.writer.after_rows(upload_file, sample.run_id, _Serialized(parts[b]), CHECKPOINT_SLOTS[slot],
                                      before={tag: ""},  # being written: names nothing until whole
                                      after={tag: str(step), CHECKPOINT_STEP_TAG: str(step)})
-            for b, sample in self.batch_log.live]
+            for b, sample in live])
 
 
 class _Serialized:

@@ -43,6 +43,13 @@ def client_for(uri: str) -> MlflowClient:
         return _clients[uri]
 
 
+def connect(uri: str) -> None:
+    """The writer's client of the store, opened now (MLflow's store: its engine and schema check) and
+    not at the first write: a batch hands this to each writer as it starts, so that a writer process
+    is ready by the time the loop's first rows and checkpoints come (writers.connect)."""
+    client_for(uri)
+
+
 def write_rows(uri: str, run_id: str, rows: Rows) -> float:
     """The rows into the store, in writes that never cut a step in two; returns the CPU time it took
     this thread (it holds Python's interpreter lock for most of it: the bench reports it per step)."""

@@ -187,6 +187,9 @@ def main(argv: list[str]) -> None:
     """The child: `python -m pipelines.tracking.writer_process PARENT_PID IN_FD OUT_FD`."""
     parent, from_parent, to_parent = map(int, argv)
     _die_with(parent)
+    # The writes' module, and MLflow with it (most of this process's start-up), imported before the
+    # first task arrives, while the parent loads its inputs: not when that task's pickle names it.
+    import pipelines.tracking.run_writer  # noqa: F401
     _serve(parent, Connection(from_parent, writable=False), Connection(to_parent, readable=False))
     # Every write is committed and answered: end without the interpreter's teardown (MLflow's and
     # SQLAlchemy's modules unloading), which took 0.55 s of every batch's end, waited for by the parent.

@@ -11,6 +11,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
 from pipelines.errors import UserError
+from pipelines.tracking.run_writer import connect as connect_writer
 from pipelines.tracking.store import REMOTE_REQUESTS
 from pipelines.tracking.writer_process import WriterProcess, settled
 
@@ -130,3 +131,11 @@ def open_writers(kind: str, device: str, runs: int, pool: WriterPool | None = No
         return
     with ExitStack() as stack:
         yield [stack.enter_context(open_writer(kind)) for _ in range(count)]
+
+
+def connect(lent: list[Executor], uri: str) -> None:
+    """Have each writer open its client of the store at `uri` now, its first task (a process kept by a
+    sweep has it already). Called once the caller's own client of `uri` exists, so that a new SQLite
+    store's schema is made by one process, not raced for by several."""
+    for writer in lent:
+        writer.submit(connect_writer, uri)
