@@ -37,6 +37,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# A bare GPU machine with the wheels carried (../shared/gpu/wheels.sh): installed here, so that the one
+# command is the whole check (sourced in a pipeline, env.sh's PYTHONPATH would be lost to a subshell).
+if [ -f .whl/env.sh ] && ! "$PYTHON" -c 'import mlflow' 2>/dev/null; then
+  # shellcheck disable=SC1091
+  source .whl/env.sh || exit 2
+fi
 OUT=${OUT:-reports/gpu_check}
 mkdir -p "$OUT"
 phases=("$@")

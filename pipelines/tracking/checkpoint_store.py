@@ -48,8 +48,9 @@ class Checkpoints(pl.Callback):
     at any moment resumes together. One writer for every run needs no such wait: first in first out,
     the store always holds a prefix of what it was handed, so the runs share a step whatever the moment.
     There a round waits only for the one ROUNDS_AHEAD rounds before it, which bounds what waits in
-    memory: on a GPU, a fresh writer process is up only after the loop's first checkpoints (the H100's
-    lr sweep waited about 7 s at its second checkpoint, step 200, for a writer still starting)."""
+    memory. On a GPU, where 100 steps take well under a second, a fresh writer process is up only after
+    the loop's first checkpoints: waiting for the round before, an H100's tracked fit of 510 steps took
+    11 s where its steps account for about 3.5 s (BENCHMARKS-cuda.md, "A tracked fit's one-off time")."""
 
     def __init__(self, every: int, log: BatchLog) -> None:
         self.every, self.batch_log = every, log
