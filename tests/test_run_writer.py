@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -24,9 +25,11 @@ from PIL import Image
 
 from nst.images import to_pil
 from pipelines.cli import main
+from pipelines.config.grid import Point
 from pipelines.config.runs import run_config
 from pipelines.errors import UserError
-from pipelines.execution import executors
+from pipelines.execution import executors, ray_executor
+from pipelines.execution.executors import Job, Task
 from pipelines.execution.run import FAILED, FINISHED, RunSpec, execute, execute_batch
 from pipelines.tracking import checkpoint_store, writers
 from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG, download_checkpoint
@@ -360,6 +363,29 @@ grid: {{optimizer.lr: [0.5, 1.0, 2.0]}}
         assert run.info.status == FINISHED
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")] == list(range(5))
         assert logged_snapshot_steps(client, run.info.run_id) == {0, 5}
+
+
+def test_a_ray_workers_batches_share_their_writer_processes(store, monkeypatch) -> None:
+    # Two batches in one Ray worker (Ray reuses it for tasks of one shape), each written by a process: the
+    # worker starts one and keeps it, and its batches' runs are whole in the store when their tasks return.
+    monkeypatch.setenv(WRITER_ENV, "process")
+    monkeypatch.setattr(ray_executor, "_pool", None)
+    config = _config(4, snapshots=[0])
+
+    def job(lr: float) -> Job:
+        point = Point(0, config, {"optimizer.lr": lr}, f"lr={lr}", f"key-{lr}")
+        spec = RunSpec(replace(config, optimizer=replace(config.optimizer, lr=lr)))
+        return Job([Task(point, spec)], store, "ray-worker")
+
+    try:
+        results = [r for lr in (0.5, 1.0) for r in ray_executor._execute_in_worker(job(lr))]
+        assert ray_executor.worker_pool().started == 1
+    finally:
+        ray_executor.worker_pool().__exit__(None, None, None)
+    client = MlflowClient(store)
+    for result in results:
+        assert result.status == FINISHED, result.error
+        assert [m.step for m in client.get_metric_history(result.run_id, "loss/total")] == list(range(4))
 
 
 def test_a_writer_pool_lends_its_processes_again_and_replaces_one_that_died(store) -> None:

@@ -13,6 +13,7 @@ them from their last checkpoints, as after a kill -9 of a local run.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from pipelines.errors import UserError
 from pipelines.execution.executors import Announce, Executor, Job, Task
 from pipelines.execution.run import FAILED, KILLED, RunResult
 from pipelines.tracking.auth import CREDENTIALS
+from pipelines.tracking.writers import WRITER_ENV, WriterPool
 
 #: The keys of Ray's task options a user may set per run.
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources", "accelerator_type")
@@ -52,10 +54,26 @@ def parse_resources(text: str | None) -> dict[str, Any]:
     return resources
 
 
-def credentials() -> dict[str, str]:
-    """The driver's sign-in, for its workers: they log as the user who ran the sweep, whatever the
-    environment their `ray start` had."""
-    return {key: os.environ[key] for key in CREDENTIALS if os.environ.get(key)}
+def worker_env() -> dict[str, str]:
+    """What the driver's environment says for its workers, whatever the environment their `ray start`
+    had: its sign-in (they log as the user who ran the sweep) and its choice of writers."""
+    return {key: os.environ[key] for key in (*CREDENTIALS, WRITER_ENV) if os.environ.get(key)}
+
+
+_pool: WriterPool | None = None
+
+
+def worker_pool() -> WriterPool:
+    """This worker's writer processes, kept from task to task as a local sweep keeps them from batch to
+    batch: Ray reuses a worker for the tasks of one shape, and each of its batches written by processes
+    (a GPU's) would otherwise start its own (about 1.4 s here: BENCHMARKS.md, "A tracked fit's one-off
+    time") and wait for it at its end. They end with the worker (as every writer process ends with its
+    parent), idle: each batch waits for its own writes before it returns."""
+    global _pool
+    if _pool is None:
+        _pool = WriterPool()
+        atexit.register(_pool.__exit__, None, None, None)
+    return _pool
 
 
 def _execute_in_worker(job: Job) -> list[RunResult]:
@@ -63,7 +81,7 @@ def _execute_in_worker(job: Job) -> list[RunResult]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     job.progress = False
-    return job.run()
+    return job.run(worker_pool())
 
 
 def ray_executor(address: str | None = None, resources: dict[str, Any] | None = None) -> Executor:
@@ -84,7 +102,7 @@ def ray_executor(address: str | None = None, resources: dict[str, Any] | None = 
                             "start it with `ray start --head` or fix --ray-address") from None
         # No retries: a retried task would start a second child run; the driver resumes instead.
         remote = ray.remote(max_retries=0)(_execute_in_worker).options(
-            **(resources or {}), runtime_env={"env_vars": credentials()})
+            **(resources or {}), runtime_env={"env_vars": worker_env()})
         pending = {}
         for job in jobs:
             pending[remote.remote(job)] = job
