@@ -89,7 +89,7 @@ def test_a_bf16_step_gives_the_bits_of_autocast_casting_the_weights_each_step(pa
     ours = module.losses()
     ours["loss/total"].sum().backward()
     grad, module.image.grad = module.image.grad, None
-    with torch.autocast(module.device.type, dtype=torch.bfloat16, cache_enabled=False):
+    with torch.autocast(module.image.device.type, dtype=torch.bfloat16, cache_enabled=False):
         feats = module.vgg(module.image01(), [*module.content_layers, *module.style_layers])
     reference = style_transfer_losses(
         feats, {n: getattr(module, f"content_target_{n}") for n in module.content_layers},
@@ -104,6 +104,19 @@ def test_a_bf16_step_gives_the_bits_of_autocast_casting_the_weights_each_step(pa
     assert list(module.state_dict()) == ["image"]
     module.to("meta")
     assert module._bf16_vgg().layers[0].weight.device.type == "meta"
+
+
+def test_a_module_computes_where_its_image_is_whatever_lightning_last_said(pair) -> None:
+    """Lightning's `device` changes only when Lightning moves the module: one built from tensors
+    already on a GPU (as the benchmarks build theirs) still says cpu. The module computes where its
+    image is, in the precision that device gets (on the GPU lane a stale bf16 module entered autocast
+    for the CPU and failed). Here Lightning's record is made stale by hand: the CPU has no other device."""
+    config = replace(CONFIG, precision="bf16")
+    module = StyleTransfer(*(t.to(DEVICE) for t in pair), [config], backbone=build_backbone(config).to(DEVICE))
+    expected = module.losses()
+    module._device = torch.device("meta")  # what Lightning would say after a move it never made
+    got = module.losses()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 def test_pixels_stay_in_range_even_with_a_huge_lr(pair) -> None:
