@@ -22,7 +22,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
-from pytorch_lightning.callbacks import TQDMProgressBar
 
 from nst.checkpoints import Checkpoint
 from nst.determinism import deterministic
@@ -36,6 +35,7 @@ from pipelines.execution.failures import describe_failure, release_memory
 from pipelines.execution.inputs import Inputs, load_init, load_inputs, resolve_device
 from pipelines.execution.opening import end_live, open_runs
 from pipelines.execution.probe import quality_probe
+from pipelines.execution.progress import LossBar
 from pipelines.tracking import checkpoint_store, store, writers
 from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, Sample  # noqa: F401 - statuses
 
@@ -146,41 +146,6 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
     return [RunResult(s.run_id, s.status or FAILED, seconds, {k: v for k, v in s.last.items() if k.startswith("loss/")},
                       s.final_image, s.error, logging_seconds=s.writer.seconds,
                       writer_seconds=s.writer.writer_seconds) for s in samples]
-
-
-class LossBar(TQDMProgressBar):
-    """Lightning's progress bar (iteration, it/s, ETA) with the last J, J_content, J_style read
-    back (every few dozen steps: the step itself never waits for them); a batch shows its range.
-    It redraws at most every REFRESH_SECONDS, and at the last step: Lightning's redraws it twice a
-    step, 0.33-0.41 ms a step here (its hook timed over 400 steps of 1 and 8 images at 32 px)."""
-
-    REFRESH_SECONDS = 0.1  # tqdm's own pace (mininterval), which Lightning's explicit redraws bypass
-
-    def __init__(self, log: BatchLog) -> None:
-        super().__init__()
-        self.batch_log = log
-        self._drawn = float("-inf")  # time.monotonic() of the last redraw
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        now = time.monotonic()
-        if now - self._drawn < self.REFRESH_SECONDS and batch_idx + 1 != self.total_train_batches:
-            return
-        self._drawn = now
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def get_metrics(self, trainer: pl.Trainer, module: pl.LightningModule
-                    ) -> dict[str, int | str | float | dict[str, float]]:
-        items = super().get_metrics(trainer, module)
-        items.pop("v_num", None)
-        lasts = [s.last for s in self.batch_log.samples if s.last]
-        for key, label in (("loss/total", "J"), ("loss/content", "Jc"), ("loss/style", "Js")):
-            values = sorted(last[key] for last in lasts if key in last)
-            if values:
-                items[label] = f"{values[0]:.3g}" if len(values) == 1 else f"{values[0]:.3g}–{values[-1]:.3g}"
-        if len(self.batch_log.samples) > 1:
-            items["runs"] = f"{len(self.batch_log.live)}/{len(self.batch_log.samples)} live"
-        return items
 
 
 def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], checkpoints: list[Checkpoint | None],
