@@ -21,8 +21,10 @@
 #   profile benchmarks.step_profile: where a step's device time goes, by operator, at 3 × 128 and
 #          8 × 512 px (not yet timed on a GPU; well under a minute expected).
 #   startup benchmarks.startup: what a tracked fit of the lr sweep's shape pays once, apart from its
-#          steps (the H100's lr sweep fit carried ~8 s so), first and second fit in a process, then
+#          steps, first and second fit in a process, and how soon a writer process is ready; then
 #          the first fit of a fresh process under cProfile (startup_profile.log names where it goes).
+#          On the H100 (2026-11-27, 95 s) it found ~8 s a fit waiting for a writer process still
+#          starting (BENCHMARKS-cuda.md), since made to start before the loop needs it.
 #   writers benchmarks.batch --writers: a tracked batch's step (3 × 128, 64 × 256 px) with its runs
 #          written by a thread against by a process, and 8 short runs one at a time with a thread, a
 #          process per batch, the sweep's kept processes (not yet timed on a GPU; about 2.5 min expected).
