@@ -40,10 +40,12 @@ def batch_module(configs: list[TransferConfig], size: int, device: torch.device)
                          backbone=build_backbone(configs[0]).to(device))
 
 
-def bare_step(configs: list[TransferConfig], size: int, device: torch.device) -> Callable[[], torch.Tensor]:
+def bare_step(configs: list[TransferConfig], size: int, device: torch.device,
+              memory_format: torch.memory_format = torch.contiguous_format) -> Callable[[], torch.Tensor]:
     """One step of the bare batched loop (losses, backward, per-image Adam, clamp) as a function
-    returning the batch's summed J; each call moves the same images on."""
-    module = batch_module(configs, size, device)
+    returning the batch's summed J; each call moves the same images on. `memory_format`: the images',
+    targets' and VGG's (torch.channels_last: NHWC convolutions)."""
+    module = batch_module(configs, size, device).to(memory_format=memory_format)
     optimizer = make_optimizer([c.optimizer for c in configs], module.image)
 
     def step() -> torch.Tensor:

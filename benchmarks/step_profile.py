@@ -6,7 +6,8 @@ arithmetic-bound one (8 × 512 px on a GPU, 3 × 128 px only on the CPU). For ea
 step, the time the device spent running kernels (its share of the wall: far below 100% means the
 host's launches set the pace, and a CUDA graph pays), and the operators that take the most device
 time (each kernel counted once, under the operator that launched it); then the last case again under
-each switch worth weighing there (TF32 matmuls for the Gram matrices, cuDNN autotuning). It says
+each switch worth weighing there (TF32 matmuls for the Gram matrices, cuDNN autotuning,
+channels-last convolutions). It says
 which lever is worth building against the 512 px target before anyone builds one. Writes "Where a step's time goes" in
 BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`).
 """
@@ -16,7 +17,8 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -40,21 +42,25 @@ def _flag(owner: object, name: str, value: bool) -> Iterator[None]:
         setattr(owner, name, saved)
 
 
-#: Switches worth weighing for an arithmetic-bound step, each timed against the default on the last case.
-VARIANTS: dict[str, Callable[[], AbstractContextManager[None]]] = {
+#: Switches worth weighing for an arithmetic-bound step, each timed against the default on the last case:
+#: a setting held while it runs, and what the step is built with.
+VARIANTS: dict[str, tuple[Callable[[], AbstractContextManager[None]], dict[str, Any]]] = {
     # The Gram matrices are fp32 matmuls (their inputs are bf16 features under autocast, exact in TF32);
     # torch runs fp32 matmuls without TF32 by default, and its convolutions with it.
-    "TF32 matmuls (`torch.backends.cuda.matmul.allow_tf32`)": lambda: _flag(torch.backends.cuda.matmul,
-                                                                            "allow_tf32", True),
-    "cuDNN autotuning (`torch.backends.cudnn.benchmark`)": lambda: _flag(torch.backends.cudnn, "benchmark", True),
+    "TF32 matmuls (`torch.backends.cuda.matmul.allow_tf32`)": (
+        lambda: _flag(torch.backends.cuda.matmul, "allow_tf32", True), {}),
+    "cuDNN autotuning (`torch.backends.cudnn.benchmark`)": (lambda: _flag(torch.backends.cudnn, "benchmark", True), {}),
+    # Tensor cores take bf16 convolutions in channels-last (NHWC); in NCHW cuDNN may transpose around them.
+    "channels-last images and VGG (`torch.channels_last`)": (nullcontext, {"memory_format": torch.channels_last}),
 }
 
 
-def profile_step(b: int, size: int, steps: int, device: torch.device
+def profile_step(b: int, size: int, steps: int, device: torch.device, **step_keys: Any
                  ) -> tuple[float, float, list[tuple[str, float]], float]:
     """(wall s/step, device busy s/step, [(operator, its device s/step)] most first, final J summed over
-    the images) of the bare batched step: `steps` timed, then `steps` more profiled."""
-    step = bare_step(point_configs(b), size, device)
+    the images) of the bare batched step (built with `step_keys`: bare_step's): `steps` timed, then
+    `steps` more profiled."""
+    step = bare_step(point_configs(b), size, device, **step_keys)
 
     for _ in range(3):  # lazy initialization and cuDNN's first choices, outside the measurements
         step()
@@ -102,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     section.lines += [f"Switches on the last case, {b} × {size} px, each alone (the same steps; final J against "
               "the default's):", "", "| switch | a step | busy | final-J difference |", "|---|---|---|---|",
               f"| none (the default) | {wall * 1000:.2f} ms | {busy * 1000:.2f} ms | — |"]
-    for label, switch in VARIANTS.items():
+    for label, (switch, step_keys) in VARIANTS.items():
         with switch():
-            v_wall, v_busy, _, v_loss = profile_step(b, size, steps, device)
+            v_wall, v_busy, _, v_loss = profile_step(b, size, steps, device, **step_keys)
         section.add(f"| {label} | {v_wall * 1000:.2f} ms | {v_busy * 1000:.2f} ms | {abs(v_loss / loss - 1):.1e} |")
     return 0
 
