@@ -365,6 +365,33 @@ grid: {{optimizer.lr: [0.5, 1.0, 2.0]}}
         assert logged_snapshot_steps(client, run.info.run_id) == {0, 5}
 
 
+def test_each_writer_opens_its_store_client_before_the_loop_hands_it_anything(store, monkeypatch) -> None:
+    # A writer process takes a second or more to import MLflow and open its store (on an H100's machine
+    # the loop waited some 8 s for it at its second checkpoint): its first task is to open it, handed over
+    # once the input is checked, ahead of every row, image and checkpoint.
+    monkeypatch.setenv(WRITER_ENV, "thread:2")
+    tasks: list[tuple[int, str]] = []  # (writer thread, what it ran), in order
+    connect, write = writers.connect_writer, checkpoint_store.upload_file
+
+    def connecting(uri: str) -> None:
+        assert uri == store
+        tasks.append((threading.get_ident(), "connect"))
+        connect(uri)
+
+    def uploading(*args, **kwargs) -> None:
+        tasks.append((threading.get_ident(), "upload"))
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(writers, "connect_writer", connecting)
+    monkeypatch.setattr(checkpoint_store, "upload_file", uploading)
+    _two_runs_checkpointing_every_20_steps(store)
+    threads = {thread for thread, _ in tasks}
+    assert len(threads) == 2
+    for thread in threads:
+        mine = [what for t, what in tasks if t == thread]
+        assert mine[0] == "connect" and mine.count("connect") == 1 and "upload" in mine
+
+
 def test_a_ray_workers_batches_share_their_writer_processes(store, monkeypatch) -> None:
     # Two batches in one Ray worker (Ray reuses it for tasks of one shape), each written by a process: the
     # worker starts one and keeps it, and its batches' runs are whole in the store when their tasks return.
