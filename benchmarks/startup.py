@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import statistics
 import subprocess
@@ -33,7 +32,7 @@ from benchmarks.stores import new_store
 from nst.precision import resolve_precision
 from pipelines.execution.run import quiet_lightning
 from pipelines.tracking.run_writer import connect
-from pipelines.tracking.writer_process import WriterProcess, settled
+from pipelines.tracking.writer_process import WriterProcess, child_env, settled
 
 HEADING = "## A tracked fit's one-off time"
 B, SIZE = 3, 128  # the lr sweep's batch
@@ -52,8 +51,7 @@ def writer_ready() -> tuple[float, float, float, float]:
     to say where the start goes, a bare interpreter's start and one that imports the writes' module."""
     def python(code: str) -> float:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in sys.path if p)})  # the writer process's own import path
+        subprocess.run([sys.executable, "-c", code], check=True, env=child_env())
         return time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -396,7 +396,7 @@ def test_a_ray_workers_batches_share_their_writer_processes(store, monkeypatch) 
     # Two batches in one Ray worker (Ray reuses it for tasks of one shape), each written by a process: the
     # worker starts one and keeps it, and its batches' runs are whole in the store when their tasks return.
     monkeypatch.setenv(WRITER_ENV, "process")
-    monkeypatch.setattr(ray_executor, "_pool", None)
+    ray_executor.worker_pool.cache_clear()  # a fresh worker
     config = _config(4, snapshots=[0])
 
     def job(lr: float) -> Job:
@@ -409,6 +409,7 @@ def test_a_ray_workers_batches_share_their_writer_processes(store, monkeypatch) 
         assert ray_executor.worker_pool().started == 1
     finally:
         ray_executor.worker_pool().__exit__(None, None, None)
+        ray_executor.worker_pool.cache_clear()
     client = MlflowClient(store)
     for result in results:
         assert result.status == FINISHED, result.error

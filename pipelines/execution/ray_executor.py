@@ -14,6 +14,7 @@ them from their last checkpoints, as after a kill -9 of a local run.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -60,20 +61,16 @@ def worker_env() -> dict[str, str]:
     return {key: os.environ[key] for key in (*CREDENTIALS, WRITER_ENV) if os.environ.get(key)}
 
 
-_pool: WriterPool | None = None
-
-
+@functools.cache  # one per worker process
 def worker_pool() -> WriterPool:
     """This worker's writer processes, kept from task to task as a local sweep keeps them from batch to
     batch: Ray reuses a worker for the tasks of one shape, and each of its batches written by processes
     (a GPU's) would otherwise start its own (about 1.4 s here: BENCHMARKS.md, "A tracked fit's one-off
     time") and wait for it at its end. They end with the worker (as every writer process ends with its
     parent), idle: each batch waits for its own writes before it returns."""
-    global _pool
-    if _pool is None:
-        _pool = WriterPool()
-        atexit.register(_pool.__exit__, None, None, None)
-    return _pool
+    pool = WriterPool()
+    atexit.register(pool.__exit__, None, None, None)
+    return pool
 
 
 def _execute_in_worker(job: Job) -> list[RunResult]:

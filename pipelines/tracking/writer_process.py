@@ -44,17 +44,21 @@ class WriterError(RuntimeError):
     """A write that failed in the writer process with an error that could not travel back as itself."""
 
 
+def child_env() -> dict[str, str]:
+    """A writer process's environment: this one's, with this process's own import path, so that the
+    child imports this package (and MLflow) as the parent does."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
 class WriterProcess(Executor):
     """Runs submitted functions, one at a time and in order, in a child Python process."""
 
     def __init__(self) -> None:
         from_parent, to_child = os.pipe()  # (read end, write end)
         from_child, to_parent = os.pipe()
-        # The child imports this package as the parent does: the parent's own import path.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._child = subprocess.Popen(
             [sys.executable, "-m", __name__, str(os.getpid()), str(from_parent), str(to_parent)],
-            pass_fds=(from_parent, to_parent), env=env, stdin=subprocess.DEVNULL,
+            pass_fds=(from_parent, to_parent), env=child_env(), stdin=subprocess.DEVNULL,
             # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground group) reaches the
             # command alone, which then writes what it computed and ends its runs KILLED, through this.
             start_new_session=True)
