@@ -101,7 +101,7 @@ for p in "${phases[@]}"; do
       phase graphs 200 "$PYTHON" -m benchmarks.batch --graphs --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     startup)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
-      phase startup 120 "$PYTHON" -m benchmarks.startup --device cuda --out "$OUT/BENCHMARKS-cuda.md"
+      phase startup 150 "$PYTHON" -m benchmarks.startup --device cuda --out "$OUT/BENCHMARKS-cuda.md"
       phase startup_profile 90 "$PYTHON" -m benchmarks.startup --profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     writers)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null

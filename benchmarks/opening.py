@@ -3,9 +3,10 @@ into a SQLite file), the whole tracked batch written by one process against nst'
 and a sweep read back by `nst report` one run at a time against several at once (`make bench-batch`'s
 "A batch into a tracking server"; alone: `python -m benchmarks.opening`).
 
-A run is opened with four requests or more (the run and its tags, its params, its input images,
-config.yaml) before its batch's fit starts; a batch of 64 makes 256 of them. A tracking server answers
-them in parallel, a SQLite file one writer at a time (pipelines.execution.opening.open_runs).
+A run is opened with four requests or more (the run and its tags before its batch's fit starts; its
+params, its input images and config.yaml as its writer's first write); a batch of 64 makes 256 of them.
+A tracking server answers them in parallel, a SQLite file one writer at a time
+(pipelines.execution.opening.open_runs).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import argparse
 import logging
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -43,9 +45,10 @@ def opening(device: torch.device, smoke: bool, out: Path) -> None:
     """The section: the wall of opening a batch's runs, one at a time against REMOTE_REQUESTS at a time."""
     n = 4 if smoke else 64
     specs = run_specs(point_configs(n), 64, 2, device)
-    section = Section(out, [HEADING, "", f"A batch of {n} runs opened before its fit (each run created with its tags, "
-                      "params, input images", "and config.yaml) on this CPU, into a SQLite file made beforehand and "
-                      "into `nst server`'s pieces on", "loopback (SQLite behind them, no sign-in). nst opens them "
+    section = Section(out, [HEADING, "", f"A batch of {n} runs opened until whole (each run created with its tags, "
+                      "then its params, input images", "and config.yaml written by its writer) on this CPU, into a "
+                      "SQLite file made beforehand and into `nst server`'s pieces on", "loopback (SQLite behind them, "
+                      f"no sign-in), with as many writer threads as runs opened at a time. nst opens them "
                       f"{REMOTE_REQUESTS} at a time against a server, one at a time into a file.", "",
                       f"| store | one at a time | {REMOTE_REQUESTS} at a time | faster |", "|---|---|---|---|"])
     inputs = load_inputs(specs[0].config)
@@ -108,13 +111,16 @@ def _row(label: str, uri: str, specs: list[RunSpec], inputs: Inputs, device: tor
 
 
 def _open(uri: str, specs: list[RunSpec], inputs: Inputs, device: torch.device, folder: Path, threads: int) -> float:
-    """Wall seconds of opening `specs`' runs `threads` at a time, in an experiment of their own."""
+    """Wall seconds of opening `specs`' runs `threads` at a time, in an experiment of their own, until
+    they are whole: each run's params, input images and config.yaml are its writer's first write, and
+    the runs are dealt out to `threads` writer threads."""
     client = MlflowClient(uri)
     experiment = store.experiment_id(client, f"opening-{folder.parent.name}-{folder.name}", uri)
-    with ThreadPoolExecutor(1) as unused:  # each run's writer: nothing is written here
-        start = time.perf_counter()
-        open_runs(client, specs, inputs, experiment, device.type, folder, [unused], threads=threads)
-        return time.perf_counter() - start
+    start = time.perf_counter()
+    with ExitStack() as stack:  # on the way out, each writer has done its writes
+        lent: list[Executor] = [stack.enter_context(ThreadPoolExecutor(1)) for _ in range(threads)]
+        open_runs(client, specs, inputs, experiment, device.type, folder, lent, threads=threads)
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:

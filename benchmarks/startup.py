@@ -6,7 +6,8 @@ same fit pays 0.35 s once (this bench, BENCHMARKS.md). This times tracked batche
 short and a long length, twice in one process: the first fit pays for the process's first use of the
 device (its context, libraries, kernels loaded at their first launch), the second only what every fit
 pays. The difference of the two lengths gives the time per step; what is left is paid once. A batch's
-wall time outside its fit (opening its runs, their final images) is shown beside it.
+wall time outside its fit (opening its runs, their final images) is shown beside it, and for a batch of
+64 runs (the 64-point grid's), whose runs' bookkeeping is 21 times the lr sweep's.
 `--profile`: the first fit of a fresh process under cProfile, its top functions printed (the GPU
 check keeps them in its log), to name what the one-off time is.
 Writes "A tracked fit's one-off time" in BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`).
@@ -38,10 +39,10 @@ HEADING = "## A tracked fit's one-off time"
 B, SIZE = 3, 128  # the lr sweep's batch
 
 
-def timed_fit(steps: int, size: int, device: torch.device) -> tuple[float, float]:
-    """(wall s of the whole batch, s of its fit) of one tracked batch of B runs."""
+def timed_fit(steps: int, size: int, device: torch.device, runs: int = B) -> tuple[float, float]:
+    """(wall s of the whole batch, s of its fit) of one tracked batch of `runs` runs."""
     start = time.perf_counter()
-    results = tracked_fit(point_configs(B), size, steps, device)
+    results = tracked_fit(point_configs(runs), size, steps, device)
     return time.perf_counter() - start, results[0].seconds
 
 
@@ -110,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{min(r[0] for r in ready):.2f}-{max(r[0] for r in ready):.2f} s): a bare Python starts in "
                 f"{seconds[2]:.2f} s, one that imports the writes' module (MLflow) in {seconds[3]:.2f} s, and the "
                 f"store's client takes the rest. Then a task's round trip takes {seconds[1] * 1000:.1f} ms.")
+    # The 64-point grid's batch: what it pays outside its fit grows with its runs (each created, its params,
+    # inputs and config.yaml, its snapshots, final image and end written).
+    many, many_size = (4, 32) if args.smoke else (64, 256 if gpu else 64)
+    walls = [timed_fit(2, many_size, device, many) for _ in range(2)]
+    section.add("", f"A batch of {many} runs (the 64-point grid's batch), 2 steps at {many_size} px, twice: "
+                + ", ".join(f"batch wall {w:.2f} s, its fit {f:.2f} s, outside the fit {w - f:.2f} s" for w, f in walls)
+                + ".")
     section.add("", f"Per step (the second fits' difference): {per_step * 1000:.1f} ms. Paid once in a fit: "
                 f"{once['first in the process']:.2f} s in the process's first, {once['second']:.2f} s in the "
                 f"second (at 2000 steps the lr sweep's steps take {2000 * per_step:.1f} s).")

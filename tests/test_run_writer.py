@@ -28,10 +28,10 @@ from pipelines.cli import main
 from pipelines.config.grid import Point
 from pipelines.config.runs import run_config
 from pipelines.errors import UserError
-from pipelines.execution import executors, ray_executor
+from pipelines.execution import executors, opening, ray_executor
 from pipelines.execution.executors import Job, Task
 from pipelines.execution.run import FAILED, FINISHED, RunSpec, execute, execute_batch
-from pipelines.tracking import checkpoint_store, writers
+from pipelines.tracking import checkpoint_store, run_log, run_writer, writers
 from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG, download_checkpoint
 from pipelines.tracking.run_log import logged_snapshot_steps
 from pipelines.tracking.run_writer import RunWriter, upload_file, whole_steps, write_rows
@@ -390,6 +390,69 @@ def test_each_writer_opens_its_store_client_before_the_loop_hands_it_anything(st
     for thread in threads:
         mine = [what for t, what in tasks if t == thread]
         assert mine[0] == "connect" and mine.count("connect") == 1 and "upload" in mine
+
+
+def test_a_runs_params_inputs_and_end_are_written_by_its_writer_around_its_rows(store, monkeypatch) -> None:
+    # The loop only creates a batch's runs: each run's params, input images and config.yaml are its
+    # writer's first write, and its end (final.png, why it stopped, FINISHED) its last, behind every row.
+    monkeypatch.setenv(WRITER_ENV, "thread:2")
+    tasks: list[tuple[int, str, str]] = []  # (writer thread, what it wrote, run id), in order
+    start, rows, end = opening.open_run, run_writer.write_rows, run_log.end_run
+
+    def record(what: str, write):
+        def recorded(uri: str, run_id: str, *args, **kwargs):
+            tasks.append((threading.get_ident(), what, run_id))
+            return write(uri, run_id, *args, **kwargs)
+        return recorded
+
+    monkeypatch.setattr(opening, "open_run", record("open", start))
+    monkeypatch.setattr(run_writer, "write_rows", record("rows", rows))
+    monkeypatch.setattr(run_log, "end_run", record("end", end))
+    results = execute_batch([RunSpec(_config(60, snapshots=[0], optimizer={"name": "adam", "lr": lr}))
+                             for lr in (1.0, 4.0)], tracking_uri=store, experiment="around", progress=False)
+    assert [r.status for r in results] == [FINISHED, FINISHED], [r.error for r in results]
+    client = MlflowClient(store)
+    for result in results:
+        mine = [(thread, what) for thread, what, run_id in tasks if run_id == result.run_id]
+        assert len({thread for thread, _ in mine}) == 1 and mine[0][0] != threading.get_ident()  # its writer's
+        assert [what for _, what in mine] == ["open"] + ["rows"] * (len(mine) - 2) + ["end"]
+        run = client.get_run(result.run_id)
+        assert run.info.status == FINISHED and run.data.params["iterations"] == "60"
+        assert run.data.tags["nst.stop_reason"] == "ran all 60 steps"
+        names = {Path(a.path).name for a in client.list_artifacts(result.run_id)}
+        assert {"config.yaml", "final.png", "content.png", "style.png"} <= names
+        assert Path(result.final_image or "").is_file()
+        assert [m.step for m in client.get_metric_history(result.run_id, "loss/total")] == list(range(60))
+
+
+def test_a_run_whose_end_cannot_be_written_ends_failed_and_its_batch_goes_on(store, monkeypatch) -> None:
+    monkeypatch.setenv(WRITER_ENV, "thread")  # the fault is patched into this process
+    end, broken = run_log.end_run, []
+
+    def fails_for_the_second_run(uri: str, run_id: str, *args, **kwargs) -> None:
+        if broken and run_id == broken[0]:
+            raise MlflowException("disk I/O error")
+        end(uri, run_id, *args, **kwargs)
+
+    create_run = MlflowClient.create_run
+
+    def second_is_broken(self, *args, **kwargs):
+        run = create_run(self, *args, **kwargs)
+        if kwargs.get("run_name") == "second":
+            broken.append(run.info.run_id)
+        return run
+
+    monkeypatch.setattr(MlflowClient, "create_run", second_is_broken)
+    monkeypatch.setattr(run_log, "end_run", fails_for_the_second_run)
+    specs = [RunSpec(_config(10, optimizer={"name": "adam", "lr": lr}), run_name=name)
+             for lr, name in ((1.0, "first"), (4.0, "second"))]
+    first, second = execute_batch(specs, tracking_uri=store, experiment="ends", progress=False)
+    client = MlflowClient(store)
+    assert first.status == FINISHED and client.get_run(first.run_id).info.status == FINISHED
+    assert second.status == FAILED and second.final_image is None
+    assert "its rows or its end could not be written: disk I/O error" in (second.error or "")
+    assert client.get_run(second.run_id).info.status == FAILED
+    assert [m.step for m in client.get_metric_history(second.run_id, "loss/total")] == list(range(10))
 
 
 def test_a_ray_workers_batches_share_their_writer_processes(store, monkeypatch) -> None:

@@ -1,6 +1,7 @@
-"""A batch's MLflow runs before its fit: each created with its tags, params, input images and
-config.yaml, or resumed from its checkpoint (`open_runs`); and ended when the batch stops outside
-Lightning's loop, which ends its own (`end_live`). Against a tracking server several at once."""
+"""A batch's MLflow runs before its fit: each created with its tags (its params, input images and
+config.yaml follow as its writer's first write, beside the fit), or resumed from its checkpoint
+(`open_runs`); and ended when the batch stops outside Lightning's loop, which ends its own
+(`end_live`). Against a tracking server several at once."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pipelines.execution.inputs import Inputs
 from pipelines.execution.probe import SSIM_KEY
 from pipelines.tracking import checkpoint_store, run_log, store
 from pipelines.tracking.run_log import FAILED, Sample
-from pipelines.tracking.run_writer import RunWriter
+from pipelines.tracking.run_writer import RunWriter, open_run
 from pipelines.tracking.tags import BATCH_TAG, CUDA_GRAPH_TAG
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ def end_live(client: MlflowClient, samples: list[Sample], status: str, error: st
 def open_runs(client: MlflowClient, specs: list[RunSpec], inputs: Inputs, exp_id: str, device: str, folder: Path,
               executors: list[Executor], threads: int | None = None) -> tuple[list[Sample], list[Checkpoint | None]]:
     """Every spec's run, created or resumed, in the specs' order, with its checkpoint when it resumes
-    from one (each four requests or more: the run, its params, its input images, config.yaml); `threads`
-    at a time (None: store.requests_at_once). If one cannot be opened, the ones that were are ended
+    from one (a request or more each: a new run's params, input images and config.yaml are handed to its
+    writer, whose files in `inputs.folder` must outlive the writes); `threads` at a time (None:
+    store.requests_at_once). If one cannot be opened, the ones that were are ended
     FAILED before its error is raised: no run is left RUNNING."""
     def open_one(b: int) -> tuple[Sample, Checkpoint | None]:
         return _open_run(client, specs[b], inputs, exp_id, device, len(specs), folder / str(b),
@@ -107,12 +109,14 @@ def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, 
     else:
         run_id, artifact_uri = _start_run(client, spec, inputs, exp_id, device, batch)
     rows = RunWriter(client.tracking_uri, run_id, writer, skip_through)
+    if not spec.resume_run_id:  # the rest of a new run, its writer's first write (run_writer.open_run)
+        rows.after_rows(open_run, run_id, flatten(to_dict(spec.config)), str(inputs.folder), to_yaml(spec.config))
     return Sample(run_id, rows, set(spec.config.snapshot_steps) - done, artifact_uri, measured=measured), checkpoint
 
 
 def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int
                ) -> tuple[str, str]:
-    """Create the MLflow run with its tags, params and input artifacts; returns its id and artifacts' URI."""
+    """Create the MLflow run with its tags; returns its id and artifacts' URI."""
     config = spec.config
     run_tags: dict[str, Any] = {
         "nst.run_key": run_key(config),
@@ -134,8 +138,4 @@ def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str,
     # A tracking server takes only strings (protobuf); SQLite would have taken anything.
     run_tags = {k: str(v) for k, v in run_tags.items()}
     info = store.create_run(client, exp_id, tags=run_tags, run_name=spec.run_name)
-    run_id = info.run_id
-    store.log_params(client, run_id, flatten(to_dict(config)))
-    client.log_artifacts(run_id, str(inputs.folder))
-    client.log_text(run_id, to_yaml(config), "config.yaml")
-    return run_id, info.artifact_uri
+    return info.run_id, info.artifact_uri

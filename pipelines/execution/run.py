@@ -25,7 +25,6 @@ from mlflow import MlflowClient
 
 from nst.checkpoints import Checkpoint
 from nst.determinism import deterministic
-from nst.images import save_image
 from nst.module import StyleTransfer
 from nst.targets import build_backbone
 from nst.vgg import VGGFeatures, WeightsError
@@ -104,8 +103,10 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
     quiet_lightning()
     config = specs[0].config  # its shared settings are every spec's (StyleTransfer checks)
     device = resolve_device(config.device)
-    # Opened first: a writer process starts up (about a second) while the inputs load.
-    with writers.open_writers(writer, device, len(specs), pool, store.remote(tracking_uri)) as writes:
+    # Writers opened first: a writer process starts up (about a second) while the inputs load. The batch's
+    # folder outlives them: its input images are uploaded by their first writes.
+    with tempfile.TemporaryDirectory() as tmp, \
+            writers.open_writers(writer, device, len(specs), pool, store.remote(tracking_uri)) as writes:
         client = MlflowClient(tracking_uri)
         inputs = load_inputs(config)
         inits = [load_init(s.config, inputs.size, client) for s in specs]
@@ -115,34 +116,33 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
             raise UserError(str(exc)) from None
         # The input is good: each writer opens its client of the store while the runs open and the loop starts.
         writers.connect(writes, tracking_uri)
-        return _execute(specs, tracking_uri, experiment, progress, writes, client, inputs, inits, backbone, device)
+        return _execute(specs, tracking_uri, experiment, progress, writes, client, inputs, inits, backbone, device,
+                        Path(tmp))
 
 
 def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress: bool, executors: list[Executor],
              client: MlflowClient, inputs: Inputs, inits: list[torch.Tensor | None], backbone: VGGFeatures,
-             device: str) -> list[RunResult]:
-    """execute_batch once its inputs are checked: the runs opened, fitted and ended."""
+             device: str, folder: Path) -> list[RunResult]:
+    """execute_batch once its inputs are checked: the runs opened, fitted and ended (`folder`: the batch's own)."""
     config = specs[0].config
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs.write(Path(tmp) / "inputs")
-        # Looked up (or created) once for the batch: 64 lookups cost 0.2 s on this CPU.
-        exp_id = store.experiment_id(client, experiment, tracking_uri) if any(
-            not s.resume_run_id for s in specs) else ""
-        samples, checkpoints = open_runs(client, specs, inputs, exp_id, device, Path(tmp), executors)
-        # From here on the runs exist: whatever happens, each ends FINISHED, FAILED or KILLED, never RUNNING.
-        start = time.perf_counter()
-        try:
-            with deterministic(config.deterministic):
-                seconds = _fit(client, specs, samples, checkpoints, inputs, inits, backbone, device, progress,
-                               Path(tmp))
-        except KeyboardInterrupt:
-            end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
-            raise
-        except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the sweep
-            end_live(client, samples, FAILED, describe_failure(exc, config, device, len(specs)))
-            seconds = time.perf_counter() - start
-        finally:
-            release_memory(device)
+    inputs.write(folder / "inputs")
+    # Looked up (or created) once for the batch: 64 lookups cost 0.2 s on this CPU.
+    exp_id = store.experiment_id(client, experiment, tracking_uri) if any(
+        not s.resume_run_id for s in specs) else ""
+    samples, checkpoints = open_runs(client, specs, inputs, exp_id, device, folder, executors)
+    # From here on the runs exist: whatever happens, each ends FINISHED, FAILED or KILLED, never RUNNING.
+    start = time.perf_counter()
+    try:
+        with deterministic(config.deterministic):
+            seconds = _fit(client, specs, samples, checkpoints, inputs, inits, backbone, device, progress, folder)
+    except KeyboardInterrupt:
+        end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the sweep
+        end_live(client, samples, FAILED, describe_failure(exc, config, device, len(specs)))
+        seconds = time.perf_counter() - start
+    finally:
+        release_memory(device)
     return [RunResult(s.run_id, s.status or FAILED, seconds, {k: v for k, v in s.last.items() if k.startswith("loss/")},
                       s.final_image, s.error, logging_seconds=s.writer.seconds,
                       writer_seconds=s.writer.writer_seconds) for s in samples]
@@ -160,8 +160,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
                            backbone=backbone.to(on), init01=[None if i is None else i.to(on) for i in inits],
                            cuda_graph=config.cuda_graph)
     probe = quality_probe(module, inputs.content, inputs.styles, config)
-    log = BatchLog(client, samples, probe, describe=lambda exc: describe_failure(exc, config, device, len(specs)),
-                   save_final=lambda sample, image01: _log_final(client, sample, image01))
+    log = BatchLog(client, samples, probe, describe=lambda exc: describe_failure(exc, config, device, len(specs)))
     callbacks: list[pl.Callback] = [log]
     if config.checkpoint_every:
         callbacks.append(checkpoint_store.Checkpoints(config.checkpoint_every, log))
@@ -191,16 +190,9 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
             raise KeyboardInterrupt from None
         raise
     seconds = time.perf_counter() - start
-    log.flush(module, due_only=False, wait=True)
+    log.flush(module, due_only=False, wait=False)
     images = module.result01()
-    log.finish_all([(sample, images[b : b + 1]) for b, sample in log.live], f"ran all {module.total_steps} steps")
+    for b, sample in log.live:
+        log.finish(sample, images[b : b + 1], f"ran all {module.total_steps} steps")
+    log.settle()  # every run's rows and end in the store (its writer's), or the run FAILED saying why
     return seconds
-
-
-def _log_final(client: MlflowClient, sample: Sample, image01: torch.Tensor) -> str:
-    """Log final.png; return where it lies (a local path when the store is on this disk)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        client.log_artifact(sample.run_id, str(save_image(image01, Path(tmp) / "final.png")))
-    uri = sample.artifact_uri
-    folder = store.local_folder(uri)
-    return str(folder / "final.png") if folder else f"{uri}/final.png"

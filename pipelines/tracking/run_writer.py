@@ -27,6 +27,8 @@ from typing import Any, SupportsBytes
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
+from pipelines.tracking.store import log_params
+
 _METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 Rows = list[tuple[int, int, dict[str, float]]]  # (step, timestamp in ms, metrics) as the loop logged them
 
@@ -64,6 +66,26 @@ def write_rows(uri: str, run_id: str, rows: Rows) -> float:
 def log_image(uri: str, run_id: str, image: Any, *args: Any, **kwargs: Any) -> None:
     """MlflowClient.log_image on the writer (a PIL image: the PNG is encoded there, not in the loop)."""
     client_for(uri).log_image(run_id, image, *args, **kwargs)
+
+
+def open_run(uri: str, run_id: str, params: Mapping[str, Any], inputs: str, config_yaml: str) -> None:
+    """A new run's params, input images (the files in the folder `inputs`) and config.yaml: its first
+    write, ahead of its rows. The loop only creates the run (its id and tags); 64 runs' other requests
+    took 1.1 s of a batch's 1.6 s of opening on this CPU, which the writers now spend beside the fit."""
+    client = client_for(uri)
+    log_params(client, run_id, params)
+    client.log_artifacts(run_id, inputs)
+    client.log_text(run_id, config_yaml, "config.yaml")
+
+
+def end_run(uri: str, run_id: str, final: Any, tags: Mapping[str, str], status: str) -> None:
+    """A run's end, behind its rows: `final` (a PIL image, encoded here) as final.png, its tags, its status."""
+    client = client_for(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        final.save(Path(tmp) / "final.png", "PNG")
+        client.log_artifact(run_id, str(Path(tmp) / "final.png"))
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    client.set_terminated(run_id, status)
 
 
 def upload_file(uri: str, run_id: str, data: bytes | SupportsBytes, path: str, before: Mapping[str, str],
