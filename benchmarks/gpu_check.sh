@@ -34,7 +34,8 @@
 # LIMIT_<phase>=SECONDS changes that phase's time limit (e.g. LIMIT_tests=200 to fit a short lease).
 # Phases run in that order (name some to run only those: `gpu_check.sh tests sweep`), each under its
 # own time limit; a failing phase is reported and the next one still runs. Results go to $OUT
-# (default reports/gpu_check/): one log per phase, the report, BENCHMARKS-cuda.md and summary.md.
+# (default reports/gpu_check/): one log per phase, the report, BENCHMARKS-cuda.md and summary.md
+# (PACK=1: the logs and the report in one results.tar.gz beside the last two).
 # The benchmarks write $OUT/BENCHMARKS-cuda.md, not the checkout's: copy it over to commit it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -121,4 +122,10 @@ for p in "${phases[@]}"; do
   esac
 done
 cat "$summary"
+# PACK=1: everything but the summary and BENCHMARKS-cuda.md in one results.tar.gz (a device machine hands
+# back at most 8 files from $OUT; the tests, startup, graphs and profile phases alone write 8).
+if [ -n "${PACK:-}" ]; then
+  (cd "$OUT" && find . -type f ! -name summary.md ! -name BENCHMARKS-cuda.md ! -name results.tar.gz -print0 |
+    tar -czf results.tar.gz --null -T - --remove-files)
+fi
 exit $status
