@@ -107,15 +107,14 @@ def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, 
             client.set_tag(run_id, key, value)
         artifact_uri = client.get_run(run_id).info.artifact_uri
     else:
-        run_id, artifact_uri = _start_run(client, spec, inputs, exp_id, device, batch)
+        run_id, artifact_uri = _start_run(client, spec, exp_id, device, batch)
     rows = RunWriter(client.tracking_uri, run_id, writer, skip_through)
     if not spec.resume_run_id:  # the rest of a new run, its writer's first write (run_writer.open_run)
         rows.after_rows(open_run, run_id, flatten(to_dict(spec.config)), str(inputs.folder), to_yaml(spec.config))
     return Sample(run_id, rows, set(spec.config.snapshot_steps) - done, artifact_uri, measured=measured), checkpoint
 
 
-def _start_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int
-               ) -> tuple[str, str]:
+def _start_run(client: MlflowClient, spec: RunSpec, exp_id: str, device: str, batch: int) -> tuple[str, str]:
     """Create the MLflow run with its tags; returns its id and artifacts' URI."""
     config = spec.config
     run_tags: dict[str, Any] = {

@@ -81,9 +81,7 @@ def open_run(uri: str, run_id: str, params: Mapping[str, Any], inputs: str, conf
 def end_run(uri: str, run_id: str, final: Any, tags: Mapping[str, str], status: str) -> None:
     """A run's end, behind its rows: `final` (a PIL image, encoded here) as final.png, its tags, its status."""
     client = client_for(uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        final.save(Path(tmp) / "final.png", "PNG")
-        client.log_artifact(run_id, str(Path(tmp) / "final.png"))
+    client.log_image(run_id, final, "final.png")
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     client.set_terminated(run_id, status)
 
