@@ -41,11 +41,16 @@ def batch_module(configs: list[TransferConfig], size: int, device: torch.device)
 
 
 def bare_step(configs: list[TransferConfig], size: int, device: torch.device,
-              memory_format: torch.memory_format = torch.contiguous_format) -> Callable[[], torch.Tensor]:
+              memory_format: torch.memory_format | None = None) -> Callable[[], torch.Tensor]:
     """One step of the bare batched loop (losses, backward, per-image Adam, clamp) as a function
     returning the batch's summed J; each call moves the same images on. `memory_format`: the images',
-    targets' and VGG's (torch.channels_last: NHWC convolutions)."""
-    module = batch_module(configs, size, device).to(memory_format=memory_format)
+    targets' and VGG's (torch.channels_last: NHWC images too); None: nst's own layouts (NHWC weights,
+    NCHW images), what its runs step. (Converting to torch.contiguous_format would undo the VGG's NHWC
+    weights: from 9af61a2 until this was fixed, every bare loop timed NCHW weights, 1.2-1.9× slower on
+    this CPU, while the tracked runs it was compared with kept NHWC.)"""
+    module = batch_module(configs, size, device)
+    if memory_format is not None:
+        module = module.to(memory_format=memory_format)
     optimizer = make_optimizer([c.optimizer for c in configs], module.image)
 
     def step() -> torch.Tensor:

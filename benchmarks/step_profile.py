@@ -6,8 +6,8 @@ arithmetic-bound one (8 × 512 px on a GPU, 3 × 128 px only on the CPU). For ea
 step, the time the device spent running kernels (its share of the wall: far below 100% means the
 host's launches set the pace, and a CUDA graph pays), and the operators that take the most device
 time (each kernel counted once, under the operator that launched it); then the last case again under
-each switch worth weighing there (TF32 matmuls for the Gram matrices, cuDNN autotuning,
-channels-last convolutions). It says
+each switch worth weighing there (TF32 matmuls for the Gram matrices, cuDNN autotuning, the
+images in channels-last too, and PyTorch's NCHW layout instead of nst's NHWC weights). It says
 which lever is worth building against the 512 px target before anyone builds one. Writes "Where a step's time goes" in
 BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`).
 """
@@ -50,8 +50,10 @@ VARIANTS: dict[str, tuple[Callable[[], AbstractContextManager[None]], dict[str, 
     "TF32 matmuls (`torch.backends.cuda.matmul.allow_tf32`)": (
         lambda: _flag(torch.backends.cuda.matmul, "allow_tf32", True), {}),
     "cuDNN autotuning (`torch.backends.cudnn.benchmark`)": (lambda: _flag(torch.backends.cudnn, "benchmark", True), {}),
-    # Tensor cores take bf16 convolutions in channels-last (NHWC); in NCHW cuDNN may transpose around them.
-    "channels-last images and VGG (`torch.channels_last`)": (nullcontext, {"memory_format": torch.channels_last}),
+    # nst's VGG weights are NHWC (chosen on a CPU), so its activations are; the images stay NCHW. Tensor cores
+    # take bf16 convolutions in NHWC, where NCHW would have cuDNN transpose around them: both ways weighed.
+    "channels-last images too (`torch.channels_last`)": (nullcontext, {"memory_format": torch.channels_last}),
+    "NCHW weights and images (PyTorch's default layout)": (nullcontext, {"memory_format": torch.contiguous_format}),
 }
 
 

@@ -68,6 +68,22 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     assert "| 4 runs |" in text and "| 8 runs |" in text  # the whole batch; a sweep read back
 
 
+def test_the_bare_loop_steps_in_nsts_own_memory_layout(monkeypatch) -> None:
+    # Every tracked-against-bare figure compares with this loop: its VGG must keep nst's NHWC weights
+    # (from 9af61a2 until fixed, bare_step converted them to NCHW, 1.2-1.9x slower on this CPU).
+    from benchmarks import loops
+
+    built = []
+    build = loops.batch_module
+    monkeypatch.setattr(loops, "batch_module", lambda *args: built.append(build(*args)) or built[-1])
+    loops.bare_step(loops.point_configs(1), 32, torch.device(DEVICE))
+    weights = [p for p in built[0].vgg.parameters() if p.dim() == 4]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert built[0].image.is_contiguous()  # the images stay NCHW, as in nst's runs
+    loops.bare_step(loops.point_configs(1), 32, torch.device(DEVICE), memory_format=torch.channels_last)
+    assert built[1].image.is_contiguous(memory_format=torch.channels_last)  # step_profile's variant
+
+
 def test_startup_smoke_writes_its_section(tmp_path) -> None:
     from benchmarks.startup import main as startup
 
