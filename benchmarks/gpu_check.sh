@@ -26,8 +26,9 @@
 #          On the H100 (2026-11-27, 95 s) it found ~8 s a fit waiting for a writer process still
 #          starting (BENCHMARKS-cuda.md), since made to start before the loop needs it.
 #   writers benchmarks.batch --writers: a tracked batch's step (3 × 128, 64 × 256 px) with its runs
-#          written by a thread against by a process, and 8 short runs one at a time with a thread, a
-#          process per batch, the sweep's kept processes (not yet timed on a GPU; about 2.5 min expected).
+#          written by a thread against by a process, the lr sweep's 60,000 rows written by 1, 2 and 3
+#          writer processes, and 8 short runs one at a time with a thread, a process per batch, the
+#          sweep's kept processes (not yet timed on a GPU; about 3 min expected).
 # Under a time limit that may cut it off, the pytest lane is stopped with SIGINT, so that it still
 # prints its failures.
 # TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase;
@@ -106,7 +107,7 @@ for p in "${phases[@]}"; do
       phase startup_profile 90 "$PYTHON" -m benchmarks.startup --profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     writers)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
-      phase writers 210 "$PYTHON" -m benchmarks.batch --writers --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
+      phase writers 240 "$PYTHON" -m benchmarks.batch --writers --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     profile)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase profile 90 "$PYTHON" -m benchmarks.step_profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;

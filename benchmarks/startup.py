@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     once = {which: fits[which, short][1] - short * per_step for which in ("first in the process", "second")}
     ready = [writer_ready() for _ in range(3)]
     seconds = [statistics.median(r[i] for r in ready) for i in range(4)]
-    section.add("", f"A writer process (a GPU's batch is written by one per 16 runs) answers its first task, "
-                f"its client of the store open, {seconds[0]:.2f} s after it starts (median of 3, "
+    section.add("", "A writer process (a GPU's batch is written by one per run, at most one per 4 cores) answers "
+                f"its first task, its client of the store open, {seconds[0]:.2f} s after it starts (median of 3, "
                 f"{min(r[0] for r in ready):.2f}-{max(r[0] for r in ready):.2f} s): a bare Python starts in "
                 f"{seconds[2]:.2f} s, one that imports the writes' module (MLflow) in {seconds[3]:.2f} s, and the "
                 f"store's client takes the rest. Then a task's round trip takes {seconds[1] * 1000:.1f} ms.")

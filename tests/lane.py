@@ -17,7 +17,8 @@ ACCELERATOR = "gpu" if ON_GPU else "cpu"  # Lightning's name for the device
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="GPU lane only (make test-gpu): needs a CUDA GPU")
 
 def process_writer(*values: object) -> object:
-    """A test's case (its parameters) that runs with a writer process (NST_WRITER=process): skipped on a
-    GPU, where a process is the device's own choice, which the test's default case runs already."""
+    """A test's case (its parameters) that runs with writer processes (NST_WRITER=process, or process:N):
+    skipped on a GPU, where processes, one per run, are the device's own choice, which the test's default
+    case runs already."""
     return pytest.param(*values, marks=pytest.mark.skipif(
         ON_GPU, reason="on a GPU the device's choice is a writer process: the default case runs it"))

@@ -64,6 +64,8 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     assert "| 3 × 32 px |" in writers  # thread against process
     assert "| runs | writer thread | a process per batch | the sweep's processes, kept |" in writers
     assert "\n| 2 | " in writers  # two runs one at a time, each way
+    assert "| writer processes | all rows written | rows a second | the writers' CPU |" in writers
+    assert "\n| 1 | " in writers and "\n| 3 | " in writers  # the lr sweep's rows by one process, by three
     assert "## A batch into a tracking server" in text and "| tracking server (SQLite behind it) |" in text
     assert "| 4 runs |" in text and "| 8 runs |" in text  # the whole batch; a sweep read back
 

@@ -86,11 +86,12 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], s
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize(("batch", "writer"), [("1", None), ("2", None), process_writer("2", "process")])
+@pytest.mark.parametrize(("batch", "writer"), [("1", None), ("2", None), process_writer("2", "process:2")])
 def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, make_store, uninterrupted, batch,
                                                               writer) -> None:
-    # writer: where the runs are written (None: this device's choice; "process": as on a GPU, a writer
-    # process, which must die with the killed command rather than write on while the resume runs).
+    # writer: where the runs are written (None: this device's choice; "process:2": as on a GPU, a writer
+    # process per run, each of which must die with the killed command rather than write on while the
+    # resume runs, and whose rounds of checkpoints keep the runs one checkpoint apart).
     path = tmp_path / "resumable.yaml"
     path.write_text(SWEEP)
     store = make_store(tmp_path / "store")

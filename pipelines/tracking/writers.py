@@ -6,7 +6,7 @@ kept from batch to batch by a sweep run here (WriterPool).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
@@ -20,11 +20,13 @@ WRITER_ENV = "NST_WRITER"  # `thread` or `process`, with a count or not, for eve
 #: 15 and 45, differenced, two pairs each), 3 runs at 128 px cost 1.7-3.8% more a step with a process than
 #: with a thread (and the lr sweep's 200 steps 1.1-1.8 s more), 8 runs 9-14% less.
 CPU_PROCESS_FROM = 8
-#: One writer process writes about 15,000 metric rows a second into SQLite on this CPU (64 runs log 640 rows
-#: a step: 42 ms of it), two about 24,000 (on its 2 cores; scratch measurement). A GPU steps a batch of 64 at
-#: 128 px in 15 ms (H100), faster than one process writes it: a batch's runs are dealt out to one writer
-#: process per RUNS_PER_WRITER runs, at most one per 4 cores (the loop and its data need the rest).
-RUNS_PER_WRITER = 16
+#: A writer process's share of the cores: a batch's runs are dealt out to one writer process each, at most
+#: one per WRITER_CORES cores (the loop and its data need the rest). One process writes about 15,000 metric
+#: rows a second into SQLite on this CPU, and 3 processes writing the lr sweep's rows (3 runs x 2000 steps x
+#: 10 metrics) together drained them in 2.4-2.6 s against 4.1-4.3 s for one, on just 2 cores (BENCHMARKS.md,
+#: "Writers"). A GPU steps the lr sweep's batch in about 2 ms (H100, its step in a CUDA graph): 15,000 rows a
+#: second, one process's whole rate, and the loop runs at most a few checkpoints ahead of its writers.
+WRITER_CORES = 4
 
 
 def auto_writer(device: str, runs: int, remote: bool = False) -> str:
@@ -44,12 +46,12 @@ def writer_count(kind: str, runs: int, remote: bool = False) -> int:
     server's answers, so neither the interpreter lock nor the cores limit them (one writer process took
     3.1× as long as 8 writer threads for a batch of 64 runs here: BENCHMARKS.md, "A batch into a tracking
     server"). Into a SQLite file, one thread (more would share one interpreter lock, and the file one
-    writer) or processes (RUNS_PER_WRITER)."""
+    writer) or processes: one per run, at most one per WRITER_CORES cores."""
     if remote:
         return min(runs, REMOTE_REQUESTS)
     if kind != "process":
         return 1
-    return max(1, min(-(-runs // RUNS_PER_WRITER), (os.cpu_count() or 1) // 4))
+    return max(1, min(runs, (os.cpu_count() or 1) // WRITER_CORES))
 
 
 def parse_writer(text: str) -> tuple[str, int | None]:
@@ -133,7 +135,7 @@ def open_writers(kind: str, device: str, runs: int, pool: WriterPool | None = No
         yield [stack.enter_context(open_writer(kind)) for _ in range(count)]
 
 
-def connect(lent: list[Executor], uri: str) -> None:
+def connect(lent: Sequence[Executor], uri: str) -> None:
     """Have each writer open its client of the store at `uri` now, its first task (a process kept by a
     sweep has it already). Called once the caller's own client of `uri` exists, so that a new SQLite
     store's schema is made by one process, not raced for by several."""
