@@ -84,7 +84,7 @@ def test_two_styles_at_blend_1_0_equal_one_style(pair) -> None:
     two = StyleTransfer(content, [starry, scream], TransferConfig(iterations=2, layers=LAYERS, style_blend=(1, 0)))
     for layer in LAYERS.style:
         assert torch.equal(getattr(one, f"style_gram_{layer}"), getattr(two, f"style_gram_{layer}"))
-    assert float(one.losses()["loss/total"]) == float(two.losses()["loss/total"])
+    assert float(one.losses()["loss/total"].detach()) == float(two.losses()["loss/total"].detach())
     # A 0.7/0.3 blend targets the weighted mean of the two Gram matrices.
     mix = StyleTransfer(content, [starry, scream], TransferConfig(iterations=2, layers=LAYERS, style_blend=(7, 3)))
     other = StyleTransfer(content, scream, config)
@@ -119,7 +119,7 @@ def test_several_content_layers_and_per_layer_style_weights(pair) -> None:
     losses = module.losses()
     single = StyleTransfer(*pair, TransferConfig(iterations=2, layers=LayersConfig(
         content=("relu3_1",), style={"relu1_1": 0.9, "relu2_1": 0.1}))).losses()
-    assert float(losses["loss/content"]) > float(single["loss/content"])  # both layers count
+    assert float(losses["loss/content"].detach()) > float(single["loss/content"].detach())  # both layers count
     weighted = 0.9 * losses["loss/style/relu1_1"] + 0.1 * losses["loss/style/relu2_1"]
     assert torch.allclose(losses["loss/style"], weighted)
 
@@ -189,6 +189,8 @@ def test_quality_metrics_are_logged_with_each_snapshot(store) -> None:
     assert ssim[30] < ssim[0] <= 1.0  # ... and away from the photo
 
 
+# Lightning's hint that the data loader cannot resume mid-epoch: nst's only counts steps (as quiet_lightning says).
+@pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch")
 def test_a_pyramid_resumes_mid_scale_bit_identically(pair, tmp_path) -> None:
     import pytorch_lightning as pl
 
