@@ -46,7 +46,7 @@ def bare_step(configs: list[TransferConfig], size: int, device: torch.device,
     returning the batch's summed J; each call moves the same images on. `memory_format`: the images',
     targets' and VGG's (torch.channels_last: NHWC images too); None: nst's own layouts (NHWC weights,
     NCHW images), what its runs step. (Converting to torch.contiguous_format would undo the VGG's NHWC
-    weights: from 9af61a2 until this was fixed, every bare loop timed NCHW weights, 1.2-1.9× slower on
+    weights: from 9af61a2 until this was fixed, every bare loop timed NCHW weights, 1.1-1.3× slower on
     this CPU, while the tracked runs it was compared with kept NHWC.)"""
     module = batch_module(configs, size, device)
     if memory_format is not None:

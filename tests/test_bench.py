@@ -72,7 +72,7 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
 
 def test_the_bare_loop_steps_in_nsts_own_memory_layout(monkeypatch) -> None:
     # Every tracked-against-bare figure compares with this loop: its VGG must keep nst's NHWC weights
-    # (from 9af61a2 until fixed, bare_step converted them to NCHW, 1.2-1.9x slower on this CPU).
+    # (from 9af61a2 until fixed, bare_step converted them to NCHW, 1.1-1.3x slower on this CPU).
     from benchmarks import loops
 
     built = []

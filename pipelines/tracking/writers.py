@@ -23,7 +23,7 @@ CPU_PROCESS_FROM = 8
 #: A writer process's share of the cores: a batch's runs are dealt out to one writer process each, at most
 #: one per WRITER_CORES cores (the loop and its data need the rest). One process writes about 15,000 metric
 #: rows a second into SQLite on this CPU, and 3 processes writing the lr sweep's rows (3 runs x 2000 steps x
-#: 10 metrics) together drained them in 2.4-2.6 s against 4.1-4.3 s for one, on just 2 cores (BENCHMARKS.md,
+#: 10 metrics) together wrote them in 2.5-2.8 s against 4.1-4.7 s for one, on just 2 cores (BENCHMARKS.md,
 #: "Writers"). A GPU steps the lr sweep's batch in about 2 ms (H100, its step in a CUDA graph): 15,000 rows a
 #: second, one process's whole rate, and the loop runs at most a few checkpoints ahead of its writers.
 WRITER_CORES = 4
