@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from benchmarks.loops import batch_loop, point_configs, require_all, run_specs, tracked_batch
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
+from nst.config import LayersConfig
 from nst.precision import resolve_precision
 from pipelines.execution.run import execute_batch
 from pipelines.tracking.run_writer import write_rows
@@ -23,9 +24,10 @@ from pipelines.tracking.writer_process import WriterProcess, settled
 from pipelines.tracking.writers import WriterPool, auto_writer, connect, writer_count
 
 HEADING = "## Writers"
-#: What each of the lr sweep's runs logs at every step (its style layers' five terms among them).
+#: What each of the lr sweep's runs logs at every step: its losses (a term per style layer: the seed's
+#: layers, which the sweep keeps) and its learning rate.
 SWEEP_METRICS = ("loss/total", "loss/content", "loss/style", "loss/tv", "lr",
-                 *(f"loss/style/relu{i}_1" for i in range(1, 6)))
+                 *(f"loss/style/{layer}" for layer in LayersConfig().style))
 
 
 def writers(device: torch.device, smoke: bool, out: Path) -> None:

@@ -25,7 +25,8 @@ CPU_PROCESS_FROM = 8
 #: rows a second into SQLite on this CPU, and 3 processes writing the lr sweep's rows (3 runs x 2000 steps x
 #: 10 metrics) together wrote them in 2.5-2.8 s against 4.1-4.7 s for one, on just 2 cores (BENCHMARKS.md,
 #: "Writers"). A GPU steps the lr sweep's batch in about 2 ms (H100, its step in a CUDA graph): 15,000 rows a
-#: second, one process's whole rate, and the loop runs at most a few checkpoints ahead of its writers.
+#: second, one process's whole rate, and the loop runs at most a few rounds of checkpoints ahead of its
+#: writers (pipelines.tracking.checkpoint_store.ROUNDS_AHEAD with one writer, one round with several).
 WRITER_CORES = 4
 
 
