@@ -7,7 +7,8 @@ step, the time the device spent running kernels (its share of the wall: far belo
 host's launches set the pace, and a CUDA graph pays), and the operators that take the most device
 time (each kernel counted once, under the operator that launched it); then the last case again under
 each switch worth weighing there (TF32 matmuls for the Gram matrices, cuDNN autotuning, the
-images in channels-last too, and PyTorch's NCHW layout instead of nst's NHWC weights). It says
+images in channels-last too, PyTorch's NCHW layout instead of nst's NHWC weights, and fp32 instead of
+bf16 where bf16 is the default: the other precision `auto` could pick). It says
 which lever is worth building against the 512 px target before anyone builds one. Writes "Where a step's time goes" in
 BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`).
 """
@@ -43,26 +44,34 @@ def _flag(owner: object, name: str, value: bool) -> Iterator[None]:
 
 
 #: Switches worth weighing for an arithmetic-bound step, each timed against the default on the last case:
-#: a setting held while it runs, and what the step is built with.
-VARIANTS: dict[str, tuple[Callable[[], AbstractContextManager[None]], dict[str, Any]]] = {
+#: a setting held while it runs, what the step is built with (bare_step's keywords), and its points'
+#: config keys.
+VARIANTS: dict[str, tuple[Callable[[], AbstractContextManager[None]], dict[str, Any], dict[str, Any]]] = {
     # The Gram matrices are fp32 matmuls (their inputs are bf16 features under autocast, exact in TF32);
     # torch runs fp32 matmuls without TF32 by default, and its convolutions with it.
     "TF32 matmuls (`torch.backends.cuda.matmul.allow_tf32`)": (
-        lambda: _flag(torch.backends.cuda.matmul, "allow_tf32", True), {}),
-    "cuDNN autotuning (`torch.backends.cudnn.benchmark`)": (lambda: _flag(torch.backends.cudnn, "benchmark", True), {}),
+        lambda: _flag(torch.backends.cuda.matmul, "allow_tf32", True), {}, {}),
+    "cuDNN autotuning (`torch.backends.cudnn.benchmark`)": (
+        lambda: _flag(torch.backends.cudnn, "benchmark", True), {}, {}),
     # nst's VGG weights are NHWC (chosen on a CPU), so its activations are; the images stay NCHW. Tensor cores
     # take bf16 convolutions in NHWC, where NCHW would have cuDNN transpose around them: both ways weighed.
-    "channels-last images too (`torch.channels_last`)": (nullcontext, {"memory_format": torch.channels_last}),
-    "NCHW weights and images (PyTorch's default layout)": (nullcontext, {"memory_format": torch.contiguous_format}),
+    "channels-last images too (`torch.channels_last`)": (nullcontext, {"memory_format": torch.channels_last}, {}),
+    "NCHW weights and images (PyTorch's default layout)": (
+        nullcontext, {"memory_format": torch.contiguous_format}, {}),
+    # `auto` is bf16 on a GPU; cuDNN runs fp32 convolutions in TF32 by default. On an H100 one 512 px image
+    # stepped in 5.0 ms in fp32 against 6.8 ms in bf16 (BENCHMARKS-cuda.md, "Precision"): weighed in a batch.
+    "fp32 (`precision: fp32`)": (nullcontext, {}, {"precision": "fp32"}),
+    "fp32 and TF32 matmuls": (
+        lambda: _flag(torch.backends.cuda.matmul, "allow_tf32", True), {}, {"precision": "fp32"}),
 }
 
 
-def profile_step(b: int, size: int, steps: int, device: torch.device, **step_keys: Any
-                 ) -> tuple[float, float, list[tuple[str, float]], float]:
+def profile_step(b: int, size: int, steps: int, device: torch.device, step_keys: dict[str, Any] | None = None,
+                 config_keys: dict[str, Any] | None = None) -> tuple[float, float, list[tuple[str, float]], float]:
     """(wall s/step, device busy s/step, [(operator, its device s/step)] most first, final J summed over
-    the images) of the bare batched step (built with `step_keys`: bare_step's): `steps` timed, then
-    `steps` more profiled."""
-    step = bare_step(point_configs(b), size, device, **step_keys)
+    the images) of the bare batched step (built with `step_keys`, bare_step's, over b points with
+    `config_keys`): `steps` timed, then `steps` more profiled."""
+    step = bare_step(point_configs(b, **(config_keys or {})), size, device, **(step_keys or {}))
 
     for _ in range(3):  # lazy initialization and cuDNN's first choices, outside the measurements
         step()
@@ -110,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     section.lines += [f"Switches on the last case, {b} × {size} px, each alone (the same steps; final J against "
               "the default's):", "", "| switch | a step | busy | final-J difference |", "|---|---|---|---|",
               f"| none (the default) | {wall * 1000:.2f} ms | {busy * 1000:.2f} ms | — |"]
-    for label, (switch, step_keys) in VARIANTS.items():
+    for label, (switch, step_keys, config_keys) in VARIANTS.items():
         with switch():
-            v_wall, v_busy, _, v_loss = profile_step(b, size, steps, device, **step_keys)
+            v_wall, v_busy, _, v_loss = profile_step(b, size, steps, device, step_keys, config_keys)
         section.add(f"| {label} | {v_wall * 1000:.2f} ms | {v_busy * 1000:.2f} ms | {abs(v_loss / loss - 1):.1e} |")
     return 0
 

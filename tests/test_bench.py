@@ -104,6 +104,7 @@ def test_step_profile_smoke_writes_its_section(tmp_path) -> None:
     text = out.read_text()
     assert "## Where a step's time goes" in text and "**2 × 32 px**" in text
     assert "| `aten::convolution_backward` |" in text  # the input's gradient through the VGG, on any device
+    assert "| fp32 (`precision: fp32`) |" in text  # the other precision `auto` could pick, weighed too
 
 
 @pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers", "benchmarks.batch",
