@@ -24,6 +24,7 @@ from pipelines.config.runs import run_config
 from pipelines.execution.probe import quality_probe
 from pipelines.execution.run import FINISHED, execute
 from tests.lane import DEVICE, gpu_only
+from tests.test_batches import J_TOLERANCE
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "experiments" / "images"
@@ -110,6 +111,68 @@ def test_out_of_memory_fails_that_run_in_one_line_and_the_sweep_goes_on(tmp_path
     assert error.startswith("out of GPU memory at 64 px (fp32)") and "precision: bf16" in error
     assert "\n" not in error and "a smaller size" in error
     assert f"FAILED size=64 seed=0: {error}" in capsys.readouterr().err
+
+
+SMALLER = """
+name: smaller
+base: {{preset: seed, content: {content}, style: {style}, size: 32, iterations: 8, snapshots: [0, 4],
+        checkpoint_every: 3}}
+grid: {{optimizer.lr: [0.5, 1.0, 2.0, 4.0]}}
+"""
+
+
+def _forced_out_of_memory(monkeypatch, fits: int, at_step: int) -> None:
+    """Batches of more than `fits` images run out of memory at `at_step` (the CPU cannot run out of GPU memory)."""
+    real = StyleTransfer.losses
+
+    def losses(self):
+        if self.batch_size > fits and self.trainer.global_step == at_step:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self)
+
+    monkeypatch.setattr(StyleTransfer, "losses", losses)
+
+
+def test_a_batch_out_of_memory_runs_again_as_smaller_batches_from_its_checkpoint(tmp_path, make_store, monkeypatch,
+                                                                                  capsys) -> None:
+    path = tmp_path / "smaller.yaml"
+    path.write_text(SMALLER.format(content=IMAGES / "grace_hopper.jpg", style=IMAGES / "starry_night.jpg"))
+    reference, store = make_store(tmp_path / "reference"), make_store(tmp_path / "store")
+    assert main(["experiment", str(path), "--tracking-uri", reference, "--quiet", "--batch", "4"]) == 0
+    _forced_out_of_memory(monkeypatch, fits=2, at_step=5)  # after the checkpoint of step 3
+    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("out of memory in a batch of 4: resume run") == 4 and out.count("(a batch of 2)") == 4, out
+    runs, theirs = _children(store, "smaller"), _children(reference, "smaller")
+    assert len(runs) == 4  # the same runs, resumed: none made anew
+    mine_client, their_client = MlflowClient(store), MlflowClient(reference)
+    for name, run in runs.items():
+        assert run.info.status == "FINISHED" and "nst.error" not in run.data.tags, run.data.tags
+        assert run.data.tags["nst.batch_size"] == "2"
+        mine = sorted((m.step, m.value) for m in mine_client.get_metric_history(run.info.run_id, "loss/total"))
+        other = sorted((m.step, m.value) for m in their_client.get_metric_history(theirs[name].info.run_id,
+                                                                                  "loss/total"))
+        assert [s for s, _ in mine] == list(range(8))  # every step once: 3 and 4 ran twice, written once
+        # From the checkpoint of step 3 on, in a batch of 2: the numbers of the batch of 4 that did not fail.
+        assert max(abs(x - y) / abs(y) for (_, x), (_, y) in zip(mine, other, strict=True)) < J_TOLERANCE, name
+        measured = {m.step for m in mine_client.get_metric_history(run.info.run_id, "quality/ssim_content")}
+        assert measured == {0, 4, 8}
+        assert "final.png" in {a.path for a in mine_client.list_artifacts(run.info.run_id)}
+
+
+def test_runs_that_do_not_fit_alone_either_fail_once_each(tmp_path, store, monkeypatch, capsys) -> None:
+    path = tmp_path / "smaller.yaml"
+    path.write_text(SMALLER.format(content=IMAGES / "grace_hopper.jpg", style=IMAGES / "starry_night.jpg"))
+    _forced_out_of_memory(monkeypatch, fits=0, at_step=0)
+    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet", "--batch", "4"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("out of memory in a batch of 4") == 4 and out.count("out of memory in a batch of 2") == 4, out
+    runs = _children(store, "smaller")
+    assert len(runs) == 4
+    for run in runs.values():
+        error = run.data.tags["nst.error"]
+        assert run.info.status == "FAILED" and error.startswith("out of GPU memory at 32 px (")
+        assert "a batch of" not in error  # it ran out of memory alone: the way out is no smaller batch
 
 
 @pytest.mark.heavy

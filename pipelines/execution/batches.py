@@ -8,7 +8,8 @@ device, checkpointing...) and splits batches. L-BFGS runs one image at a time (n
 
 `--batch N` caps a batch at N images; `auto` (the default) chooses by device:
 - a GPU: as many as half its free memory holds, by the peak memory per pixel measured at 2048 px
-  (BENCHMARKS-cuda.md, "Memory"), at most 64;
+  (BENCHMARKS-cuda.md, "Memory"), at most 64 (a batch that runs out of memory all the same runs
+  again in halves: pipelines.execution.executors);
 - the CPU: about four 128 px images' worth of pixels (4 × 128², so 16 at 64 px, 4 at 128, 1 from
   256). A CPU step is compute-bound: measured here per image, a batch runs 1.9× faster at 64 px
   (13 images), 1.1-1.2× at 128 px (2-4 images), and no faster at 256 px (0.98-1.11× the time of one

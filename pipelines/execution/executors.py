@@ -4,16 +4,26 @@ A `Job` is one batch of points (pipelines.execution.batches groups them) with ev
 `execute_batch` needs; an executor runs jobs and yields (point, RunResult) as they end, in any
 order. `announce(point, verb)` prints a progress line when a point's batch starts (local) or is
 handed to the cluster (Ray).
+
+A batch that runs out of memory runs again as batches of half its size, down to one image, each run
+resumed where the store holds it (its checkpoint, its rows): `--batch auto` sizes a GPU's batches by
+the memory free when they start, which another process (two Ray batches sharing a GPU, say) may take
+meanwhile. Only a run of one image that does not fit ends FAILED on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+from mlflow import MlflowClient
+
 from pipelines.config.grid import Point
+from pipelines.execution.batches import plan, resume_steps
+from pipelines.execution.failures import out_of_memory
 from pipelines.execution.run import RunResult, RunSpec, execute_batch
+from pipelines.tracking.checkpoint_store import checkpoint_steps
 from pipelines.tracking.writers import WriterPool
 
 Announce = Callable[[Point, str], None]
@@ -39,9 +49,31 @@ class Job:
     experiment: str
     progress: bool = True
 
-    def run(self, pool: WriterPool | None = None) -> list[RunResult]:
-        return execute_batch([t.spec for t in self.tasks], tracking_uri=self.tracking_uri,
-                             experiment=self.experiment, progress=self.progress, pool=pool)
+    def run(self, pool: WriterPool | None = None, say: Announce | None = None) -> list[RunResult]:
+        """The batch's results, one per task; `say` announces a smaller batch after running out of memory."""
+        results = execute_batch([t.spec for t in self.tasks], tracking_uri=self.tracking_uri,
+                                experiment=self.experiment, progress=self.progress, pool=pool)
+        again = [i for i, r in enumerate(results) if out_of_memory(r.error)]
+        if len(self.tasks) == 1 or not again:
+            return results
+        # Each run resumes from the step its checkpoints allow (a batch saves them in rounds), writing no
+        # step twice; runs at different steps cannot share a batch (plan keeps them apart).
+        client = MlflowClient(self.tracking_uri)
+        held = [set(checkpoint_steps(client.get_run(results[i].run_id).data.tags)) for i in again]
+        steps = resume_steps([self.tasks[i].spec.config for i in again], held)
+        retried = [(i, Task(self.tasks[i].point, replace(self.tasks[i].spec, resume_run_id=results[i].run_id,
+                                                         resume_step=step)))
+                   for i, step in zip(again, steps, strict=True)]
+        half = (len(self.tasks) + 1) // 2
+        for group in plan(retried, lambda r: r[1].spec.config, lambda r: r[1].spec.resume_step or 0, half,
+                          lambda _: ""):
+            smaller = Job([task for _, task in group], self.tracking_uri, self.experiment, self.progress)
+            if say is not None:
+                for task in smaller.tasks:
+                    say(task.point, f"out of memory in a batch of {len(self.tasks)}: {smaller.verb(task)}")
+            for (i, _), result in zip(group, smaller.run(pool, say), strict=True):
+                results[i] = result
+        return results
 
     def verb(self, task: Task) -> str:
         n = len(self.tasks)
@@ -59,4 +91,4 @@ def run_local(jobs: list[Job], *, say: Announce) -> Iterator[tuple[Point, RunRes
         for job in jobs:
             for task in job.tasks:
                 say(task.point, job.verb(task))
-            yield from zip((t.point for t in job.tasks), job.run(pool), strict=True)
+            yield from zip((t.point for t in job.tasks), job.run(pool, say), strict=True)

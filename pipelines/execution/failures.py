@@ -17,6 +17,9 @@ from nst.stopping import DivergedError
 from pipelines.config.runs import RunConfig
 
 GIB = 2**30
+#: How describe_failure's out-of-memory lines begin (the GPU's, the CPU's): a smaller batch may fit
+#: where this one did not (pipelines.execution.executors splits it).
+OUT_OF_MEMORY = ("out of GPU memory", "out of memory")
 
 
 def _cpu_out_of_memory(exc: BaseException) -> bool:
@@ -33,8 +36,10 @@ def _gpu_memory(device: torch.device) -> str:
     return f"{name} ({total / GIB:.0f} GiB, {free / GIB:.1f} GiB free after the failure)"
 
 
-def _ways_out(config: RunConfig, precision: str, where: str, batch: int) -> str:
-    ways = [f"a smaller batch (--batch {max(1, batch // 2)})"] if batch > 1 else []
+def _ways_out(config: RunConfig, precision: str, where: str) -> str:
+    # No smaller batch among them: a batch that runs out of memory runs again as smaller ones by itself
+    # (pipelines.execution.executors), so a run that ends FAILED on it did not fit alone.
+    ways = []
     if precision == "fp32":
         ways.append("precision: bf16")
     ways.append(f"a smaller size (e.g. size={max(16, round(config.size * 0.7))})")
@@ -48,10 +53,10 @@ def describe_failure(exc: BaseException, config: RunConfig, device: str, batch: 
     precision = resolve_precision(config.precision, device)
     what = f"{config.size} px ({precision}{f', a batch of {batch} images' if batch > 1 else ''})"
     if isinstance(exc, torch.OutOfMemoryError):
-        return (f"out of GPU memory at {what} on {_gpu_memory(torch.device(device))}; "
-                f"try {_ways_out(config, precision, 'GPU', batch)}")
+        return (f"{OUT_OF_MEMORY[0]} at {what} on {_gpu_memory(torch.device(device))}; "
+                f"try {_ways_out(config, precision, 'GPU')}")
     if _cpu_out_of_memory(exc):
-        return f"out of memory at {what} on the CPU; try {_ways_out(config, precision, 'machine', batch)}"
+        return f"{OUT_OF_MEMORY[1]} at {what} on the CPU; try {_ways_out(config, precision, 'machine')}"
     if isinstance(exc, torch.AcceleratorError) or "CUDA error" in str(exc):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return (f"{first} — the GPU is unusable in this process: run the same command again "
@@ -59,6 +64,11 @@ def describe_failure(exc: BaseException, config: RunConfig, device: str, batch: 
     if isinstance(exc, DivergedError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"[:5000]
+
+
+def out_of_memory(error: str | None) -> bool:
+    """Whether a run ended on describe_failure's out of memory (of the GPU or of the machine)."""
+    return error is not None and error.startswith(OUT_OF_MEMORY)
 
 
 def release_memory(device: str) -> None:

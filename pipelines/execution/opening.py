@@ -105,7 +105,10 @@ def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, 
         client.update_run(run_id, status="RUNNING")
         for key, value in {**where(), BATCH_TAG: str(batch)}.items():
             client.set_tag(run_id, key, value)
-        artifact_uri = client.get_run(run_id).info.artifact_uri
+        run = client.get_run(run_id)
+        if run_log.ERROR_TAG in run.data.tags:  # why it stopped before (Ctrl-C, out of memory): no longer true
+            client.delete_tag(run_id, run_log.ERROR_TAG)
+        artifact_uri = run.info.artifact_uri
     else:
         run_id, artifact_uri = _start_run(client, spec, exp_id, device, batch)
     rows = RunWriter(client.tracking_uri, run_id, writer, skip_through)
