@@ -9,7 +9,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from pipelines.cli_parser import parser
 from pipelines.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 
 if TYPE_CHECKING:  # the CLI imports torch, mlflow and ray only for the command that needs them
+    from pipelines.config.runs import RunConfig
     from pipelines.execution.executors import Executor
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -82,18 +83,18 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from pipelines.execution.batches import parse_batch, plan
-    from pipelines.execution.inputs import resolve_device
     from pipelines.execution.sweep import run_experiment, summary
     from pipelines.tracking.store import resolve_tracking_uri, sweep_link
 
     batch = parse_batch(args.batch)
+    executor, batch_cap = _executor(args)
     if args.dry_run:
         print(f"{experiment.name}: {len(experiment.points)} runs from {path}")
         for point in experiment.points:
             c = point.config
             scales = f" at each of {', '.join(map(str, c.sizes))} px" if len(c.sizes) > 1 else ""
             print(f"  [{point.index + 1}] {point.name:<30} key {point.key}  {c.size} px, {c.iterations} it{scales}")
-        batches = plan(experiment.points, lambda p: p.config, lambda p: 0, batch, lambda c: resolve_device(c.device))
+        batches = plan(experiment.points, lambda p: p.config, lambda p: 0, batch, batch_cap)
         sizes = sorted({len(b) for b in batches})
         print(f"in {len(batches)} batch{'es' if len(batches) > 1 else ''} of {sizes[-1]} runs or fewer "
               f"(--batch {args.batch}; sizes {', '.join(map(str, sizes))})")
@@ -102,9 +103,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if n > experiment.max_runs and not args.yes:
         raise UserError(f"{path}: {n} runs, more than max_runs: {experiment.max_runs}; check with --dry-run, "
                         "then run them with --yes (or raise max_runs in the file)")
-    executor = _executor(args)
     uri = resolve_tracking_uri(args.tracking_uri)
-    sweep = run_experiment(experiment, tracking_uri=uri, progress=not args.quiet, executor=executor, batch=batch)
+    sweep = run_experiment(experiment, tracking_uri=uri, progress=not args.quiet, executor=executor, batch=batch,
+                           batch_cap=batch_cap)
     print()
     print(summary(sweep))
     finals = [(p.name, r.final_image) for p, r in sweep.results if r.final_image]
@@ -121,18 +122,21 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return EXIT_FAILED if sweep.failed else EXIT_OK
 
 
-def _executor(args: argparse.Namespace) -> Executor:
+def _executor(args: argparse.Namespace) -> tuple[Executor, Callable[[RunConfig], int]]:
+    """Who runs the batches, and what `--batch auto` fits in one where they run."""
+    from pipelines.execution.batches import here
     from pipelines.execution.executors import run_local
 
     if args.executor == "local":
         if args.ray_address or args.resources:
             raise UserError("--ray-address and --resources need --executor ray")
-        return run_local
+        return run_local, here
     try:
-        from pipelines.execution.ray_executor import parse_resources, ray_executor
+        from pipelines.execution.ray_executor import batch_cap, parse_resources, ray_executor
     except ImportError:
         raise UserError("Ray is not installed: pip install '.[ray]' (make test installs it)") from None
-    return ray_executor(args.ray_address, parse_resources(args.resources))
+    resources = parse_resources(args.resources)
+    return ray_executor(args.ray_address, resources), batch_cap(resources)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

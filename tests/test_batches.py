@@ -4,6 +4,7 @@ points that cannot share a batch never do."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,12 @@ from nst.config import OptimizerConfig
 from nst.module import StyleTransfer
 from nst.optim import SampleAdam, SampleSchedules, SampleSGD
 from pipelines.cli import main
+from pipelines.config.grid import load_experiment
 from pipelines.config.runs import run_config
 from pipelines.errors import UserError
 from pipelines.execution.batches import batch_key, parse_batch, plan, resume_steps
 from pipelines.execution.run import FINISHED, RunSpec, execute, execute_batch
+from pipelines.execution.sweep import run_experiment
 from tests.lane import ACCELERATOR, DEVICE, ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
@@ -180,10 +183,43 @@ def test_points_share_a_batch_only_when_they_differ_in_per_image_settings() -> N
                   _config(layers={"content": ["relu3_1"]}), _config(scales=[24]), _config(checkpoint_every=7)):
         assert batch_key(other) != batch_key(base)
     points = [*same, _config(size=48), _config(optimizer={"name": "lbfgs"}), _config(optimizer={"name": "lbfgs"})]
-    batches = plan(points, lambda c: c, lambda c: 0, 3, lambda c: "cpu")
+    batches = plan(points, lambda c: c, lambda c: 0, 3)
     assert [len(b) for b in batches] == [3, 1, 1, 1, 1]  # cap 3; size 48 apart; L-BFGS one at a time
-    resumed = plan(same, lambda c: c, lambda c: 100 if c is same[0] else 0, 8, lambda c: "cpu")
+    resumed = plan(same, lambda c: c, lambda c: 100 if c is same[0] else 0, 8)
     assert [len(b) for b in resumed] == [1, 3]  # runs resumed from step 100 stand apart from fresh ones
+
+
+def test_batches_for_ray_gpus_are_planned_for_a_gpu_whatever_the_driver_has() -> None:
+    from pipelines.execution.ray_executor import batch_cap
+
+    points = [_config(size=128, optimizer={"lr": 0.1 * i}) for i in range(1, 11)]
+
+    def sizes(cap):
+        return [len(b) for b in plan(points, lambda c: c, lambda c: 0, "auto", cap)]
+    assert sizes(batch_cap({"num_gpus": 0.5})) == [10]  # up to 64: each worker sizes its batch to its GPU
+    assert sizes(batch_cap({"num_cpus": 2})) == [4, 4, 2]  # CPU workers: 4 images of 128 px, as here
+    assert [len(b) for b in plan([replace(p, device="cpu") for p in points], lambda c: c, lambda c: 0, "auto",
+                                 batch_cap({"num_gpus": 1}))] == [4, 4, 2]
+
+
+def test_a_batch_planned_larger_than_fits_here_runs_as_batches_that_do(tmp_path, store, capsys) -> None:
+    """As a Ray driver without a GPU plans a GPU's batch: the machine that runs it sizes it down."""
+    path = tmp_path / "planned.yaml"
+    path.write_text(f"""
+name: planned
+base: {{preset: seed, content: {IMAGES / "grace_hopper.jpg"}, style: {IMAGES / "starry_night.jpg"}, size: 128,
+        iterations: 2, snapshots: [0], checkpoint_every: 0, device: cpu}}
+grid: {{optimizer.lr: [0.5, 1.0, 2.0, 3.0, 4.0, 5.0]}}
+""")
+    done = run_experiment(load_experiment(path), tracking_uri=store, progress=False, say=print,
+                          batch="auto", batch_cap=lambda config: 64)
+    out = capsys.readouterr().out
+    assert out.count("start (a batch of 6)") == 6  # as planned
+    assert out.count("at most 4 at once here: start (a batch of 4)") == 4, out  # as run: 4 × 128² px on a CPU
+    assert out.count("at most 4 at once here: start (a batch of 2)") == 2
+    client = MlflowClient(store)
+    assert [r.status for _, r in done.results] == [FINISHED] * 6
+    assert [client.get_run(r.run_id).data.tags["nst.batch_size"] for _, r in done.results] == ["4"] * 4 + ["2"] * 2
 
 
 def test_runs_killed_between_their_checkpoints_resume_together() -> None:

@@ -28,6 +28,7 @@ import torch
 from nst.config import PER_SAMPLE, PER_SAMPLE_OPTIMIZER
 from pipelines.config.runs import RunConfig, to_dict
 from pipelines.errors import UserError
+from pipelines.execution.inputs import resolve_device
 
 T = TypeVar("T")
 AUTO = "auto"
@@ -70,10 +71,17 @@ def auto_size(config: RunConfig, device: str) -> int:
     return max(1, min(GPU_MAX, int(0.5 * free / per_image)))
 
 
+def here(config: RunConfig) -> int:
+    """`--batch auto`'s cap for a batch run in this process: auto_size on the device the config's
+    `device` is here."""
+    return auto_size(config, resolve_device(config.device))
+
+
 def plan(items: Sequence[T], config_of: Callable[[T], RunConfig], resume_step_of: Callable[[T], int],
-         size: int | str, device_of: Callable[[RunConfig], str]) -> list[list[T]]:
+         size: int | str, cap: Callable[[RunConfig], int] = here) -> list[list[T]]:
     """The items (points) in batches: those that can share one, in the order of their first item,
-    at most `size` per batch (`auto`: auto_size)."""
+    at most `size` per batch (`auto`: `cap` of the batch's config; `here` unless the batches run
+    elsewhere, pipelines.execution.ray_executor.batch_cap)."""
     groups: dict[object, list[T]] = {}
     for i, item in enumerate(items):
         config = config_of(item)
@@ -83,8 +91,8 @@ def plan(items: Sequence[T], config_of: Callable[[T], RunConfig], resume_step_of
     batches: list[list[T]] = []
     for members in groups.values():
         config = config_of(members[0])
-        cap = auto_size(config, device_of(config)) if size == AUTO else int(size)
-        batches += [members[i : i + cap] for i in range(0, len(members), cap)]
+        most = cap(config) if size == AUTO else int(size)
+        batches += [members[i : i + most] for i in range(0, len(members), most)]
     return batches
 
 

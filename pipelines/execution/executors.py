@@ -5,10 +5,12 @@ A `Job` is one batch of points (pipelines.execution.batches groups them) with ev
 order. `announce(point, verb)` prints a progress line when a point's batch starts (local) or is
 handed to the cluster (Ray).
 
-A batch that runs out of memory runs again as batches of half its size, down to one image, each run
-resumed where the store holds it (its checkpoint, its rows): `--batch auto` sizes a GPU's batches by
-the memory free when they start, which another process (two Ray batches sharing a GPU, say) may take
-meanwhile. Only a run of one image that does not fit ends FAILED on it.
+Under `--batch auto` a job runs in batches of what its machine holds now (batches.here): its sweep
+may have planned it elsewhere (a Ray driver, with no GPU or another) or with more memory free. And a
+batch that runs out of memory all the same runs again as batches of half its size, down to one
+image, each run resumed where the store holds it (its checkpoint, its rows): another process (two
+Ray batches sharing a GPU, say) may take the memory a batch was sized by. Only a run of one image
+that does not fit ends FAILED on it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Protocol
 from mlflow import MlflowClient
 
 from pipelines.config.grid import Point
-from pipelines.execution.batches import plan, resume_steps
+from pipelines.execution.batches import here, plan, resume_steps
 from pipelines.execution.failures import out_of_memory
 from pipelines.execution.run import RunResult, RunSpec, execute_batch
 from pipelines.tracking.checkpoint_store import checkpoint_steps
@@ -48,13 +50,18 @@ class Job:
     tracking_uri: str
     experiment: str
     progress: bool = True
+    auto: bool = False  # sized by `--batch auto`: at most what this machine holds when it runs
 
     def run(self, pool: WriterPool | None = None, say: Announce | None = None) -> list[RunResult]:
-        """The batch's results, one per task; `say` announces a smaller batch after running out of memory."""
+        """The batch's results, one per task; `say` announces the smaller batches it may run as."""
+        n = len(self.tasks)
+        if self.auto and n > (most := here(self.tasks[0].spec.config)):
+            placed = self._in_smaller(list(enumerate(self.tasks)), most, pool, say, f"at most {most} at once here")
+            return [result for _, result in sorted(placed, key=lambda p: p[0])]
         results = execute_batch([t.spec for t in self.tasks], tracking_uri=self.tracking_uri,
                                 experiment=self.experiment, progress=self.progress, pool=pool)
         again = [i for i, r in enumerate(results) if out_of_memory(r.error)]
-        if len(self.tasks) == 1 or not again:
+        if n == 1 or not again:
             return results
         # Each run resumes from the step its checkpoints allow (a batch saves them in rounds), writing no
         # step twice; runs at different steps cannot share a batch (plan keeps them apart).
@@ -64,16 +71,21 @@ class Job:
         retried = [(i, Task(self.tasks[i].point, replace(self.tasks[i].spec, resume_run_id=results[i].run_id,
                                                          resume_step=step)))
                    for i, step in zip(again, steps, strict=True)]
-        half = (len(self.tasks) + 1) // 2
-        for group in plan(retried, lambda r: r[1].spec.config, lambda r: r[1].spec.resume_step or 0, half,
-                          lambda _: ""):
+        for i, result in self._in_smaller(retried, (n + 1) // 2, pool, say, f"out of memory in a batch of {n}"):
+            results[i] = result
+        return results
+
+    def _in_smaller(self, tasks: list[tuple[int, Task]], most: int, pool: WriterPool | None, say: Announce | None,
+                    why: str) -> list[tuple[int, RunResult]]:
+        """(place, task) pairs run in batches of at most `most`: (place, result) pairs."""
+        placed = []
+        for group in plan(tasks, lambda t: t[1].spec.config, lambda t: t[1].spec.resume_step or 0, most):
             smaller = Job([task for _, task in group], self.tracking_uri, self.experiment, self.progress)
             if say is not None:
                 for task in smaller.tasks:
-                    say(task.point, f"out of memory in a batch of {len(self.tasks)}: {smaller.verb(task)}")
-            for (i, _), result in zip(group, smaller.run(pool, say), strict=True):
-                results[i] = result
-        return results
+                    say(task.point, f"{why}: {smaller.verb(task)}")
+            placed += [(i, result) for (i, _), result in zip(group, smaller.run(pool, say), strict=True)]
+        return placed
 
     def verb(self, task: Task) -> str:
         n = len(self.tasks)

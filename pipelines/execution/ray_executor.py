@@ -18,14 +18,16 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipelines.config.grid import Point
+from pipelines.config.runs import RunConfig
 from pipelines.errors import UserError
+from pipelines.execution.batches import GPU_MAX, auto_size
 from pipelines.execution.executors import Announce, Executor, Job, Task
 from pipelines.execution.run import FAILED, KILLED, RunResult
 from pipelines.tracking.auth import CREDENTIALS
@@ -53,6 +55,15 @@ def parse_resources(text: str | None) -> dict[str, Any]:
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
             raise UserError(f"--resources: {key} must be a number >= 0, got {value!r}")
     return resources
+
+
+def batch_cap(resources: dict[str, Any]) -> Callable[[RunConfig], int]:
+    """`--batch auto`'s cap for batches run on Ray workers, planned on the driver, which may have no GPU
+    (or another than theirs): a batch that asks for a GPU share (num_gpus) may hold up to GPU_MAX images,
+    and its worker runs it in batches of what its GPU's free memory holds (executors.Job.run); a batch
+    for CPU workers, as on a CPU."""
+    gpus = bool(resources.get("num_gpus"))
+    return lambda config: GPU_MAX if gpus and config.device != "cpu" else auto_size(config, "cpu")
 
 
 def worker_env() -> dict[str, str]:

@@ -18,10 +18,10 @@ from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from pipelines.config.grid import Experiment, Point
-from pipelines.config.runs import flatten, to_dict
-from pipelines.execution.batches import AUTO, plan, resume_steps
+from pipelines.config.runs import RunConfig, flatten, to_dict
+from pipelines.execution.batches import AUTO, here, plan, resume_steps
 from pipelines.execution.executors import Executor, Job, Task, run_local
-from pipelines.execution.inputs import check_inputs, resolve_device
+from pipelines.execution.inputs import check_inputs
 from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec
 from pipelines.tracking import store
 from pipelines.tracking.checkpoint_store import checkpoint_steps
@@ -110,12 +110,14 @@ def run_experiment(
     say: Callable[[str], None] = print,
     executor: Executor = run_local,
     batch: int | str = AUTO,
+    batch_cap: Callable[[RunConfig], int] = here,
 ) -> SweepResult:
     """Run every point not yet FINISHED under the sweep's parent run; returns what happened.
 
-    The points run in batches (`batch`: at most that many images in one optimization, or `auto`;
-    pipelines.execution.batches). `executor` runs the batches (here one after another, or on a Ray
-    cluster: pipelines.execution.ray_executor); resuming, skipping and the parent's status are the
+    The points run in batches (`batch`: at most that many images in one optimization, or `auto`:
+    `batch_cap` images, by default what this machine holds; pipelines.execution.batches). `executor`
+    runs the batches (here one after another, or on a Ray cluster: pipelines.execution.ray_executor,
+    whose batch_cap says what its workers hold); resuming, skipping and the parent's status are the
     same whichever runs them."""
     client = MlflowClient(tracking_uri)
     check_inputs([p.config for p in experiment.points], client)  # before anything is written
@@ -146,9 +148,8 @@ def run_experiment(
     steps = resume_steps([point.config for point in todo], held)
     tasks = [_task(point, experiment.name, parent_id, run, step) for point, run, step in zip(todo, runs, steps,
                                                                                              strict=True)]
-    jobs = [Job(group, tracking_uri, experiment.name, progress)
-            for group in plan(tasks, lambda t: t.spec.config, lambda t: t.spec.resume_step or 0, batch,
-                              lambda c: resolve_device(c.device))]
+    jobs = [Job(group, tracking_uri, experiment.name, progress, auto=batch == AUTO)
+            for group in plan(tasks, lambda t: t.spec.config, lambda t: t.spec.resume_step or 0, batch, batch_cap)]
     clock = Clock(len(todo))
     n = len(experiment.points)
 
