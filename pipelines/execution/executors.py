@@ -5,8 +5,10 @@ A `Job` is one batch of points (pipelines.execution.batches groups them) with ev
 order. `announce(point, verb)` prints a progress line when a point's batch starts (local) or is
 handed to the cluster (Ray).
 
-Under `--batch auto` a job runs in batches of what its machine holds now (batches.here): its sweep
-may have planned it elsewhere (a Ray driver, with no GPU or another) or with more memory free. And a
+Under `--batch auto` a job that would not fit in all the memory free where it runs, by the estimate
+that sizes batches to half of it (batches.here), runs in batches of that size: its sweep may have
+planned it elsewhere (a Ray driver, with no GPU or another GPU) or with more memory free. (Within a
+factor of 2 it runs as planned: a small change in free memory would otherwise split every batch.) And a
 batch that runs out of memory all the same runs again as batches of half its size, down to one
 image, each run resumed where the store holds it (its checkpoint, its rows): another process (two
 Ray batches sharing a GPU, say) may take the memory a batch was sized by. Only a run of one image
@@ -55,7 +57,7 @@ class Job:
     def run(self, pool: WriterPool | None = None, say: Announce | None = None) -> list[RunResult]:
         """The batch's results, one per task; `say` announces the smaller batches it may run as."""
         n = len(self.tasks)
-        if self.auto and n > (most := here(self.tasks[0].spec.config)):
+        if self.auto and n > 2 * (most := here(self.tasks[0].spec.config)):  # the module docstring says why 2
             placed = self._in_smaller(list(enumerate(self.tasks)), most, pool, say, f"at most {most} at once here")
             return [result for _, result in sorted(placed, key=lambda p: p[0])]
         results = execute_batch([t.spec for t in self.tasks], tracking_uri=self.tracking_uri,

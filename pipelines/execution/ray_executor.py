@@ -60,8 +60,8 @@ def parse_resources(text: str | None) -> dict[str, Any]:
 def batch_cap(resources: dict[str, Any]) -> Callable[[RunConfig], int]:
     """`--batch auto`'s cap for batches run on Ray workers, planned on the driver, which may have no GPU
     (or another than theirs): a batch that asks for a GPU share (num_gpus) may hold up to GPU_MAX images,
-    and its worker runs it in batches of what its GPU's free memory holds (executors.Job.run); a batch
-    for CPU workers, as on a CPU."""
+    and its worker runs it in smaller batches where its GPU's free memory would not hold it
+    (executors.Job.run); a batch for CPU workers, as on a CPU."""
     gpus = bool(resources.get("num_gpus"))
     return lambda config: GPU_MAX if gpus and config.device != "cpu" else auto_size(config, "cpu")
 
