@@ -19,7 +19,8 @@
 #   graphs tests/test_graphs.py on the GPU and benchmarks.batch --graphs: nst's runs with `cuda_graph:
 #          true` against op by op (its lr sweep included; about 2-3 min, not yet timed on a GPU).
 #   profile benchmarks.step_profile: where a step's device time goes, by operator, at 3 × 128 and
-#          8 × 512 px (not yet timed on a GPU; well under a minute expected).
+#          8 × 512 px, and each case under 6 switches (TF32, cuDNN autotuning, layouts, fp32 against
+#          bf16; not yet timed on a GPU: about a minute expected).
 #   startup benchmarks.startup: what a tracked fit of the lr sweep's shape pays once, apart from its
 #          steps, first and second fit in a process, and how soon a writer process is ready; then
 #          the first fit of a fresh process under cProfile (startup_profile.log names where it goes).
@@ -110,7 +111,7 @@ for p in "${phases[@]}"; do
       phase writers 240 "$PYTHON" -m benchmarks.batch --writers --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     profile)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
-      phase profile 90 "$PYTHON" -m benchmarks.step_profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
+      phase profile 150 "$PYTHON" -m benchmarks.step_profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     ray)
       if [ -f .ray/site.tar.xz ]; then tar -xJf .ray/site.tar.xz -C "${RAY_SITE:-/tmp/site}"; fi
       phase ray 200 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rfEs -p no:benchmark tests/test_cluster.py

@@ -5,8 +5,8 @@ losses, backward, per-image Adam, clamp) for a launch-bound batch (3 × 128 px) 
 arithmetic-bound one (8 × 512 px on a GPU, 3 × 128 px only on the CPU). For each: the wall time of a
 step, the time the device spent running kernels (its share of the wall: far below 100% means the
 host's launches set the pace, and a CUDA graph pays), and the operators that take the most device
-time (each kernel counted once, under the operator that launched it); then the last case again under
-each switch worth weighing there (TF32 matmuls for the Gram matrices, cuDNN autotuning, the
+time (each kernel counted once, under the operator that launched it); then each case again under
+each switch worth weighing (TF32 matmuls for the Gram matrices, cuDNN autotuning, the
 images in channels-last too, PyTorch's NCHW layout instead of nst's NHWC weights, and fp32 instead of
 bf16 where bf16 is the default: the other precision `auto` could pick). It says
 which lever is worth building against the 512 px target before anyone builds one. Writes "Where a step's time goes" in
@@ -116,13 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         section.add(f"**{b} × {size} px**: {wall * 1000:.2f} ms a step, busy {busy * 1000:.2f} ms "
                     f"({busy / wall:.0%} of the wall).", "", "| operator | per step | share of busy |", "|---|---|---|",
                     *(f"| `{op}` | {t * 1000:.3f} ms | {t / busy:.1%} |" for op, t in ops[:TOP]), "")
-    section.lines += [f"Switches on the last case, {b} × {size} px, each alone (the same steps; final J against "
-              "the default's):", "", "| switch | a step | busy | final-J difference |", "|---|---|---|---|",
-              f"| none (the default) | {wall * 1000:.2f} ms | {busy * 1000:.2f} ms | — |"]
-    for label, (switch, step_keys, config_keys) in VARIANTS.items():
-        with switch():
-            v_wall, v_busy, _, v_loss = profile_step(b, size, steps, device, step_keys, config_keys)
-        section.add(f"| {label} | {v_wall * 1000:.2f} ms | {v_busy * 1000:.2f} ms | {abs(v_loss / loss - 1):.1e} |")
+        # Weighed in each case: a launch-bound step (3 × 128 px) and an arithmetic-bound one (8 × 512 px)
+        # may want different settings. On an H100 the bare 3 × 128 px step took 4.37 ms in fp32 against 5.91
+        # in bf16 op by op (BENCHMARKS-cuda.md, "CUDA graphs"), one 512 px image 5.0 against 6.8 ms.
+        section.lines += [f"Switches at {b} × {size} px, each alone (the same steps; final J against the default's):",
+                          "", "| switch | a step | busy | final-J difference |", "|---|---|---|---|",
+                          f"| none (the default) | {wall * 1000:.2f} ms | {busy * 1000:.2f} ms | — |"]
+        for label, (switch, step_keys, config_keys) in VARIANTS.items():
+            with switch():
+                v_wall, v_busy, _, v_loss = profile_step(b, size, steps, device, step_keys, config_keys)
+            section.add(f"| {label} | {v_wall * 1000:.2f} ms | {v_busy * 1000:.2f} ms | "
+                        f"{abs(v_loss / loss - 1):.1e} |")
+        section.add("")
     return 0
 
 
