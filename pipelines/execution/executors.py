@@ -52,7 +52,7 @@ class Job:
     tracking_uri: str
     experiment: str
     progress: bool = True
-    auto: bool = False  # sized by `--batch auto`: at most what this machine holds when it runs
+    auto: bool = False  # sized by `--batch auto`: smaller where it runs if it would not fit there (above)
 
     def run(self, pool: WriterPool | None = None, say: Announce | None = None) -> list[RunResult]:
         """The batch's results, one per task; `say` announces the smaller batches it may run as."""
