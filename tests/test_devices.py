@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,18 +92,23 @@ grid:
 """
 
 
+def _forced_out_of_memory(monkeypatch, when: Callable[[StyleTransfer], bool]) -> None:
+    """A step of a module for which `when` holds runs out of GPU memory (the CPU cannot: the fault is forced)."""
+    real = StyleTransfer.losses
+
+    def losses(self):
+        if when(self):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self)
+
+    monkeypatch.setattr(StyleTransfer, "losses", losses)
+
+
 def test_out_of_memory_fails_that_run_in_one_line_and_the_sweep_goes_on(tmp_path, store, monkeypatch,
                                                                           capsys) -> None:
     path = tmp_path / "memory.yaml"
     path.write_text(SWEEP.format(content=IMAGES / "grace_hopper.jpg", style=IMAGES / "starry_night.jpg", big=64))
-    real = StyleTransfer.losses
-
-    def out_of_memory(self):  # the CPU cannot run out of GPU memory: the fault is forced here
-        if self.config.size == 64:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self)
-
-    monkeypatch.setattr(StyleTransfer, "losses", out_of_memory)
+    _forced_out_of_memory(monkeypatch, lambda module: module.config.size == 64)
     assert main(["experiment", str(path), "--tracking-uri", store, "--quiet"]) == 1
     runs = _children(store, "memory")
     big, small = runs["size=64 seed=0"], runs["size=40 seed=0"]
@@ -121,25 +127,14 @@ grid: {{optimizer.lr: [0.5, 1.0, 2.0, 4.0]}}
 """
 
 
-def _forced_out_of_memory(monkeypatch, fits: int, at_step: int) -> None:
-    """Batches of more than `fits` images run out of memory at `at_step` (the CPU cannot run out of GPU memory)."""
-    real = StyleTransfer.losses
-
-    def losses(self):
-        if self.batch_size > fits and self.trainer.global_step == at_step:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self)
-
-    monkeypatch.setattr(StyleTransfer, "losses", losses)
-
-
 def test_a_batch_out_of_memory_runs_again_as_smaller_batches_from_its_checkpoint(tmp_path, make_store, monkeypatch,
                                                                                   capsys) -> None:
     path = tmp_path / "smaller.yaml"
     path.write_text(SMALLER.format(content=IMAGES / "grace_hopper.jpg", style=IMAGES / "starry_night.jpg"))
     reference, store = make_store(tmp_path / "reference"), make_store(tmp_path / "store")
     assert main(["experiment", str(path), "--tracking-uri", reference, "--quiet", "--batch", "4"]) == 0
-    _forced_out_of_memory(monkeypatch, fits=2, at_step=5)  # after the checkpoint of step 3
+    # Batches of more than 2 images run out of memory at step 5, after the checkpoint of step 3.
+    _forced_out_of_memory(monkeypatch, lambda module: module.batch_size > 2 and module.trainer.global_step == 5)
     assert main(["experiment", str(path), "--tracking-uri", store, "--quiet", "--batch", "4"]) == 0
     out = capsys.readouterr().out
     assert out.count("out of memory in a batch of 4: resume run") == 4 and out.count("(a batch of 2)") == 4, out
@@ -163,7 +158,7 @@ def test_a_batch_out_of_memory_runs_again_as_smaller_batches_from_its_checkpoint
 def test_runs_that_do_not_fit_alone_either_fail_once_each(tmp_path, store, monkeypatch, capsys) -> None:
     path = tmp_path / "smaller.yaml"
     path.write_text(SMALLER.format(content=IMAGES / "grace_hopper.jpg", style=IMAGES / "starry_night.jpg"))
-    _forced_out_of_memory(monkeypatch, fits=0, at_step=0)
+    _forced_out_of_memory(monkeypatch, lambda module: True)  # not even one image fits
     assert main(["experiment", str(path), "--tracking-uri", store, "--quiet", "--batch", "4"]) == 1
     out = capsys.readouterr().out
     assert out.count("out of memory in a batch of 4") == 4 and out.count("out of memory in a batch of 2") == 4, out
