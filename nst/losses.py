@@ -20,12 +20,16 @@ The Gram loss matches second moments only; W2 matches the mean and the covarianc
 between distributions, which weighs a layer's channels evenly and does not grow with a layer's scale.
 
 Gram matrices and losses are computed in fp32 even when the backbone runs in bf16:
-sums of n_H*n_W products lose too many bits in bf16. Every loss is one number per image of a
-batch, (B,): the images of a batch are separate runs, each with its own weights (scalars or (B,)).
+sums of n_H*n_W products lose too many bits in bf16. On a CUDA GPU a bf16 map's Gram is one bf16
+product on the tensor cores summed into fp32 (bmm's `out_dtype`), the same sums as an fp32 copy
+of the map would give (a bf16 times a bf16 is exact in fp32); elsewhere the map is copied to fp32.
+Every loss is one number per image of a batch, (B,): the images of a batch are separate runs, each
+with its own weights (scalars or (B,)).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -36,21 +40,47 @@ Features = Mapping[str, Tensor]
 Weight = float | Tensor  # one weight for the batch, or one per image, (B,)
 
 
+#: Whether a bf16 map's Gram on a CUDA GPU is taken from the map as it is (`gram`), where the GPU can
+#: (`_sums_bf16_into_fp32`). Without it, the map is copied to fp32 first: per 512 px image and step that
+#: copy, its gradient's and the fp32 product's reads move 0.54 of the 2.74 GB an op-by-op step moves, and
+#: the fp32 products (15.5 GFLOP, no tensor cores) take ~0.3 ms on an H100 (`benchmarks.step_profile`'s
+#: floor; its switches weigh this one).
+BF16_PRODUCTS_ON_CUDA = True
+
+
+@functools.cache
+def _sums_bf16_into_fp32(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices into fp32 sums (bmm's `out_dtype`: torch >= 2.8, CUDA and
+    XPU only): tried once, on a product as small as can be, with a transposed operand as `gram`'s."""
+    try:
+        x = torch.ones(1, 2, 2, dtype=torch.bfloat16, device=device)
+        return torch.bmm(x.transpose(1, 2), x, out_dtype=torch.float32).dtype == torch.float32
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
 class _SelfProduct(torch.autograd.Function):
     """X^T X of a batch of (N, C) matrices, with a backward of one product: dL/dX = X (dG + dG^T).
     Autograd's own backward of `X.transpose(1, 2) @ X` takes one product per operand, both X here,
     and adds them: half again the forward's multiply-adds, and a sum the size of X. The Gram matrices'
-    products were 30% of a step of 3 images at 128 px on this CPU (`make bench-profile`)."""
+    products were 30% of a step of 3 images at 128 px on this CPU (`make bench-profile`).
+
+    X in bf16 (on a CUDA GPU only, `gram`): G is summed in fp32 (out_dtype), and dL/dX is bf16 like X,
+    from dG + dG^T rounded to bf16 (measured on the CPU, emulated: J within 4.2e-4 of the fp32
+    product's after 600 steps of 3 images at 96 px, 1.2e-3 after 200 at 64 px; bf16 against fp32
+    differs by 0.5-0.8%)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
-        return x.transpose(1, 2) @ x
+        if x.dtype != torch.bfloat16:
+            return x.transpose(1, 2) @ x
+        return torch.bmm(x.transpose(1, 2), x, out_dtype=torch.float32)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return x @ (grad + grad.transpose(1, 2))
+        return x @ (grad + grad.transpose(1, 2)).to(x.dtype)
 
 
 def self_product(x: Tensor) -> Tensor:
@@ -62,7 +92,10 @@ def gram(features: Tensor) -> Tensor:
     """Unnormalized Gram matrix F F^T of a (B, C, H, W) map, in fp32: shape (B, C, C)."""
     b, c, h, w = features.shape
     # (B, HW, C) is a view of a channels_last map (the layout of nst's VGG), so no copy is made.
-    flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c).float()
+    flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    if not (flat.dtype == torch.bfloat16 and flat.is_cuda and BF16_PRODUCTS_ON_CUDA
+            and _sums_bf16_into_fp32(flat.device)):
+        flat = flat.float()
     return self_product(flat)
 
 

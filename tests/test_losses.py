@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from nst import losses
 from nst.losses import (
     content_layer_loss,
     gram,
@@ -11,6 +12,7 @@ from nst.losses import (
     style_transfer_losses,
     total_variation,
 )
+from tests.lane import gpu_only
 
 
 def test_content_loss_matches_hand_computation() -> None:
@@ -43,6 +45,59 @@ def test_the_gram_matrix_gradient_is_that_of_the_plain_product() -> None:
     flat = features.permute(0, 2, 3, 1).reshape(2, 36, 8)
     (plain,) = torch.autograd.grad(((flat.transpose(1, 2) @ flat) * weights).sum(), features)
     torch.testing.assert_close(ours, plain)
+
+
+def _bf16_map_and_weights() -> tuple[torch.Tensor, torch.Tensor]:
+    """A channels_last bf16 map (B, C, H, W), as nst's VGG gives it under bf16, and a dL/dG (not symmetric)."""
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 16, 12, 10, generator=generator).to(torch.bfloat16)
+    return features.to(memory_format=torch.channels_last), torch.randn(2, 16, 16, generator=generator)
+
+
+def test_a_bf16_maps_product_sums_in_fp32_and_hands_back_a_bf16_gradient(monkeypatch) -> None:
+    """The Gram of a bf16 map as a CUDA GPU takes it (bmm's out_dtype: bf16 products summed in fp32), its
+    kernel stood in for on this CPU by the same product of fp32 copies: G is the fp32 copy's exactly, and
+    dL/dX comes back bf16, as the map is, within bf16's rounding of the fp32 copy's."""
+    real_bmm = torch.bmm
+
+    def bmm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        assert a.dtype == b.dtype == torch.bfloat16 and out_dtype == torch.float32  # CUDA's case, and only it
+        return real_bmm(a.float(), b.float())
+
+    assert not losses._sums_bf16_into_fp32(torch.device("cpu"))  # no such kernel here: gram copies to fp32
+    features, weights = _bf16_map_and_weights()
+    flat = features.permute(0, 2, 3, 1).reshape(2, 120, 16)  # gram's view of it
+    reference = flat.detach().float().requires_grad_()
+    expected = self_product(reference)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), reference)
+    monkeypatch.setattr(torch, "bmm", bmm)
+    x = flat.detach().requires_grad_()
+    g = self_product(x)
+    assert g.dtype == torch.float32 and torch.equal(g, expected.detach())
+    (grad,) = torch.autograd.grad((g * weights).sum(), x)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.float(), expected_grad, rtol=2e-2, atol=2e-2 * float(expected_grad.abs().max()))
+
+
+@gpu_only
+def test_on_a_gpu_a_bf16_maps_gram_is_the_fp32_copys() -> None:
+    """nst.losses.gram on a CUDA bf16 map (bmm's out_dtype) against the fp32 copy's (the CPU's way, and the
+    GPU's before): the same sums but for their order; the gradient within bf16's rounding."""
+    features, weights = (t.cuda() for t in _bf16_map_and_weights())
+    assert losses._sums_bf16_into_fp32(features.device)  # torch >= 2.8 on CUDA
+    results = {}
+    for direct in (True, False):
+        losses.BF16_PRODUCTS_ON_CUDA, saved = direct, losses.BF16_PRODUCTS_ON_CUDA
+        try:
+            x = features.detach().requires_grad_()
+            g = gram(x)
+            results[direct] = (g.detach(), *torch.autograd.grad((g * weights).sum(), x))
+        finally:
+            losses.BF16_PRODUCTS_ON_CUDA = saved
+    (g, grad), (g32, grad32) = results[True], results[False]
+    torch.testing.assert_close(g, g32, rtol=1e-5, atol=1e-5 * float(g32.abs().max()))
+    assert grad.dtype == grad32.dtype == torch.bfloat16  # the copy's gradient is cast back to the map's dtype
+    torch.testing.assert_close(grad.float(), grad32.float(), rtol=2e-2, atol=2e-2 * float(grad32.abs().max()))
 
 
 def test_style_loss_matches_hand_computation() -> None:
