@@ -8,8 +8,11 @@ host's launches set the pace, and a CUDA graph pays), and the operators that tak
 time (each kernel counted once, under the operator that launched it); then each case again under
 each switch worth weighing (TF32 matmuls for the Gram matrices, cuDNN autotuning, the
 images in channels-last too, PyTorch's NCHW layout instead of nst's NHWC weights, and fp32 instead of
-bf16 where bf16 is the default: the other precision `auto` could pick). It says
-which lever is worth building against the 512 px target before anyone builds one. Writes "Where a step's time goes" in
+bf16 where bf16 is the default: the other precision `auto` could pick, and the Gram matrices from fp32
+copies of bf16 maps, as before nst took them from the maps on a GPU). With each case, its floor
+(benchmarks.floor): the bytes and FLOPs of its kernels at this device's copy bandwidth and matmul peak.
+It says which lever is worth building against the 512 px target before anyone builds one, and whether
+any kernel choice can reach it. Writes "Where a step's time goes" in
 BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`).
 """
 
@@ -24,9 +27,12 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.bench import matmul_peak
 from benchmarks.device import add_device_argument, pick, sync
+from benchmarks.floor import copy_bandwidth, step_floor
 from benchmarks.loops import bare_step, point_configs
 from benchmarks.markdown import Section
+from nst import losses
 from nst.precision import resolve_precision
 
 HEADING = "## Where a step's time goes"
@@ -63,6 +69,9 @@ VARIANTS: dict[str, tuple[Callable[[], AbstractContextManager[None]], dict[str, 
     "fp32 (`precision: fp32`)": (nullcontext, {}, {"precision": "fp32"}),
     "fp32 and TF32 matmuls": (
         lambda: _flag(torch.backends.cuda.matmul, "allow_tf32", True), {}, {"precision": "fp32"}),
+    # On a GPU a bf16 map's Gram is a bf16 product summed in fp32 (nst.losses); before, an fp32 copy's.
+    "the Gram from an fp32 copy of each bf16 map (before; the CPU's way)": (
+        lambda: _flag(losses, "BF16_PRODUCTS_ON_CUDA", False), {}, {}),
 }
 
 
@@ -93,6 +102,16 @@ def profile_step(b: int, size: int, steps: int, device: torch.device, step_keys:
     return wall, sum(t for _, t in ops), ops, float(loss)
 
 
+def _peak(device: torch.device, smoke: bool) -> tuple[str, float]:
+    """(what, FLOP/s) of the matmul peak at the default precision (fp32 on a GPU: through TF32, as cuDNN's
+    convolutions run it)."""
+    n = 256 if smoke else 8192 if device.type == "cuda" else 2048
+    if resolve_precision("auto", device.type) == "bf16":
+        return "bf16", matmul_peak(torch.bfloat16, n, device) * 1e9
+    tf32 = device.type == "cuda"
+    return "TF32" if tf32 else "fp32", matmul_peak(torch.float32, n, device, tf32=tf32) * 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="step-profile", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a toy size: checks the code, not the numbers")
@@ -111,11 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     steps = 2 if args.smoke else 10
     with profile(activities=[ProfilerActivity.CPU]):  # the profiler's own start-up, once, outside the numbers
         torch.ones(1).add_(1)
+    bandwidth, (kind, peak) = copy_bandwidth(device), _peak(device, args.smoke)
     for b, size in cases:
         wall, busy, ops, loss = profile_step(b, size, steps, device)
         section.add(f"**{b} × {size} px**: {wall * 1000:.2f} ms a step, busy {busy * 1000:.2f} ms "
                     f"({busy / wall:.0%} of the wall).", "", "| operator | per step | share of busy |", "|---|---|---|",
                     *(f"| `{op}` | {t * 1000:.3f} ms | {t / busy:.1%} |" for op, t in ops[:TOP]), "")
+        floor = step_floor(b, size, device)
+        moving, computing = floor.seconds(bandwidth, peak)
+        heaviest = ", ".join(f"`{op}` {n / 1e9:.2f}" for op, n in floor.heaviest[:4])
+        section.add(f"Its floor, op by op (benchmarks.floor): {floor.kernels} kernels reading and writing "
+                    f"{floor.bytes / 1e9:.2f} GB (most: {heaviest} GB) and {floor.flops / 1e9:.1f} GFLOP a step. "
+                    f"At this device's copy bandwidth ({bandwidth / 1e9:.0f} GB/s) and {kind} matmul peak "
+                    f"({peak / 1e12:.1f} TFLOP/s): {moving * 1000:.2f} ms moving + {computing * 1000:.2f} ms computing "
+                    f"= {(moving + computing) * 1000:.2f} ms a step, {(moving + computing) / b * 1000:.2f} ms an "
+                    f"image, against {wall / b * 1000:.2f} ms an image measured.", "")
         # Weighed in each case: a launch-bound step (3 × 128 px) and an arithmetic-bound one (8 × 512 px)
         # may want different settings. On an H100 the bare 3 × 128 px step took 4.37 ms in fp32 against 5.91
         # in bf16 op by op (BENCHMARKS-cuda.md, "CUDA graphs"), one 512 px image 5.0 against 6.8 ms.

@@ -105,6 +105,34 @@ def test_step_profile_smoke_writes_its_section(tmp_path) -> None:
     assert "## Where a step's time goes" in text and "**2 × 32 px**" in text
     assert "| `aten::convolution_backward` |" in text  # the input's gradient through the VGG, on any device
     assert "| fp32 (`precision: fp32`) |" in text  # the other precision `auto` could pick, weighed too
+    assert "Its floor, op by op (benchmarks.floor):" in text and "ms an image measured." in text
+
+
+def test_the_floor_counts_each_kernel_s_bytes_once_and_views_not_at_all() -> None:
+    """benchmarks.floor's Traffic: an add reads its two inputs and writes its output; a view, a transpose and
+    an allocation launch no kernel; an in-place add reads both and writes the first."""
+    from benchmarks.floor import Traffic
+
+    a, b = torch.ones(1000), torch.ones(1000)  # 4000 bytes each
+    with Traffic() as traffic:
+        c = a + b
+        c.view(10, 100).t()
+        torch.empty(10**6)
+        c.add_(a)
+    assert dict(traffic.kernels) == {"add": 1, "add_": 1}
+    assert traffic.bytes == {"add": 3 * 4000, "add_": 3 * 4000}
+
+
+def test_the_floor_of_a_step_counts_its_convolutions_flops() -> None:
+    from benchmarks.bench import _pair, conv_flops
+    from benchmarks.floor import step_floor
+    from nst.config import TransferConfig
+
+    floor = step_floor(2, 32, torch.device(DEVICE))
+    convolutions = 2 * conv_flops(TransferConfig(), *_pair(32)[0].shape[-2:])  # 2 images' forward and input-backward
+    assert convolutions < floor.flops < 1.1 * convolutions  # the rest: the Gram matrices' products
+    assert 150 < floor.kernels < 400 and floor.bytes > 0
+    assert floor.heaviest[0][1] == max(n for _, n in floor.heaviest)
 
 
 @pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers", "benchmarks.batch",
