@@ -135,6 +135,16 @@ def test_the_floor_of_a_step_counts_its_convolutions_flops() -> None:
     assert floor.heaviest[0][1] == max(n for _, n in floor.heaviest)
 
 
+def test_a_batched_step_launches_no_more_kernels_than_it_did() -> None:
+    """A small step on a GPU is bound by launching its kernels (~300 op by op; nst.graphs): a bare step of 3
+    images launched 207 on the CPU before its losses' differences, squares, sums and input normalization
+    dropped the kernels that change nothing (same bits: tests/test_losses.py). A change that adds some
+    raises this bound knowingly."""
+    from benchmarks.floor import step_floor
+
+    assert step_floor(3, 32, torch.device(DEVICE)).kernels <= 183
+
+
 @pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers", "benchmarks.batch",
                                     "benchmarks.step_profile", "benchmarks.startup"])
 def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(script: str, capsys) -> None:

@@ -8,6 +8,7 @@ from nst.losses import (
     content_layer_loss,
     gram,
     self_product,
+    squared_error,
     style_layer_loss,
     style_transfer_losses,
     total_variation,
@@ -98,6 +99,26 @@ def test_on_a_gpu_a_bf16_maps_gram_is_the_fp32_copys() -> None:
     torch.testing.assert_close(g, g32, rtol=1e-5, atol=1e-5 * float(g32.abs().max()))
     assert grad.dtype == grad32.dtype == torch.bfloat16  # the copy's gradient is cast back to the map's dtype
     torch.testing.assert_close(grad.float(), grad32.float(), rtol=2e-2, atol=2e-2 * float(grad32.abs().max()))
+
+
+def test_squared_error_is_the_difference_squared_bit_for_bit() -> None:
+    """squared_error (mse_loss's elementwise squares, fewer kernels) against the difference squared and
+    summed, forward and backward, bit for bit: a channels_last map against a target of one image, and a
+    batch of Gram matrices."""
+    generator = torch.Generator().manual_seed(4)
+    cases = [(torch.randn(3, 8, 5, 4, generator=generator).to(memory_format=torch.channels_last),
+              torch.randn(1, 8, 5, 4, generator=generator)),
+             (torch.randn(3, 6, 6, generator=generator) * 1e3, torch.randn(1, 6, 6, generator=generator) * 1e3)]
+    for a, b in cases:
+        dims = tuple(range(1, a.dim()))
+        weights = torch.randn(3, generator=generator)
+        ours, plain = a.clone().requires_grad_(), a.clone().requires_grad_()
+        e = squared_error(ours, b)
+        expected = (plain - b).pow(2).sum(dim=dims)
+        assert torch.equal(e, expected)
+        (e * weights).sum().backward()
+        (expected * weights).sum().backward()
+        assert ours.grad is not None and plain.grad is not None and torch.equal(ours.grad, plain.grad)
 
 
 def test_style_loss_matches_hand_computation() -> None:
