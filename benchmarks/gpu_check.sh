@@ -19,8 +19,10 @@
 #   graphs tests/test_graphs.py on the GPU and benchmarks.batch --graphs: nst's runs with `cuda_graph:
 #          true` against op by op (its lr sweep included; about 2-3 min, not yet timed on a GPU).
 #   profile benchmarks.step_profile: where a step's device time goes, by operator, at 3 × 128 and
-#          8 × 512 px, and each case under 6 switches (TF32, cuDNN autotuning, layouts, fp32 against
-#          bf16; not yet timed on a GPU: about a minute expected).
+#          8 × 512 px, each case's floor (benchmarks.floor: its kernels' bytes and FLOPs at this GPU's
+#          copy bandwidth and matmul peak), and each case under 7 switches (TF32, cuDNN autotuning,
+#          layouts, fp32 against bf16, the Gram from fp32 copies; not yet timed on a GPU: about a
+#          minute expected).
 #   startup benchmarks.startup: what a tracked fit of the lr sweep's shape pays once, apart from its
 #          steps, first and second fit in a process, and how soon a writer process is ready; then
 #          the first fit of a fresh process under cProfile (startup_profile.log names where it goes).
