@@ -1,14 +1,15 @@
 """A step's losses and gradient captured once in a CUDA graph, then replayed: one launch per step.
 
-On a GPU a small step is bound by launching its kernels one by one from Python, about 300 of them
-(the VGG forward and backward, the Gram matrices, the losses). Measured on an H100, the bare step
+On a GPU a small step is bound by launching its kernels one by one from Python, about 200 of them
+(the VGG forward and backward, the Gram matrices, the losses, the update). Measured on an H100, the bare step
 of 3 images at 128 px cost 5.9 ms launched op by op and 2.0 ms replayed from one graph; at 8 × 512
 px, where the arithmetic dominates, 1.03× (BENCHMARKS-cuda.md, "CUDA graphs").
 
-The graph holds the forward pass, the losses and the backward pass: the ~90% of a step's kernels
-(counted on the CPU: 295 top-level ops per step of 3 images, the optimizer's, clamp's and stops'
-among them). The update stays outside, as torch.optim's own eager code: each image's learning rate
-and schedule change from step to step, which a graph would freeze.
+The graph holds the forward pass, the losses and the backward pass: 158 of a tracked step's 200
+kernels (3 images, counted on the CPU as benchmarks.floor counts them; the other 42: the per-image
+Adam's, the clamp's, the stop masks' and the metrics buffer's). The update stays outside, as
+torch.optim's own eager code: each image's learning rate and schedule change from step to step,
+which a graph would freeze.
 
 What a replay relies on, and what the module keeps true (nst.module):
 - every tensor the step reads has one address from one replay to the next: the image (updated in
