@@ -171,6 +171,11 @@ def conv_flops(config: TransferConfig, height: int, width: int) -> float:
     return 2 * flops
 
 
+def matmul_size(device: torch.device, smoke: bool = False) -> int:
+    """The side of the square product matmul_peak times: a GPU needs a larger one to saturate."""
+    return 256 if smoke else 8192 if device.type == "cuda" else 2048
+
+
 def matmul_peak(dtype: torch.dtype, n: int, device: torch.device, repeats: int = 5, tf32: bool = False) -> float:
     """GFLOP/s of torch.mm at n×n (`tf32`: fp32 through TF32 tensor cores, where the device has them)."""
     a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         overhead = tracked.median / bare.median - 1
         lines.append(f"| {size} px | {bare} | {tracked} | {overhead:+.1%} | {start_up:.2f} s "
                      f"| {logging_share:.2%} of the run |")
-    n = 256 if smoke else 8192 if device.type == "cuda" else 2048  # a GPU needs a larger product to saturate
+    n = matmul_size(device, smoke)
     fp32_peak = matmul_peak(torch.float32, n, device)
     bf16_peak = matmul_peak(torch.bfloat16, n, device)
     peaks = f"fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s"

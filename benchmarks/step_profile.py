@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.bench import matmul_peak
+from benchmarks.bench import matmul_peak, matmul_size
 from benchmarks.device import add_device_argument, pick, sync
 from benchmarks.floor import copy_bandwidth, step_floor
 from benchmarks.loops import bare_step, point_configs
@@ -105,7 +105,7 @@ def profile_step(b: int, size: int, steps: int, device: torch.device, step_keys:
 def _peak(device: torch.device, smoke: bool) -> tuple[str, float]:
     """(what, FLOP/s) of the matmul peak at the default precision (fp32 on a GPU: through TF32, as cuDNN's
     convolutions run it)."""
-    n = 256 if smoke else 8192 if device.type == "cuda" else 2048
+    n = matmul_size(device, smoke)
     if resolve_precision("auto", device.type) == "bf16":
         return "bf16", matmul_peak(torch.bfloat16, n, device) * 1e9
     tf32 = device.type == "cuda"
