@@ -62,10 +62,10 @@ class Floor:
         return self.bytes / bandwidth, self.flops / peak
 
 
-def step_floor(b: int, size: int, device: torch.device, config_keys: dict[str, Any] | None = None) -> Floor:
+def step_floor(b: int, size: int, device: torch.device) -> Floor:
     """The floor of the bare batched step of b points at `size` px (after one step: the optimizer's state
     is made at the first)."""
-    step = bare_step(point_configs(b, **(config_keys or {})), size, device)
+    step = bare_step(point_configs(b), size, device)
     step()
     traffic = Traffic()
     with FlopCounterMode(display=False) as flops, traffic:

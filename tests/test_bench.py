@@ -136,7 +136,7 @@ def test_the_floor_of_a_step_counts_its_convolutions_flops() -> None:
 
 
 def test_a_batched_step_launches_no_more_kernels_than_it_did() -> None:
-    """A small step on a GPU is bound by launching its kernels (~300 op by op; nst.graphs): a bare step of 3
+    """A small step on a GPU is bound by launching its kernels (~200, op by op; nst.graphs): a bare step of 3
     images launched 207 on the CPU before its losses' differences, squares, sums and input normalization
     dropped the kernels that change nothing (same bits: tests/test_losses.py). A change that adds some
     raises this bound knowingly."""

@@ -81,20 +81,17 @@ def test_a_bf16_maps_product_sums_in_fp32_and_hands_back_a_bf16_gradient(monkeyp
 
 
 @gpu_only
-def test_on_a_gpu_a_bf16_maps_gram_is_the_fp32_copys() -> None:
+def test_on_a_gpu_a_bf16_maps_gram_is_the_fp32_copys(monkeypatch) -> None:
     """nst.losses.gram on a CUDA bf16 map (bmm's out_dtype) against the fp32 copy's (the CPU's way, and the
     GPU's before): the same sums but for their order; the gradient within bf16's rounding."""
     features, weights = (t.cuda() for t in _bf16_map_and_weights())
     assert losses._sums_bf16_into_fp32(features.device)  # torch >= 2.8 on CUDA
     results = {}
     for direct in (True, False):
-        losses.BF16_PRODUCTS_ON_CUDA, saved = direct, losses.BF16_PRODUCTS_ON_CUDA
-        try:
-            x = features.detach().requires_grad_()
-            g = gram(x)
-            results[direct] = (g.detach(), *torch.autograd.grad((g * weights).sum(), x))
-        finally:
-            losses.BF16_PRODUCTS_ON_CUDA = saved
+        monkeypatch.setattr(losses, "BF16_PRODUCTS_ON_CUDA", direct)
+        x = features.detach().requires_grad_()
+        g = gram(x)
+        results[direct] = (g.detach(), *torch.autograd.grad((g * weights).sum(), x))
     (g, grad), (g32, grad32) = results[True], results[False]
     torch.testing.assert_close(g, g32, rtol=1e-5, atol=1e-5 * float(g32.abs().max()))
     assert grad.dtype == grad32.dtype == torch.bfloat16  # the copy's gradient is cast back to the map's dtype
