@@ -65,7 +65,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _start_ui(uri: str) -> str:
     """How to open a link of a local store's UI (a tracking server serves its own)."""
-    return "" if uri.startswith(("http://", "https://")) else "  (start the UI first: make ui)"
+    from pipelines.tracking.store import ui_hint
+
+    hint = ui_hint(uri)
+    return f"  (start the UI first: {hint})" if hint else ""
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:

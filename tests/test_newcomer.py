@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from mlflow import MlflowClient
 
 from pipelines.cli import main
 from pipelines.config.grid import load_experiment
+from pipelines.tracking.store import PROJECT_STORE, ui_hint
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "experiments" / "images"
@@ -44,10 +46,25 @@ def test_a_shipped_experiment_runs_from_another_folder(tmp_path, monkeypatch, ca
     store = f"sqlite:///{tmp_path}/store/mlflow.db"
     code = main(["experiment", str(ROOT / "experiments" / "lr_sweep.yaml"), "--tracking-uri", store, "--quiet",
                  "--set", "size=32", "--set", "iterations=2"])
-    assert code == 0, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert code == 0, err
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("lr_sweep").experiment_id])
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    # The link's hint starts a UI on this store: `make ui` would serve the checkout's mlruns/ instead.
+    assert f"(start the UI first: {sys.executable} -m pipelines.cli ui --tracking-uri {store})" in out, out
+
+
+def test_the_ui_hint_names_a_command_that_serves_the_runs_store(monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert PROJECT_STORE == f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
+    assert ui_hint(PROJECT_STORE) == "make ui"  # what `make experiment` writes into, and `make ui` serves
+    assert ui_hint("http://127.0.0.1:5000") == ""  # a tracking server serves its own UI
+    elsewhere = "sqlite:////tmp/my runs/mlflow.db"
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/bin/nst", "run"])  # called by its path, not on PATH
+    assert ui_hint(elsewhere) == "/opt/venv/bin/nst ui --tracking-uri 'sqlite:////tmp/my runs/mlflow.db'"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)  # `make ui` would serve this store, not the checkout's
+    assert ui_hint(PROJECT_STORE).endswith(f"nst ui --tracking-uri {PROJECT_STORE}")
 
 
 def test_every_shipped_experiment_names_its_images_relative_to_itself() -> None:

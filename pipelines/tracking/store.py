@@ -9,6 +9,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
+import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -228,6 +231,29 @@ def ui_base(uri: str, port: int = UI_PORT) -> str:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
 
 
+#: The checkout's own store, which `make ui` serves (None when nst is installed without its Makefile).
+_PROJECT = Path(__file__).resolve().parents[2]
+PROJECT_STORE = f"sqlite:///{_PROJECT / DEFAULT_STORE / 'mlflow.db'}" if (_PROJECT / "Makefile").is_file() else None
+
+
+def ui_hint(uri: str) -> str:
+    """How to start the UI a local store's links point at, as a command that serves *this* store:
+    `make ui` serves the checkout's mlruns/ (or MLFLOW_TRACKING_URI), so a run from another folder,
+    into that folder's mlruns/, is told `nst ui --tracking-uri ...` instead. "" for a tracking server,
+    which serves its own UI."""
+    if remote(uri):
+        return ""
+    if uri == PROJECT_STORE and os.environ.get("MLFLOW_TRACKING_URI", uri) == uri:
+        return "make ui"
+    nst = shutil.which("nst")
+    here = Path(sys.argv[0]).resolve()
+    if here.name != "nst":  # `python -m pipelines.cli`, or a test
+        program = f"{shlex.quote(sys.executable)} -m pipelines.cli"
+    else:  # the script as it was called, unless the same one is on PATH
+        program = "nst" if nst and Path(nst).resolve() == here else shlex.quote(str(here))
+    return f"{program} ui --tracking-uri {shlex.quote(uri)}"
+
+
 def sweep_link(client: MlflowClient, uri: str, experiment_id: str, parent_run_id: str, port: int = UI_PORT) -> str:
     """The MLflow UI page of one sweep: its runs (the parent's children) listed, lowest final J first,
     and compared in the chart view with the image grid.
@@ -261,8 +287,6 @@ def latest_sweep(client: MlflowClient) -> tuple[str, str] | None:
 
 def mlflow_ui_command(uri: str, port: int = UI_PORT) -> list[str]:
     """`mlflow ui` on the store, bound to loopback (nothing of a local store is served beyond this host)."""
-    import sys
-
     # `python -m mlflow`, as for the server (server.mlflow_server_command): a pip --target install has no script.
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
             str(port)]
