@@ -162,7 +162,7 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
     from pipelines.tracking.store import resolve_tracking_uri
 
     sweep = load_sweep(MlflowClient(resolve_tracking_uri(args.tracking_uri)), args.experiment, args.parent)
-    found = cells(sweep, args.rows.split(","), args.cols.split(","))
+    found = cells(sweep, args.rows.split(",") if args.rows else None, args.cols.split(",") if args.cols else None)
     path = write_sheet(found, args.out or Path("reports") / args.experiment, sweep.experiment, args.images, args.dpi)
     print(f"sheet: {path}")
     return EXIT_OK

@@ -57,8 +57,10 @@ def parser() -> argparse.ArgumentParser:
     _tracking_uri(rep)
     sht = sub.add_parser("sheet", help="a sweep's final images as a matrix with times and quality metrics")
     sht.add_argument("experiment", help="experiment name (the `name:` of its YAML), e.g. gallery")
-    sht.add_argument("--rows", default="content", help="varied keys for the rows, comma-separated (default content)")
-    sht.add_argument("--cols", default="style", help="varied keys for the columns (default style)")
+    sht.add_argument("--rows", help="varied keys for the rows, comma-separated (default: content if it varies; "
+                     "every run gets a cell of its own)")
+    sht.add_argument("--cols", help="varied keys for the columns (default: style if it varies, and the other "
+                     "varied keys)")
     sht.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>/)")
     sht.add_argument("--images", action="store_true", help="also write each final image as JPEG")
     sht.add_argument("--parent", help="the sweep's parent run id (default: the latest sweep)")

@@ -83,3 +83,43 @@ grid:
     names = sorted(p.name for p in out.glob("*__*.jpg"))
     assert names == ["coffee__starry_night.jpg", "coffee__the_kiss.jpg", "grace_hopper__starry_night.jpg",
                      "grace_hopper__the_kiss.jpg"]
+
+
+def test_a_sheet_gives_every_run_a_cell_of_its_own(tmp_path, store, capsys) -> None:
+    # The lr sweep varies neither photo nor painting: the sheet's old default (content down, style
+    # across) put its runs in one cell, each drawn over the last, and showed one.
+    path = tmp_path / "lrs.yaml"
+    path.write_text(f"name: lrs\nbase: {{content: {PAIR['content']}, style: {PAIR['style']}, size: 32, "
+                    "iterations: 2, snapshots: [0]}\ngrid:\n  optimizer.lr: [0.1, 1]\nseeds: [0]\n")
+    assert main(["experiment", str(path), "--tracking-uri", store, "--quiet"]) == 0
+    out = tmp_path / "sheet"
+    assert main(["sheet", "lrs", "--out", str(out), "--tracking-uri", store]) == 0
+    text = (out / "sheet.md").read_text()
+    assert "| | lr=0.1 | lr=1 |" in text and len(re.findall(r"SSIM \d", text)) == 2
+    assert main(["sheet", "lrs", "--out", str(out), "--rows", "lr", "--tracking-uri", store]) == 0  # short keys
+    assert "| lr=0.1 |" in (out / "sheet.md").read_text()
+    capsys.readouterr()
+    for argv, needle in ((["--rows", "seed", "--cols", "seed"], "would share a cell: add optimizer.lr"),
+                         (["--cols", "beta"], "--cols beta: not a key this sweep varies; it varies optimizer.lr")):
+        assert main(["sheet", "lrs", "--out", str(out), *argv, "--tracking-uri", store]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+
+
+@pytest.mark.parametrize(("varied", "rows", "cols"), [
+    ({"optimizer.lr": ["0.1", "1"]}, [], ["optimizer.lr"]),
+    ({"optimizer.lr": ["0.1", "1"], "beta": ["1", "2"]}, ["optimizer.lr"], ["beta"]),
+    ({"content": ["a/x.jpg", "a/y.jpg"], "optimizer.lr": ["0.1", "1"]}, ["content"], ["optimizer.lr"]),
+    ({"style": ["a/x.jpg", "a/y.jpg"], "optimizer.lr": ["0.1", "1"]}, ["optimizer.lr"], ["style"]),
+    ({"content": ["a/x.jpg", "a/y.jpg"], "style": ["a/x.jpg", "a/y.jpg"], "seed": ["0", "0"]}, ["content"], ["style"]),
+], ids=["lr", "lr-beta", "content-lr", "style-lr", "gallery"])
+def test_a_sheets_default_layout(varied, rows, cols) -> None:
+    from itertools import product
+
+    from pipelines.reports.readback import RunView, SweepView
+    from pipelines.reports.sheet import layout
+
+    keys = list(varied)
+    points = [dict(zip(keys, p, strict=True)) for p in product(*(dict.fromkeys(v) for v in varied.values()))]
+    runs = [RunView(run=None, name=str(p), varied=p, history={}) for p in points]  # type: ignore[arg-type]
+    assert layout(SweepView("x", None, {}, runs), None, None) == (rows, cols)  # type: ignore[arg-type]

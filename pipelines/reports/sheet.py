@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from nst.images import to_pil
+from pipelines.errors import UserError
 from pipelines.reports.readback import RunView, SweepView
 
 
@@ -48,15 +49,61 @@ class Cell:
         return " · ".join([f"{minutes}:{seconds:02d}", *filter(None, quality)])
 
 
-def _label(value: str) -> str:
-    """A run's value as a label: an image path says which image, not where it lies."""
-    return Path(value).stem if "/" in value else value
+def _label(key: str, value: str) -> str:
+    """A run's value as a label: an image path says which image, not where it lies; a number says
+    whose it is (`lr=0.1`, as the run's name does)."""
+    if "/" in value:
+        return Path(value).stem
+    try:
+        return f"{key.rsplit('.', 1)[-1]}={float(value):g}"
+    except ValueError:
+        return value
 
 
-def cells(sweep: SweepView, rows: list[str], cols: list[str]) -> list[Cell]:
-    """One cell per run, labelled by the values of the `rows` and `cols` keys it varies."""
-    return [Cell(" × ".join(_label(run.varied.get(k, "?")) for k in rows),
-                 " × ".join(_label(run.varied.get(k, "?")) for k in cols), run) for run in sweep.runs]
+def layout(sweep: SweepView, rows: list[str] | None, cols: list[str] | None) -> tuple[list[str], list[str]]:
+    """The varied keys down the rows and across the columns. Given keys may be short (`lr` for
+    `optimizer.lr`) and must be ones the sweep varies. Not given: photos down and paintings across, and
+    every other key with more than one value among the runs on one side or the other (the first one
+    down when nothing else is), so that every run gets a cell of its own."""
+    keys = list(sweep.runs[0].varied)
+    varying = [k for k in keys if len({run.varied.get(k) for run in sweep.runs}) > 1]
+
+    def full(key: str, option: str) -> str:
+        found = [k for k in keys if k == key or k.endswith(f".{key}")]
+        if len(found) != 1:
+            raise UserError(f"{option} {key}: not a key this sweep varies; it varies {', '.join(keys) or 'nothing'}")
+        return found[0]
+
+    given_rows = [full(k, "--rows") for k in rows] if rows is not None else None
+    given_cols = [full(k, "--cols") for k in cols] if cols is not None else None
+    if given_rows is not None and given_cols is not None:
+        return given_rows, given_cols
+    if given_rows is not None or given_cols is not None:  # the other side: every varying key left
+        taken = set(given_rows or given_cols or [])
+        rest = [k for k in varying if k not in taken]
+        return (given_rows, rest) if given_rows is not None else (rest, given_cols or [])
+    down = [k for k in ("content",) if k in varying]
+    across = [k for k in ("style",) if k in varying]
+    others = [k for k in varying if k not in ("content", "style")]
+    for i, key in enumerate(others):
+        (down if not down and (across or i < len(others) - 1) else across).append(key)
+    return down, across
+
+
+def cells(sweep: SweepView, rows: list[str] | None = None, cols: list[str] | None = None) -> list[Cell]:
+    """One cell per run, labelled by the values of the `rows` and `cols` keys (`layout`); two runs
+    that would share a cell are refused, naming what tells them apart."""
+    rows, cols = layout(sweep, rows, cols)
+    found: dict[tuple[str, str], Cell] = {}
+    for run in sweep.runs:
+        cell = Cell(" × ".join(_label(k, run.varied.get(k, "?")) for k in rows),
+                    " × ".join(_label(k, run.varied.get(k, "?")) for k in cols), run)
+        other = found.setdefault((cell.row, cell.col), cell).view
+        if other is not run:
+            apart = [k for k in run.varied if run.varied[k] != other.varied.get(k)]
+            raise UserError(f"runs {other.name!r} and {run.name!r} would share a cell: add "
+                            f"{', '.join(apart)} to --rows or --cols")
+    return list(found.values())
 
 
 def _order(values: list[str]) -> list[str]:
