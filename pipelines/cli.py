@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.cli_parser import parser
-from pipelines.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
+from pipelines.errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 
 if TYPE_CHECKING:  # the CLI imports torch, mlflow and ray only for the command that needs them
     from pipelines.config.runs import RunConfig
@@ -257,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nst: interrupted; the run is marked KILLED and its metrics are saved", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read the output left (`nst experiment big.yaml --dry-run | head`): stop as a Unix tool
+        # does on SIGPIPE, without a traceback; stdout goes nowhere, or Python's flush at exit raises again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

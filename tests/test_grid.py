@@ -126,6 +126,17 @@ def test_find_config_looks_in_experiments(monkeypatch) -> None:
         find_config("nope.yaml")
 
 
+def test_find_config_finds_the_shipped_experiments_from_any_folder(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no experiments/ here
+    assert find_config("lr_sweep.yaml") == find_config("lr_sweep") == ROOT / "experiments" / "lr_sweep.yaml"
+    with pytest.raises(UserError, match=rf"nope: no such experiment file \(here or in experiments/ or "
+                                        rf"{ROOT}/experiments/: .*gallery.yaml, .*lr_sweep.yaml"):
+        find_config("nope")
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "lr_sweep.yaml").write_text("name: mine\n")  # this folder's own comes first
+    assert find_config("lr_sweep") == Path("experiments/lr_sweep.yaml")
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_experiment_validates_and_expands(path, monkeypatch) -> None:
     monkeypatch.chdir(ROOT)

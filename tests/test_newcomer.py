@@ -67,6 +67,19 @@ def test_the_ui_hint_names_a_command_that_serves_the_runs_store(monkeypatch) -> 
     assert ui_hint(PROJECT_STORE).endswith(f"nst ui --tracking-uri {PROJECT_STORE}")
 
 
+def test_output_cut_short_by_its_reader_ends_without_a_traceback(tmp_path) -> None:
+    # 2,500 points' dry-run lines (~200 kB) overflow the pipe once its reader has gone (`| head -1`).
+    path = _file(tmp_path, "grid:\n  optimizer.lr: [" + ", ".join(f"{0.01 * (i + 1):g}" for i in range(50))
+                 + "]\n  beta: [" + ", ".join(str(i + 1) for i in range(50)) + "]\n")
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "experiment", str(path), "--dry-run"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().startswith(b"exp: 2500 runs from")
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and err == "", err  # 128 + SIGPIPE, as a shell reports it
+
+
 def test_every_shipped_experiment_names_its_images_relative_to_itself() -> None:
     for path in sorted((ROOT / "experiments").glob("*.yaml")):
         text = path.read_text()

@@ -74,18 +74,25 @@ class Experiment:
         return [*(["variant"] if self.variants else []), *self.grid, *self.zip, "seed"]
 
 
+#: The experiments nst ships (its checkout's experiments/): found by name from any folder.
+SHIPPED = Path(__file__).resolve().parents[2] / "experiments"
+
+
 def find_config(name: str | Path, folder: Path = Path("experiments")) -> Path:
-    """CONFIG as given when it exists, else the file of that name in `experiments/`."""
+    """CONFIG as given when it exists, else the file of that name in `folder` (experiments/ here), else
+    in nst's own experiments/ (SHIPPED): `nst experiment lr_sweep.yaml` runs the shipped sweep from any
+    folder (its images are named relative to the file), into that folder's store."""
     path = Path(name)
     if path.is_file() or path.is_absolute():
         return path
-    candidate = folder / path
-    if candidate.is_file():
-        return candidate
-    if candidate.with_suffix(".yaml").is_file():
-        return candidate.with_suffix(".yaml")
-    shipped = ", ".join(sorted(p.name for p in folder.glob("*.yaml"))) if folder.is_dir() else "none"
-    raise UserError(f"{name}: no such experiment file (here or in {folder}/: {shipped})")
+    folders = [folder, *([SHIPPED] if SHIPPED.is_dir() and SHIPPED != folder.resolve() else [])]
+    for place in folders:
+        for candidate in (place / path, (place / path).with_suffix(".yaml")):
+            if candidate.is_file():
+                return candidate
+    where = " or ".join(f"{place}/" for place in folders)
+    shipped = ", ".join(sorted({p.name for place in folders if place.is_dir() for p in place.glob("*.yaml")}))
+    raise UserError(f"{name}: no such experiment file (here or in {where}: {shipped or 'none'})")
 
 
 def _fail(path: Path, message: str) -> UserError:
