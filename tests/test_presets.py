@@ -123,3 +123,14 @@ def test_a_sheets_default_layout(varied, rows, cols) -> None:
     points = [dict(zip(keys, p, strict=True)) for p in product(*(dict.fromkeys(v) for v in varied.values()))]
     runs = [RunView(run=None, name=str(p), varied=p, history={}) for p in points]  # type: ignore[arg-type]
     assert layout(SweepView("x", None, {}, runs), None, None) == (rows, cols)  # type: ignore[arg-type]
+
+
+def test_a_sheets_caption_reads_time_ssim_and_style_distance() -> None:
+    from types import SimpleNamespace
+
+    from pipelines.reports.sheet import Cell
+
+    metrics = {"quality/ssim_content": -0.001, "quality/gram_distance": 1.296}
+    run = SimpleNamespace(info=SimpleNamespace(start_time=0, end_time=83_400), data=SimpleNamespace(metrics=metrics))
+    view = SimpleNamespace(run=run)
+    assert Cell("r", "c", view).caption() == "1:23 · SSIM 0.00 · style 1.30"  # type: ignore[arg-type]

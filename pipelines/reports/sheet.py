@@ -44,8 +44,9 @@ class Cell:
 
     def caption(self) -> str:
         minutes, seconds = divmod(round(self.seconds), 60)
-        quality = [f"SSIM {self.ssim:.2f}" if self.ssim is not None else "",
-                   f"style {self.gram:.2f}" if self.gram is not None else ""]
+        # round(...) + 0.0: a value just below zero reads 0.00, not -0.00.
+        quality = [f"SSIM {round(self.ssim, 2) + 0.0:.2f}" if self.ssim is not None else "",
+                   f"style {round(self.gram, 2) + 0.0:.2f}" if self.gram is not None else ""]
         return " · ".join([f"{minutes}:{seconds:02d}", *filter(None, quality)])
 
 
