@@ -63,10 +63,15 @@ def test_grid_runs_under_one_parent_then_resumes(grid_file, store, capsys) -> No
         ("0.5", "1.0"), ("0.5", "10.0"), ("1.0", "1.0"), ("1.0", "10.0")}
     out = capsys.readouterr().out
     assert "[4/4]" in out and "ETA" in out and "J_content" in out
+    first = [line for line in out.splitlines() if " FINISHED " in line and line.endswith("s")]
 
     assert main(["experiment", str(grid_file), "--tracking-uri", store, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert out.count("skip ") == 4 and "resuming parent run" in out
+    # The summary shows each skipped run's final losses as its first invocation did (its time: the run's own).
+    again = [line for line in out.splitlines() if " skipped " in line]
+    assert [line.split()[:-1] for line in again] == [
+        [w if w != "FINISHED" else "skipped" for w in line.split()[:-1]] for line in first] and len(again) == 4
     parents, children = _runs(store)
     assert len(parents) == 1 and len(children) == 4
 

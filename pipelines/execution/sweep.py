@@ -57,12 +57,8 @@ def find_parent(client: MlflowClient, exp_id: str, experiment: Experiment) -> st
     return runs[0].info.run_id if runs else None
 
 
-def children(client: MlflowClient, exp_id: str, parent_id: str, statuses: tuple[str, ...]) -> dict[str, str]:
-    """run_key -> run_id of the parent's children in one of `statuses` (the newest wins)."""
-    return {key: run.info.run_id for key, run in _children(client, exp_id, parent_id, statuses).items()}
-
-
-def _children(client: MlflowClient, exp_id: str, parent_id: str, statuses: tuple[str, ...]) -> dict[str, Run]:
+def children(client: MlflowClient, exp_id: str, parent_id: str, statuses: tuple[str, ...]) -> dict[str, Run]:
+    """run_key -> the parent's child run in one of `statuses` (the newest wins)."""
     runs = client.search_runs(
         [exp_id],
         filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'",
@@ -123,10 +119,11 @@ def run_experiment(
     check_inputs([p.config for p in experiment.points], client)  # before anything is written
     exp_id = store.experiment_id(client, experiment.name, tracking_uri)
     parent_id = find_parent(client, exp_id, experiment)
-    done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
+    finished = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
+    done = {key: run.info.run_id for key, run in finished.items()}
     # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
     # the run's last checkpoint instead of starting over.
-    interrupted = _children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
+    interrupted = children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
     if parent_id is None:
         parent_id = _create_parent(client, exp_id, experiment)
         say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
@@ -142,7 +139,7 @@ def run_experiment(
             say(f"  skip {point.name}: already FINISHED as run {done[point.key]}")
             folder = store.local_artifact_dir(client, done[point.key])
             final = str(folder / "final.png") if folder else None
-            sweep.results.append((point, RunResult(done[point.key], SKIPPED, 0.0, final_image=final)))
+            sweep.results.append((point, _skipped(finished[point.key], final)))
     runs = [interrupted.get(point.key) for point in todo]
     held = [set(checkpoint_steps(run.data.tags)) if run else set() for run in runs]
     steps = resume_steps([point.config for point in todo], held)
@@ -189,16 +186,21 @@ def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step
     return Task(point, spec)
 
 
+def _skipped(run: Run, final_image: str | None) -> RunResult:
+    """A point FINISHED by an earlier invocation, with its final losses and time as that run logged them."""
+    seconds = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+    losses = {k: v for k, v in run.data.metrics.items() if k.startswith("loss/")}
+    return RunResult(run.info.run_id, SKIPPED, seconds, losses, final_image=final_image)
+
+
 def summary(sweep: SweepResult) -> str:
-    """A plain table: run, status, final losses, time."""
+    """A plain table: run, status, final losses, time (a skipped run's: from its earlier invocation)."""
     header = f"{'run':<28} {'status':<9} {'J':>11} {'J_content':>11} {'J_style':>11} {'time':>8}"
     lines = [header, "-" * len(header)]
     for point, result in sweep.results:
-        if result.status == SKIPPED:
-            lines.append(f"{point.name:<28} {'skipped':<9}")
-            continue
         loss = result.losses
         keys = ("loss/total", "loss/content", "loss/style")
         cells = [f"{loss[k]:11.4g}" if k in loss else f"{'-':>11}" for k in keys]
-        lines.append(f"{point.name:<28} {result.status:<9} {' '.join(cells)} {result.seconds:7.1f}s")
+        status = "skipped" if result.status == SKIPPED else result.status
+        lines.append(f"{point.name:<28} {status:<9} {' '.join(cells)} {result.seconds:7.1f}s")
     return "\n".join(lines)
