@@ -114,8 +114,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     finals = [(p.name, r.final_image) for p, r in sweep.results if r.final_image]
     if finals:
         print("final images:")
+        width = max(len(name) for name, _ in finals)
         for name, image in finals:
-            print(f"  {name:<28} {image}")
+            print(f"  {name:<{width}}  {image}")
     for point, result in sweep.failed:
         print(f"FAILED {point.name}: {result.error}", file=sys.stderr)
     client = MlflowClient(uri)

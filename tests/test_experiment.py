@@ -110,6 +110,19 @@ def test_a_failing_point_does_not_stop_the_sweep(grid_file, store, monkeypatch, 
     assert sum(c.info.status == "FINISHED" for c in children) == 4
 
 
+def test_the_summary_keeps_its_columns_under_long_run_names() -> None:
+    from types import SimpleNamespace
+
+    from pipelines.execution.run import RunResult
+    from pipelines.execution.sweep import SweepResult, summary
+
+    names = ["lr=1 seed=0", "preserve_color=luminance style_loss=gram lr=0.5 seed=0"]
+    sweep = SweepResult("p", [(SimpleNamespace(name=n), RunResult("r", "FINISHED", 1.0, {"loss/total": 2.0}))
+                              for n in names])  # type: ignore[misc]
+    header, _, *rows = summary(sweep).splitlines()
+    assert {line.index("FINISHED") for line in rows} == {header.index("status")}
+
+
 def test_dry_run_prints_runs_and_touches_nothing(grid_file, unmade_store, capsys) -> None:
     store = unmade_store
     assert main(["experiment", str(grid_file), "--dry-run", "--set", "iterations=2", "--tracking-uri", store]) == 0

@@ -134,3 +134,11 @@ def test_a_sheets_caption_reads_time_ssim_and_style_distance() -> None:
     run = SimpleNamespace(info=SimpleNamespace(start_time=0, end_time=83_400), data=SimpleNamespace(metrics=metrics))
     view = SimpleNamespace(run=run)
     assert Cell("r", "c", view).caption() == "1:23 · SSIM 0.00 · style 1.30"  # type: ignore[arg-type]
+
+
+def test_a_sheets_labels_say_whose_value_they_are() -> None:
+    from pipelines.reports.sheet import _label
+
+    assert _label("content", "/photos/grace_hopper.jpg") == "grace_hopper"  # which image, not where it lies
+    assert _label("variant", "adam") == "adam"  # a recipe's name says itself
+    assert _label("optimizer.lr", "1.0") == "lr=1" and _label("preserve_color", "none") == "preserve_color=none"

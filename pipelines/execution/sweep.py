@@ -195,12 +195,13 @@ def _skipped(run: Run, final_image: str | None) -> RunResult:
 
 def summary(sweep: SweepResult) -> str:
     """A plain table: run, status, final losses, time (a skipped run's: from its earlier invocation)."""
-    header = f"{'run':<28} {'status':<9} {'J':>11} {'J_content':>11} {'J_style':>11} {'time':>8}"
+    width = max([28, *(len(point.name) for point, _ in sweep.results)])
+    header = f"{'run':<{width}} {'status':<9} {'J':>11} {'J_content':>11} {'J_style':>11} {'time':>8}"
     lines = [header, "-" * len(header)]
     for point, result in sweep.results:
         loss = result.losses
         keys = ("loss/total", "loss/content", "loss/style")
         cells = [f"{loss[k]:11.4g}" if k in loss else f"{'-':>11}" for k in keys]
         status = "skipped" if result.status == SKIPPED else result.status
-        lines.append(f"{point.name:<28} {status:<9} {' '.join(cells)} {result.seconds:7.1f}s")
+        lines.append(f"{point.name:<{width}} {status:<9} {' '.join(cells)} {result.seconds:7.1f}s")
     return "\n".join(lines)

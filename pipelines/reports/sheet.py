@@ -51,14 +51,17 @@ class Cell:
 
 
 def _label(key: str, value: str) -> str:
-    """A run's value as a label: an image path says which image, not where it lies; a number says
-    whose it is (`lr=0.1`, as the run's name does)."""
+    """A run's value as a label: an image path says which image, not where it lies; a variant's name
+    says itself; any other value says whose it is, as the run's name does (`lr=0.1`, `style_loss=w2`)."""
     if "/" in value:
         return Path(value).stem
-    try:
-        return f"{key.rsplit('.', 1)[-1]}={float(value):g}"
-    except ValueError:
+    if key == "variant":
         return value
+    try:
+        value = f"{float(value):g}"
+    except ValueError:
+        pass
+    return f"{key.rsplit('.', 1)[-1]}={value}"
 
 
 def layout(sweep: SweepView, rows: list[str] | None, cols: list[str] | None) -> tuple[list[str], list[str]]:
