@@ -140,7 +140,8 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
     lines = [
         f"# Report: {sweep.experiment}",
         "",
-        str(sweep.spec.get("description", "")).strip(),
+        str(sweep.spec.get("description", "")).strip()
+        or f"A sweep varying {', '.join(sweep.runs[0].varied)} (its experiment file has no `description:`).",
         "",
         f"Sweep (parent run) `{pid}`, {len(sweep.runs)} finished runs; built "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC from the MLflow store"
