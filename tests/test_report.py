@@ -79,3 +79,25 @@ def test_verdicts_on_hand_made_numbers(kind, measures, passed) -> None:
 def test_unknown_claim_is_rejected() -> None:
     with pytest.raises(ConfigError, match="claim: input should be 'barely_changes', 'good' or 'loses_content'"):
         verdicts.select({"claim": "pretty", "run": {}})
+
+
+def test_report_figures_keep_long_run_names_apart(tmp_path) -> None:
+    # 8 runs named by three keys each: their titles ran into each other in one row of thumbnails, their
+    # legend covered J's curves, and the slide's title listing them ran across the figure.
+    import torch
+    from PIL import Image
+
+    from pipelines.reports.figures import _wrap, finals_figure, loss_figure
+    from pipelines.reports.readback import RunView
+
+    names = [f"preserve_color={c} style_loss={s} lr={lr} seed=0" for c in ("none", "luminance")
+             for s in ("gram", "w2") for lr in (0.5, 2)]
+    final = torch.rand(1, 3, 32, 48)
+    runs = [RunView(run=None, name=n, varied={}, history={"loss/total": {0: 2.0, 1: 1.0}}, final=final)  # type: ignore[arg-type]
+            for n in names]
+    with Image.open(finals_figure(runs, tmp_path / "finals.png", dpi=50)) as image:
+        assert image.width / image.height < 3  # 4 a row, 2 rows (one row of 8 was 8.9 wide to 1 high)
+    with Image.open(loss_figure(runs, tmp_path / "losses.png", "t", dpi=50)) as image:
+        assert image.height > 3.8 * 50  # grown by the legend's rows below the plots
+    lines = _wrap(names[-1], 2.0, 9).splitlines()  # 2 inches at 9 pt: 24 characters
+    assert " ".join(lines) == names[-1] and len(lines) > 1 and max(map(len, lines)) <= 24

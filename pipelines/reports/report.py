@@ -126,7 +126,9 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
     sweep = load_sweep(client, experiment, parent_id)
     folder = out or Path("reports") / sweep.experiment
     folder.mkdir(parents=True, exist_ok=True)
-    title = f"{sweep.experiment}: " + ", ".join(r.name for r in sweep.runs)
+    names = ", ".join(r.name for r in sweep.runs)
+    # The rows carry the runs' names: a title listing many long ones ran across the whole figure.
+    title = f"{sweep.experiment}: {names}" if len(names) <= 100 else f"{sweep.experiment}: {len(sweep.runs)} runs"
     slide_figure(sweep.runs, folder / "slide.png", title, dpi)
     loss_figure(sweep.runs, folder / "losses.png", f"{sweep.experiment}: losses per iteration", dpi)
     finals_figure(sweep.runs, folder / "finals.png", dpi)
