@@ -101,3 +101,16 @@ def test_report_figures_keep_long_run_names_apart(tmp_path) -> None:
         assert image.height > 3.8 * 50  # grown by the legend's rows below the plots
     lines = _wrap(names[-1], 2.0, 9).splitlines()  # 2 inches at 9 pt: 24 characters
     assert " ".join(lines) == names[-1] and len(lines) > 1 and max(map(len, lines)) <= 24
+
+
+def test_a_blends_paintings_show_side_by_side() -> None:
+    import torch
+
+    from pipelines.reports.readback import STYLE_FILE, side_by_side
+
+    names = ["style_10.png", "content.png", "style_2.png", "style.png", "final.png"]
+    assert sorted(filter(STYLE_FILE.match, names), key=lambda n: (len(n), n)) == [
+        "style.png", "style_2.png", "style_10.png"]
+    first, second = torch.rand(1, 3, 40, 30), torch.rand(1, 3, 80, 100)
+    assert side_by_side([first]) is first
+    assert side_by_side([first, second]).shape == (1, 3, 40, 30 + 50)  # the second at the first's height

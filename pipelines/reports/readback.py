@@ -7,23 +7,28 @@ any store the runs were logged to, local or remote.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from nst.images import load_image
+from nst.scales import resize
 from pipelines.errors import UserError
 from pipelines.tracking import store
 from pipelines.tracking.run_log import SNAPSHOT_FILE
 from pipelines.tracking.tags import POINT_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
 
 LOSSES = ("loss/total", "loss/content", "loss/style")
+STYLE_FILE = re.compile(r"^style(_\d+)?\.png$")  # a run's painting, and a blend's others
 
 
 @dataclass
@@ -36,7 +41,7 @@ class RunView:
     history: dict[str, dict[int, float]]
     snapshots: dict[int, object] = field(default_factory=dict)  # step -> (1, 3, H, W) tensor
     content: object = None
-    style: object = None
+    style: object = None  # the painting (a blend's: its paintings side by side)
     final: object = None
 
     @property
@@ -136,9 +141,21 @@ def _view(client: MlflowClient, child: Run, varied_keys: list[str], folder: Path
         if match:
             view.snapshots[int(match.group(1))] = _download_image(client, rid, artifact.path, folder)
     view.content = _download_image(client, rid, "content.png", folder)
-    view.style = _download_image(client, rid, "style.png", folder)
+    # A blend's paintings: style.png, style_2.png, ... (pipelines.execution.inputs).
+    names = sorted((a.path for a in client.list_artifacts(rid) if STYLE_FILE.match(a.path)), key=lambda n: (len(n), n))
+    view.style = side_by_side([_download_image(client, rid, name, folder) for name in names])
     view.final = _download_image(client, rid, "final.png", folder)
     return view
+
+
+def side_by_side(images: list[Any]) -> Any:
+    """(1, 3, H, W) images in a row, each scaled to the first one's height (one image: itself)."""
+    if len(images) == 1:
+        return images[0]
+    height = images[0].shape[-2]
+    scaled = [image if image.shape[-2] == height else
+              resize(image, (height, max(1, round(image.shape[-1] * height / image.shape[-2])))) for image in images]
+    return torch.cat(scaled, dim=-1)
 
 
 def _sort_key(value: str) -> tuple[int, float, str]:
