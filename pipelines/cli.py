@@ -46,6 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from pipelines.execution.run import FINISHED, execute
+    from pipelines.tracking.run_log import STOP_TAG
     from pipelines.tracking.store import resolve_tracking_uri, ui_base
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -58,7 +59,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if key in result.losses:
             print(f"  {key} = {result.losses[key]:.4g}")
     print(f"final image: {result.final_image}")
-    experiment_id = MlflowClient(uri).get_run(result.run_id).info.experiment_id
+    run = MlflowClient(uri).get_run(result.run_id)
+    if STOP_TAG in run.data.tags:  # "ran all 300 steps", or where `stop` ended it and why
+        print(f"stopped: {run.data.tags[STOP_TAG]}")
+    experiment_id = run.info.experiment_id
     print(f"see the run: {ui_base(uri)}/#/experiments/{experiment_id}/runs/{result.run_id}{_start_ui(uri)}")
     return EXIT_OK
 

@@ -157,6 +157,7 @@ def test_the_progress_bar_redraws_ten_times_a_second_and_shows_the_last_step(tmp
     out = capsys.readouterr().out
     assert code == 0
     assert f"| {steps}/{steps} [" in out  # the last step is drawn
+    assert f"\nstopped: ran all {steps} steps\n" in out  # or where `stop` ended it and why
     draws = out.count(f"/{steps} [")  # each redraw writes the bar anew: "…| 51/150 [00:00<00:01, …"
     per_second = 10 if terminal else 0.1
     assert 2 <= draws <= 2 * per_second * seconds + 10, (draws, seconds)
