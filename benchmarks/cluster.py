@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from benchmarks.bench import require_finished
@@ -28,6 +28,7 @@ from pipelines.config.runs import run_config
 from pipelines.execution.executors import Executor, run_local
 from pipelines.execution.run import execute, quiet_lightning
 from pipelines.execution.sweep import run_experiment
+from pipelines.tracking.auth import ADMIN, APP, PASSWORD, USERNAME, AuthFolder, bootstrap
 from pipelines.tracking.server import (
     Postgres,
     mlflow_server_command,
@@ -48,16 +49,27 @@ def free_port() -> int:
 
 
 @contextmanager
-def tracking_server(db: str = "postgresql") -> Iterator[str]:
-    """`nst server`'s pieces on free loopback ports, in a temporary folder; yields its URL."""
+def tracking_server(db: str = "postgresql", sign_in: int | None = None) -> Iterator[str]:
+    """`nst server`'s pieces on free loopback ports, in a temporary folder; yields its URL. `sign_in`:
+    with MLflow's sign-in (nst's app), each credential trusted that many seconds once checked (0: checked
+    every request), and this process (and its children) signed in as its admin meanwhile."""
     folder = Path(tempfile.mkdtemp(prefix="nst-server-"))
     folder.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, who must be able to enter it
     postgres = Postgres(folder / "pg", free_port()) if db == "postgresql" else None
+    signed_in = ExitStack()
     try:
         backend = postgres.start() if postgres else f"sqlite:///{folder}/mlflow.db"
+        env: dict[str, str] = {}
+        if sign_in is not None:
+            auth = AuthFolder(folder / "auth")
+            auth.prepare(postgres.database("mlflow_auth") if postgres else f"sqlite:///{folder}/users.db", sign_in)
+            env = auth.server_env()
+            bootstrap(env)
+            signed_in.enter_context(environment({USERNAME: ADMIN, PASSWORD: auth.admin_password()}))
         port = free_port()
-        process = start_mlflow_server(mlflow_server_command(backend, folder / "artifacts", port=port),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = start_mlflow_server(
+            mlflow_server_command(backend, folder / "artifacts", port=port, app=APP if sign_in is not None else None),
+            env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_until_up(url, process)
@@ -65,9 +77,25 @@ def tracking_server(db: str = "postgresql") -> Iterator[str]:
         finally:
             stop_mlflow_server(process)
     finally:
+        signed_in.close()
         if postgres:
             postgres.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` set, as it was again on the way out."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextmanager

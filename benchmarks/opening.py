@@ -1,6 +1,7 @@
 """A batch into a tracking server: its runs opened one at a time against several at once (and the same
 into a SQLite file), the whole tracked batch written by one process against nst's choice of writers,
-and a sweep read back by `nst report` one run at a time against several at once (`make bench-batch`'s
+a sweep read back by `nst report` one run at a time against several at once, and that sweep written and
+read back signed in, each password checked every request against once a minute (`make bench-batch`'s
 "A batch into a tracking server"; alone: `python -m benchmarks.opening`).
 
 A run is opened with four requests or more (the run and its tags before its batch's fit starts; its
@@ -35,6 +36,7 @@ from pipelines.execution.run import RunSpec, execute_batch
 from pipelines.execution.sweep import run_experiment
 from pipelines.reports.readback import load_sweep
 from pipelines.tracking import store
+from pipelines.tracking.auth import AUTH_CACHE_SECONDS
 from pipelines.tracking.store import REMOTE_REQUESTS
 from pipelines.tracking.writers import auto_writer, writer_count
 
@@ -63,7 +65,13 @@ def opening(device: torch.device, smoke: bool, out: Path) -> None:
                 one, processes = (_whole_batch(server, specs, w) for w in ("process:1", "process"))
                 # nst's choice on a GPU is those processes: measured once
                 chosen = processes if choice == "process" else _whole_batch(server, specs, "auto")
-                sweep, read_one, read_many = _read_back(server, Path(tmp), smoke)
+                sweep, _, (read_one, read_many) = _sweep_through(server, Path(tmp) / "open", 2 if smoke else 3)
+            signed_in = []
+            for seconds in (0, AUTH_CACHE_SECONDS):  # MLflow's default, nst's
+                with tracking_server("sqlite", sign_in=seconds) as server:
+                    _, written, (read,) = _sweep_through(server, Path(tmp) / f"auth-{seconds}", 1 if smoke else 3,
+                                                         (REMOTE_REQUESTS,))
+                signed_in.append((written, read))
         except UserError as exc:  # no server on this machine (mlflow-skinny alone): the row says so
             section.add(f"| {label} | not measured: {exc} | — | — |")
             return
@@ -81,18 +89,34 @@ def opening(device: torch.device, smoke: bool, out: Path) -> None:
                       f"{REMOTE_REQUESTS} at a time (what nst does with a server):", "",
                       f"| sweep | one at a time | {REMOTE_REQUESTS} at a time | faster |", "|---|---|---|---|"]
     section.add(f"| {sweep} runs | {read_one:.2f} s | {read_many:.2f} s | {read_one / read_many:.1f}× |")
+    which = "A sweep of 1 run" if smoke else "That sweep"
+    section.lines += ["", f"{which} written into `nst server` with sign-in (SQLite behind it, its admin signed in) "
+                      "and read back", f"{REMOTE_REQUESTS} at a time, each request's password checked against its "
+                      "hash every time (MLflow's default) and once", f"every {AUTH_CACHE_SECONDS} s per credential "
+                      "and server worker (nst's: pipelines.tracking.auth.AUTH_CACHE_SECONDS):", "",
+                      "| password checked | sweep written | read back | faster: written | faster: read back |",
+                      "|---|---|---|---|---|"]
+    (every_write, every_read), (cached_write, cached_read) = signed_in
+    section.add(f"| every request | {every_write:.2f} s | {every_read:.2f} s | — | — |")
+    section.add(f"| once every {AUTH_CACHE_SECONDS} s | {cached_write:.2f} s | {cached_read:.2f} s "
+                f"| {every_write / cached_write:.1f}× | {every_read / cached_read:.1f}× |")
 
 
-def _read_back(server: str, folder: Path, smoke: bool) -> tuple[int, float, float]:
-    """(runs, wall one at a time, wall REMOTE_REQUESTS at a time) of load_sweep over a sweep run into `server`."""
-    experiment = load_experiment(grid_file(folder, 32, 2, 2 if smoke else 3))  # 8 or 27 points
+def _sweep_through(server: str, folder: Path, side: int, threads: tuple[int, ...] = (1, REMOTE_REQUESTS)
+                   ) -> tuple[int, float, list[float]]:
+    """A sweep of side³ short runs into `server`: (runs, wall of the sweep, walls of load_sweep `threads` at
+    a time)."""
+    folder.mkdir(parents=True)
+    experiment = load_experiment(grid_file(folder, 32, 2, side))
+    start = time.perf_counter()
     run_experiment(experiment, tracking_uri=server, progress=False, say=lambda _: None)
+    written = time.perf_counter() - start
     client, walls = MlflowClient(server), []
-    for threads in (1, REMOTE_REQUESTS):
+    for count in threads:
         start = time.perf_counter()
-        load_sweep(client, experiment.name, threads=threads)
+        load_sweep(client, experiment.name, threads=count)
         walls.append(time.perf_counter() - start)
-    return len(experiment.points), walls[0], walls[1]
+    return len(experiment.points), written, walls
 
 
 def _whole_batch(server: str, specs: list[RunSpec], writer: str) -> float:

@@ -143,6 +143,20 @@ def test_anonymous_and_wrong_passwords_get_401_on_the_api_and_the_ui(server, wri
         assert requests.get(server.url + path, auth=("nobody", writer[1]), timeout=10).status_code == 401
         assert requests.get(server.url + path, auth=writer, timeout=10).status_code == 200
         assert requests.get(server.url + path, auth=("admin", server.admin_password), timeout=10).status_code == 200
+        # The right password trusted for a minute (below) lets no other password in meanwhile.
+        assert requests.get(server.url + path, auth=(writer[0], "not-the-password"), timeout=10).status_code == 401
+
+
+def test_a_password_is_checked_once_a_minute_per_worker_not_every_request(server, monkeypatch) -> None:
+    # Its hash costs ~0.2 s a check here: every request paying it made a signed-in sweep 8x slower to
+    # write and 12x slower to read back (BENCHMARKS.md, "A batch into a tracking server"). MLflow's own
+    # cache does it, as the server's MLflow reads the configuration nst wrote.
+    from mlflow.server.auth.config import read_auth_config
+
+    from pipelines.tracking.auth import AUTH_CACHE_SECONDS
+
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(server.data / "auth" / "basic_auth.ini"))
+    assert read_auth_config().auth_cache_ttl_seconds == AUTH_CACHE_SECONDS == 60
 
 
 def test_admin_password_is_generated_kept_0600_and_printed_once_with_its_place(server) -> None:

@@ -68,6 +68,7 @@ def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     assert "\n| 1 | " in writers and "\n| 3 | " in writers  # the lr sweep's rows by one process, by three
     assert "## A batch into a tracking server" in text and "| tracking server (SQLite behind it) |" in text
     assert "| 4 runs |" in text and "| 8 runs |" in text  # the whole batch; a sweep read back
+    assert "| every request |" in text and "| once every 60 s |" in text  # signed in: a password checked
 
 
 def test_the_bare_loop_steps_in_nsts_own_memory_layout(monkeypatch) -> None:
