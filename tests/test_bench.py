@@ -169,3 +169,23 @@ def test_a_benchmark_never_times_a_run_that_did_not_finish(monkeypatch) -> None:
     monkeypatch.setattr(bench, "execute", lambda *args, **kwargs: failed)
     with pytest.raises(SystemExit, match="ended FAILED, not timed: Expected all tensors"):
         bench.tracked_run(32, 2, 1, torch.device("cpu"))
+
+
+def test_a_machine_without_a_sign_in_server_says_so_and_keeps_the_rest(tmp_path, monkeypatch) -> None:
+    # A GPU machine's MLflow may lack the server's extras: the signed-in table says why it is empty,
+    # and the server tables measured before it stay (a failure there once dropped them all).
+    from benchmarks import opening
+    from benchmarks.markdown import Section
+    from pipelines.errors import UserError
+
+    def no_server(*args: object, **kwargs: object) -> None:
+        raise UserError("the server's extras are not installed")
+
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n")
+    section = Section(out, ["## A batch into a tracking server", "", "| sweep | ... |", "| 8 runs | 1 s |"])
+    monkeypatch.setattr(opening, "tracking_server", no_server)
+    opening.signed_in(section, smoke=True)
+    text = out.read_text()
+    assert "| 8 runs | 1 s |" in text
+    assert "| every request | not measured: the server's extras are not installed |" in text
