@@ -228,8 +228,10 @@ def _cmd_server(args: argparse.Namespace) -> int:
 def _cmd_ui(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
+    from pipelines.tracking.server import check_port
     from pipelines.tracking.store import latest_sweep, mlflow_ui_command, resolve_tracking_uri, sweep_link
 
+    check_port("127.0.0.1", args.port, "nst ui", "--port (make ui PORT=5001)")
     uri = resolve_tracking_uri(args.tracking_uri)
     print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)")
     client = MlflowClient(uri)

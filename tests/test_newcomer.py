@@ -80,6 +80,23 @@ def test_output_cut_short_by_its_reader_ends_without_a_traceback(tmp_path) -> No
     assert process.wait(timeout=120) == 141 and err == "", err  # 128 + SIGPIPE, as a shell reports it
 
 
+@pytest.mark.parametrize("command", [["ui"], ["server", "--db", "sqlite"]], ids=["ui", "server"])
+def test_a_taken_port_is_one_line_before_anything_starts(tmp_path, monkeypatch, capsys, command) -> None:
+    # mlflow itself printed the address, then died on "address already in use" under its log lines,
+    # leaving the printed link to whatever held the port.
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        extra = ["--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db"] if command == ["ui"] else []
+        _one_line_exit_2(capsys, [*command, "--port", str(port), *extra], f"port {port} on 127.0.0.1 is taken",
+                         "pick another with --port")
+    assert not (tmp_path / "mlruns").exists()  # nothing made
+
+
 def test_every_shipped_experiment_names_its_images_relative_to_itself() -> None:
     for path in sorted((ROOT / "experiments").glob("*.yaml")):
         text = path.read_text()

@@ -13,6 +13,7 @@ import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,19 @@ from pipelines.errors import UserError
 from pipelines.tracking.auth import APP, AuthFolder, bootstrap, is_loopback
 
 PG_DATABASE, PG_USER = "mlflow", "nst"
+
+
+def check_port(host: str, port: int, what: str, flag: str) -> None:
+    """UserError when `port` on `host` is taken: the server would start, print its address, and then
+    die on "address already in use", leaving the address to whatever holds it (another UI, say)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As uvicorn binds: a port another server left in TIME_WAIT is free to it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"{what}: port {port} on {host} is taken ({exc.strerror}); stop what holds it, "
+                            f"or pick another with {flag}") from None
 
 
 def _pg_bin(name: str) -> str:
@@ -186,6 +200,7 @@ def _sign_in(options: Serving, postgres: Postgres | None) -> dict[str, str]:
 def serve(options: Serving) -> int:
     """`nst server`: PostgreSQL (or SQLite) and `mlflow server` in front of it, until Ctrl-C or kill."""
     signs_in = options.signs_in()
+    check_port(options.host, options.port, "nst server", "--port (make server ARGS=\"--port 5001\")")
     postgres = Postgres(options.pg_dir, options.pg_port) if options.db == "postgresql" else None
     options.data.mkdir(parents=True, exist_ok=True)
     backend = postgres.start() if postgres else f"sqlite:///{(options.data / 'mlflow.db').resolve()}"
