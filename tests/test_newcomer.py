@@ -80,10 +80,12 @@ def test_output_cut_short_by_its_reader_ends_without_a_traceback(tmp_path) -> No
     assert process.wait(timeout=120) == 141 and err == "", err  # 128 + SIGPIPE, as a shell reports it
 
 
-@pytest.mark.parametrize("command", [["ui"], ["server", "--db", "sqlite"]], ids=["ui", "server"])
-def test_a_taken_port_is_one_line_before_anything_starts(tmp_path, monkeypatch, capsys, command) -> None:
+@pytest.mark.parametrize(("command", "flag"), [(["ui"], "--port"), (["server", "--db", "sqlite"], "--port"),
+                                              (["server", "--port", "0"], "--pg-port")],
+                         ids=["ui", "server", "server's PostgreSQL"])
+def test_a_taken_port_is_one_line_before_anything_starts(tmp_path, monkeypatch, capsys, command, flag) -> None:
     # mlflow itself printed the address, then died on "address already in use" under its log lines,
-    # leaving the printed link to whatever held the port.
+    # leaving the printed link to whatever held the port; pg_ctl said "failed" and left why to its log.
     import socket
 
     monkeypatch.chdir(tmp_path)
@@ -92,9 +94,9 @@ def test_a_taken_port_is_one_line_before_anything_starts(tmp_path, monkeypatch, 
         holder.listen()
         port = holder.getsockname()[1]
         extra = ["--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db"] if command == ["ui"] else []
-        _one_line_exit_2(capsys, [*command, "--port", str(port), *extra], f"port {port} on 127.0.0.1 is taken",
-                         "pick another with --port")
-    assert not (tmp_path / "mlruns").exists()  # nothing made
+        _one_line_exit_2(capsys, [*command, flag, str(port), *extra], f"port {port} on 127.0.0.1 is taken",
+                         f"pick another with {flag}")
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / ".pg").exists()  # nothing made
 
 
 def test_every_shipped_experiment_names_its_images_relative_to_itself() -> None:

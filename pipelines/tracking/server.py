@@ -201,6 +201,9 @@ def serve(options: Serving) -> int:
     """`nst server`: PostgreSQL (or SQLite) and `mlflow server` in front of it, until Ctrl-C or kill."""
     signs_in = options.signs_in()
     check_port(options.host, options.port, "nst server", "--port (make server ARGS=\"--port 5001\")")
+    if options.db == "postgresql":  # pg_ctl would only say "failed", its log why
+        check_port("127.0.0.1", options.pg_port, "nst server's PostgreSQL",
+                   "--pg-port (make server ARGS=\"--pg-port 5434\")")
     postgres = Postgres(options.pg_dir, options.pg_port) if options.db == "postgresql" else None
     options.data.mkdir(parents=True, exist_ok=True)
     backend = postgres.start() if postgres else f"sqlite:///{(options.data / 'mlflow.db').resolve()}"
