@@ -49,11 +49,13 @@ def test_zip_and_grid_combine(tmp_path) -> None:
     assert len(load_experiment(_write(tmp_path, body)).points) == 4
 
 
-def test_overrides_apply_to_the_base_and_grid_wins(tmp_path) -> None:
+def test_overrides_apply_to_the_base_and_may_not_touch_what_the_grid_varies(tmp_path) -> None:
     path = _write(tmp_path, "name: t\n" + BASE + "grid:\n  optimizer.lr: [0.1, 1]\n")
-    experiment = load_experiment(path, {"iterations": 3, "optimizer.lr": 5.0})
+    experiment = load_experiment(path, {"iterations": 3, "optimizer.name": "sgd"})
     assert {p.config.iterations for p in experiment.points} == {3}
-    assert [p.config.optimizer.lr for p in experiment.points] == [0.1, 1.0]
+    assert [(p.config.optimizer.name, p.config.optimizer.lr) for p in experiment.points] == [("sgd", 0.1), ("sgd", 1.0)]
+    with pytest.raises(ConfigError, match=r"--set optimizer\.lr: the file.s grid varies it"):
+        load_experiment(path, {"optimizer.lr": 5.0})  # the grid would replace it at every point
 
 
 def test_relative_paths_resolve_against_the_file_then_cwd(tmp_path, monkeypatch) -> None:

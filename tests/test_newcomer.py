@@ -116,6 +116,20 @@ def test_a_sweep_checks_every_points_inputs_before_it_writes_anything(tmp_path, 
 
 
 # -- no silent wrong runs -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("setting", "needle"), [
+    ("optimizer.lr=0.5", "--set optimizer.lr: the file's grid varies it (0.1,1)"),
+    ("optimizer={lr: 0.5}", "--set optimizer.lr: the file's grid varies it"),  # the nested form too
+    ("seed=3", "--set seed: the file's seeds (0; [0] unless given) set it"),
+])
+def test_a_set_that_the_grid_would_replace_is_refused(tmp_path, store, capsys, setting, needle) -> None:
+    # It was silently ignored: `--set optimizer.lr=0.5` on lr_sweep.yaml ran its three learning rates.
+    path = _file(tmp_path, "grid:\n  optimizer.lr: [0.1, 1]\n")
+    _one_line_exit_2(capsys, ["experiment", str(path), "--set", setting, "--tracking-uri", store], needle,
+                     "so --set would change no run")
+    assert main(["experiment", str(path), "--set", "size=48", "--dry-run"]) == 0  # a key it does not vary
+    assert "48 px" in capsys.readouterr().out
+
+
 def test_seed_in_a_grid_is_a_grid_axis(tmp_path) -> None:
     experiment = load_experiment(_file(tmp_path, "grid: {optimizer.lr: [0.1, 1], seed: [1, 2]}\n"))
     assert sorted((p.config.optimizer.lr, p.config.seed) for p in experiment.points) == [

@@ -33,7 +33,7 @@ from pipelines.config.claims import Claim
 from pipelines.config.coerce import build
 from pipelines.config.experiment_file import MAX_RUNS, ExperimentFile
 from pipelines.config.paths import resolve_paths
-from pipelines.config.runs import ConfigError, RunConfig, Variations, merge, read_yaml
+from pipelines.config.runs import ConfigError, RunConfig, Variations, flatten, merge, read_yaml
 from pipelines.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -148,6 +148,7 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
     if not grid and not zipped and len(variants) < 2 and len(seeds) == 1:
         raise _fail(path, "grid: nothing varies; add a key with a list of values, e.g. optimizer.lr: [0.01, 0.1]")
 
+    _refuse_shadowed(path, overrides or {}, grid, zipped, variants, seeds)
     roots = (path.resolve().parent, Path.cwd())
     base_data = merge(resolve_paths(dict(file.base), roots), resolve_paths(dict(overrides or {}), (Path.cwd(),)))
     points = _expand(path, base_data, roots, variants, grid, zipped, seeds)
@@ -165,6 +166,25 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
         points=points,
         max_runs=file.max_runs,
     )
+
+
+def _refuse_shadowed(path: Path, overrides: Mapping[str, Any], grid: Mapping[str, list[Any]],
+                     zipped: Mapping[str, list[Any]], variants: Mapping[str, Mapping[str, Any]],
+                     seeds: list[int | None]) -> None:
+    """A --set of a key the file varies is replaced at every point: refused, not silently ignored
+    (`--set optimizer.lr=0.5` on lr_sweep.yaml ran its three learning rates)."""
+    varied = {key: f"the file's grid varies it ({_format(values)})" for key, values in grid.items()}
+    varied |= {key: f"the file's zip varies it ({_format(values)})" for key, values in zipped.items()}
+    for name, changes in variants.items():
+        for key in flatten(changes):
+            varied.setdefault(key, f"the file's variant {name} sets it")
+    if seeds != [None]:
+        varied.setdefault("seed", f"the file's seeds ({_format(seeds)}; [0] unless given) set it")
+    for key in flatten(overrides):
+        for axis, why in varied.items():
+            if key == axis or key.startswith(f"{axis}.") or axis.startswith(f"{key}."):
+                raise _fail(path, f"--set {key}: {why}, so --set would change no run; edit the file "
+                                  "(or run one point: nst run --set ...)")
 
 
 def _expand(path: Path, base: dict[str, Any], roots: tuple[Path, ...], variants: dict[str, dict[str, Any]],
