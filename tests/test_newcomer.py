@@ -130,6 +130,21 @@ def test_a_set_that_the_grid_would_replace_is_refused(tmp_path, store, capsys, s
     assert "48 px" in capsys.readouterr().out
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, store, capsys) -> None:
+    # PyYAML keeps the last silently: a grid with optimizer.lr twice (a copy left behind) ran the second only.
+    path = _file(tmp_path, "grid:\n  optimizer.lr: [0.1, 1]\n  optimizer.lr: [5, 6]\n")
+    _one_line_exit_2(capsys, ["experiment", str(path), "--dry-run"], "line 5:",
+                     "key 'optimizer.lr' given twice (lines 4 and 5); keep one")
+    run = tmp_path / "run.yaml"
+    run.write_text(f"content: {CONTENT}\nstyle: {STYLE}\nsize: 32\nsize: 64\n")
+    _one_line_exit_2(capsys, ["run", "--config", str(run), "--tracking-uri", store], "key 'size' given twice")
+    # YAML's merge key still merges keys that the mapping then overrides: not a key given twice.
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(f"name: m\nbase: &base {{content: {CONTENT}, style: {STYLE}, size: 32, iterations: 2}}\n"
+                      "variants:\n  a: {<<: *base, size: 40}\n  b: {size: 64}\n")
+    assert [p.config.size for p in load_experiment(merged).points] == [40, 64]
+
+
 def test_seed_in_a_grid_is_a_grid_axis(tmp_path) -> None:
     experiment = load_experiment(_file(tmp_path, "grid: {optimizer.lr: [0.1, 1], seed: [1, 2]}\n"))
     assert sorted((p.config.optimizer.lr, p.config.seed) for p in experiment.points) == [

@@ -90,12 +90,33 @@ class RunConfig(TransferConfig):
 
 
 # -- files and overrides ----------------------------------------------------------------------------
+class _NoDuplicateKeys(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping: PyYAML keeps the last one
+    silently, so a grid with `optimizer.lr:` twice (a copy left behind) ran the second list only."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges keys that the mapping may override
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = lines.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key {key!r} given twice (lines {first + 1} and {key_node.start_mark.line + 1}); "
+                            "keep one", problem_mark=key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> Any:
-    """Safe-load a YAML file; a syntax error names the file and line."""
+    """Safe-load a YAML file (a key given twice refused); a syntax error names the file and line."""
     if not path.is_file():
         raise UserError(f"{path}: no such config file; check the path")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_NoDuplicateKeys)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
