@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 from benchmarks.bench import require_finished
 from benchmarks.markdown import replace_section
@@ -65,7 +66,7 @@ def tracking_server(db: str = "postgresql", sign_in: int | None = None) -> Itera
             auth.prepare(postgres.database("mlflow_auth") if postgres else f"sqlite:///{folder}/users.db", sign_in)
             env = auth.server_env()
             bootstrap(env)
-            signed_in.enter_context(environment({USERNAME: ADMIN, PASSWORD: auth.admin_password()}))
+            signed_in.enter_context(patch.dict(os.environ, {USERNAME: ADMIN, PASSWORD: auth.admin_password()}))
         port = free_port()
         process = start_mlflow_server(
             mlflow_server_command(backend, folder / "artifacts", port=port, app=APP if sign_in is not None else None),
@@ -81,21 +82,6 @@ def tracking_server(db: str = "postgresql", sign_in: int | None = None) -> Itera
         if postgres:
             postgres.stop()
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """os.environ with `values` set, as it was again on the way out."""
-    before = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextmanager

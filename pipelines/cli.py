@@ -47,7 +47,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from pipelines.execution.run import FINISHED, execute
     from pipelines.tracking.run_log import STOP_TAG
-    from pipelines.tracking.store import resolve_tracking_uri, ui_base
+    from pipelines.tracking.store import resolve_tracking_uri
+    from pipelines.tracking.ui import ui_base
 
     uri = resolve_tracking_uri(args.tracking_uri)
     result = execute(config, tracking_uri=uri, experiment=args.experiment, progress=not args.quiet)
@@ -69,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _start_ui(uri: str) -> str:
     """How to open a link of a local store's UI (a tracking server serves its own)."""
-    from pipelines.tracking.store import ui_hint
+    from pipelines.tracking.ui import ui_hint
 
     hint = ui_hint(uri)
     return f"  (start the UI first: {hint})" if hint else ""
@@ -91,7 +92,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
     from pipelines.execution.batches import parse_batch, plan
     from pipelines.execution.sweep import run_experiment, summary
-    from pipelines.tracking.store import resolve_tracking_uri, sweep_link
+    from pipelines.tracking.store import resolve_tracking_uri
+    from pipelines.tracking.ui import sweep_link
 
     batch = parse_batch(args.batch)
     executor, batch_cap = _executor(args)
@@ -229,7 +231,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from pipelines.tracking.server import check_port
-    from pipelines.tracking.store import latest_sweep, mlflow_ui_command, resolve_tracking_uri, sweep_link
+    from pipelines.tracking.store import resolve_tracking_uri
+    from pipelines.tracking.ui import latest_sweep, mlflow_ui_command, sweep_link
 
     check_port("127.0.0.1", args.port, "nst ui", "--port (make ui PORT=5001)")
     uri = resolve_tracking_uri(args.tracking_uri)

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from pipelines.cli import main
 from pipelines.config.grid import load_experiment
-from pipelines.tracking.store import PROJECT_STORE, ui_hint
+from pipelines.tracking.ui import PROJECT_STORE, ui_hint
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "experiments" / "images"

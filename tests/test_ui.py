@@ -189,7 +189,7 @@ def test_screenshots_were_written() -> None:
 
 
 def test_make_ui_starts_nst_ui_bound_to_loopback() -> None:
-    from pipelines.tracking.store import mlflow_ui_command
+    from pipelines.tracking.ui import mlflow_ui_command
 
     command = mlflow_ui_command("sqlite:///x/mlflow.db", 5000)
     assert command[-4:] == ["--host", "127.0.0.1", "--port", "5000"]

@@ -119,8 +119,7 @@ def run_experiment(
     check_inputs([p.config for p in experiment.points], client)  # before anything is written
     exp_id = store.experiment_id(client, experiment.name, tracking_uri)
     parent_id = find_parent(client, exp_id, experiment)
-    finished = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
-    done = {key: run.info.run_id for key, run in finished.items()}
+    done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
     # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
     # the run's last checkpoint instead of starting over.
     interrupted = children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
@@ -136,10 +135,11 @@ def run_experiment(
     todo = [p for p in experiment.points if p.key not in done]
     for point in experiment.points:
         if point.key in done:
-            say(f"  skip {point.name}: already FINISHED as run {done[point.key]}")
-            folder = store.local_artifact_dir(client, done[point.key])
+            run = done[point.key]
+            say(f"  skip {point.name}: already FINISHED as run {run.info.run_id}")
+            folder = store.local_folder(run.info.artifact_uri)  # the run in hand: no request to ask for it again
             final = str(folder / "final.png") if folder else None
-            sweep.results.append((point, _skipped(finished[point.key], final)))
+            sweep.results.append((point, _skipped(run, final)))
     runs = [interrupted.get(point.key) for point in todo]
     held = [set(checkpoint_steps(run.data.tags)) if run else set() for run in runs]
     steps = resume_steps([point.config for point in todo], held)

@@ -1,4 +1,5 @@
-"""MLflow, part 1: the store (URI, checks, artifact root), experiments, params and tags.
+"""MLflow, part 1: the store (URI, checks, artifact root), experiments, params and tags (its UI's
+links and command: pipelines.tracking.ui).
 
 Part 2, `pipelines.tracking.run_log`, is what logs during a run (metrics, snapshots, status,
 checkpoints). Nothing else in the project talks to MLflow.
@@ -7,15 +8,11 @@ checkpoints). Nothing else in the project talks to MLflow.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import shlex
-import shutil
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlparse
+from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunInfo
@@ -183,11 +180,6 @@ def _experiment_artifacts(uri: str, name: str) -> str | None:
     return f"{root}/{name}" if root else None
 
 
-def local_artifact_dir(client: MlflowClient, run_id: str) -> Path | None:
-    """The run's artifact folder when it is on this machine's disk."""
-    return local_folder(client.get_run(run_id).info.artifact_uri)
-
-
 def local_folder(artifact_uri: str) -> Path | None:
     """The folder an artifact URI names when it is on this machine's disk."""
     parsed = urlparse(artifact_uri)
@@ -220,73 +212,3 @@ def _check_database(uri: str, dialect: str, driver: str) -> None:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise UserError(f"cannot open the store {uri} ({first}); start the database or fix the URI, "
                         f"or {USE_INSTEAD}") from None
-
-
-#: Where `make ui` (`nst ui`) serves a local store's UI.
-UI_PORT = 5000
-
-
-def ui_base(uri: str, port: int = UI_PORT) -> str:
-    """The UI's address for a store: a tracking server serves its own; a local store's is `nst ui`'s."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
-
-
-#: The checkout's own store, which `make ui` serves (None when nst is installed without its Makefile).
-_PROJECT = Path(__file__).resolve().parents[2]
-PROJECT_STORE = f"sqlite:///{_PROJECT / DEFAULT_STORE / 'mlflow.db'}" if (_PROJECT / "Makefile").is_file() else None
-
-
-def ui_hint(uri: str) -> str:
-    """How to start the UI a local store's links point at, as a command that serves *this* store:
-    `make ui` serves the checkout's mlruns/ (or MLFLOW_TRACKING_URI), so a run from another folder,
-    into that folder's mlruns/, is told `nst ui --tracking-uri ...` instead. "" for a tracking server,
-    which serves its own UI."""
-    if remote(uri):
-        return ""
-    if uri == PROJECT_STORE and os.environ.get("MLFLOW_TRACKING_URI", uri) == uri:
-        return "make ui"
-    nst = shutil.which("nst")
-    here = Path(sys.argv[0]).resolve()
-    if here.name != "nst":  # `python -m pipelines.cli`, or a test
-        program = f"{shlex.quote(sys.executable)} -m pipelines.cli"
-    else:  # the script as it was called, unless the same one is on PATH
-        program = "nst" if nst and Path(nst).resolve() == here else shlex.quote(str(here))
-    return f"{program} ui --tracking-uri {shlex.quote(uri)}"
-
-
-def sweep_link(client: MlflowClient, uri: str, experiment_id: str, parent_run_id: str, port: int = UI_PORT) -> str:
-    """The MLflow UI page of one sweep: its runs (the parent's children) listed, lowest final J first,
-    and compared in the chart view with the image grid.
-
-    - `workflowType=machine_learning`: MLflow 3 otherwise opens an experiment on its GenAI overview.
-    - Sorted by a metric, not by date: under date order with a filter the UI nests the children under
-      their (collapsed) parent, and the charts draw nothing.
-    - A shared view state (the UI's own "share" mechanism: the experiment tag
-      `mlflow.sharedViewState.<key>`) shows every run, not the UI's default first 10. The same filter
-      and order stand in the link itself too, for a UI that reads no shared state.
-    """
-    facets = {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-              "orderByKey": "metrics.`loss/total`", "orderByAsc": True}
-    state = {**facets, "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs",
-             "datasetsFilter": [], "runsHiddenMode": "SHOW_ALL"}
-    key = f"nst-{parent_run_id}"
-    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(state))
-    query = urlencode({"viewStateShareKey": key, "workflowType": "machine_learning", "compareRunsMode": "CHART",
-                       **{k: str(v).lower() if isinstance(v, bool) else v for k, v in facets.items()}},
-                      quote_via=quote)
-    return f"{ui_base(uri, port)}/#/experiments/{experiment_id}/runs?{query}"
-
-
-def latest_sweep(client: MlflowClient) -> tuple[str, str] | None:
-    """(experiment id, parent run id) of the sweep started last in the store, if any."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    parents = client.search_runs(experiments, filter_string="tags.`nst.sweep_key` != ''", max_results=1,
-                                 order_by=["attributes.start_time DESC"]) if experiments else []
-    return (parents[0].info.experiment_id, parents[0].info.run_id) if parents else None
-
-
-def mlflow_ui_command(uri: str, port: int = UI_PORT) -> list[str]:
-    """`mlflow ui` on the store, bound to loopback (nothing of a local store is served beyond this host)."""
-    # `python -m mlflow`, as for the server (server.mlflow_server_command): a pip --target install has no script.
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
-            str(port)]
