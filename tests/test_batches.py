@@ -18,7 +18,7 @@ from nst.config import OptimizerConfig
 from nst.module import StyleTransfer
 from nst.optim import SampleAdam, SampleSchedules, SampleSGD
 from pipelines.cli import main
-from pipelines.config.grid import load_experiment
+from pipelines.config.grid import Point, load_experiment
 from pipelines.config.runs import run_config
 from pipelines.errors import UserError
 from pipelines.execution.batches import batch_key, parse_batch, plan, resume_steps
@@ -200,6 +200,22 @@ def test_batches_for_ray_gpus_are_planned_for_a_gpu_whatever_the_driver_has() ->
     assert sizes(batch_cap({"num_cpus": 2})) == [4, 4, 2]  # CPU workers: 4 images of 128 px, as here
     assert [len(b) for b in plan([replace(p, device="cpu") for p in points], lambda c: c, lambda c: 0, "auto",
                                  batch_cap({"num_gpus": 1}))] == [4, 4, 2]
+
+
+def test_the_ray_driver_says_up_to_where_a_worker_may_split_the_batch() -> None:
+    """A GPU batch planned by --batch auto is sized again by its worker's GPU, which the driver cannot
+    see: its line says "up to". A fixed --batch N, or CPU workers (sized as planned), say the batch."""
+    from pipelines.execution.executors import Job, Task
+    from pipelines.execution.ray_executor import announcement
+    from pipelines.execution.run import RunSpec
+
+    tasks = [Task(Point(i, _config(), {}, f"p{i}", f"k{i}"), RunSpec(_config())) for i in range(3)]
+    auto, fixed = Job(tasks, "sqlite://", "x", auto=True), Job(tasks, "sqlite://", "x")
+    assert announcement(auto, tasks[0], {"num_gpus": 0.5}) == "start (a batch of up to 3) on Ray"
+    assert announcement(fixed, tasks[0], {"num_gpus": 0.5}) == "start (a batch of 3) on Ray"
+    assert announcement(auto, tasks[0], {"num_cpus": 2}) == "start (a batch of 3) on Ray"
+    alone = Job(tasks[:1], "sqlite://", "x", auto=True)
+    assert announcement(alone, tasks[0], {"num_gpus": 1}) == "start on Ray"
 
 
 def test_a_batch_planned_larger_than_fits_here_runs_as_batches_that_do(tmp_path, store, capsys) -> None:

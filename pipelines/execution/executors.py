@@ -89,9 +89,11 @@ class Job:
             placed += [(i, result) for (i, _), result in zip(group, smaller.run(pool, say), strict=True)]
         return placed
 
-    def verb(self, task: Task) -> str:
+    def verb(self, task: Task, up_to: bool = False) -> str:
+        """`start (a batch of 8)`; `up_to`: where it runs may split it (a Ray worker's GPU, which the driver
+        cannot see, sizes an auto batch: Job.run), so the driver says `a batch of up to 8`."""
         n = len(self.tasks)
-        return task.verb + (f" (a batch of {n})" if n > 1 else "")
+        return task.verb + (f" (a batch of {'up to ' if up_to else ''}{n})" if n > 1 else "")
 
 
 class Executor(Protocol):

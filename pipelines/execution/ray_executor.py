@@ -66,6 +66,12 @@ def batch_cap(resources: dict[str, Any]) -> Callable[[RunConfig], int]:
     return lambda config: GPU_MAX if gpus and config.device != "cpu" else auto_size(config, "cpu")
 
 
+def announcement(job: Job, task: Task, resources: dict[str, Any]) -> str:
+    """The driver's line for a point handed to Ray. A GPU batch planned by `--batch auto` (batch_cap) is
+    sized again by its worker's free GPU memory, which may split it: the driver says "up to"."""
+    return f"{job.verb(task, up_to=job.auto and bool(resources.get('num_gpus')))} on Ray"
+
+
 def worker_env() -> dict[str, str]:
     """What the driver's environment says for its workers, whatever the environment their `ray start`
     had: its sign-in (they log as the user who ran the sweep) and its choice of writers."""
@@ -115,7 +121,7 @@ def ray_executor(address: str | None = None, resources: dict[str, Any] | None = 
         for job in jobs:
             pending[remote.remote(job)] = job
             for task in job.tasks:
-                say(task.point, f"{job.verb(task)} on Ray")
+                say(task.point, announcement(job, task, resources or {}))
         client = MlflowClient(jobs[0].tracking_uri)
         try:
             while pending:
