@@ -24,7 +24,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # The config and its paths are checked before torch, Lightning and MLflow load (5-6 s here): bad input
     # gets its line at once.
     from pipelines.config import presets
-    from pipelines.config.paths import check_paths, outside, resolve_paths
+    from pipelines.config.paths import check_paths, input_files, outside, resolve_paths
     from pipelines.config.runs import merge, parse_set, read_yaml, run_config
 
     data: dict[str, Any] = {}
@@ -43,6 +43,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for note in outside(config, Path.cwd(), overrides):
         print(note, file=sys.stderr)
     check_paths([config])
+    if args.out is not None:
+        from pipelines.reports.export import check_out
+
+        args.out = check_out(args.out, (path for _, path in input_files(config)))
     from mlflow import MlflowClient
 
     from pipelines.execution.run import FINISHED, execute
@@ -60,7 +64,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if key in result.losses:
             print(f"  {key} = {result.losses[key]:.4g}")
     print(f"final image: {result.final_image}")
-    run = MlflowClient(uri).get_run(result.run_id)
+    client = MlflowClient(uri)
+    if args.out is not None:
+        from pipelines.reports.export import save_final
+
+        print(f"saved as: {save_final(client, result.run_id, args.out)}")
+    run = client.get_run(result.run_id)
     if STOP_TAG in run.data.tags:  # "ran all 300 steps", or where `stop` ended it and why
         print(f"stopped: {run.data.tags[STOP_TAG]}")
     experiment_id = run.info.experiment_id

@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name (default: nst)")
     run.add_argument("--preset", help="the recipe to start from: default (the measured one, the default) or seed "
                      "(the slides' formulation); any --set key overrides it")
+    run.add_argument("--out", type=Path, help="also save the final image to this file, in the format its name "
+                     "says (.png, .jpg, .webp, .tif); the run keeps its final.png in the store")
     _add_common(run)
 
     exp = sub.add_parser("experiment", help="run a YAML grid of runs under one parent run (resumes)")

@@ -6,14 +6,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from nst.precision import resolve_precision
 from pipelines.cli import main
 from tests.lane import DEVICE, process_writer
 
 STEPS = 30
+OUT = "stylized.jpg"  # the fixture's run saves its final image there too (--out), in a folder it creates
 METRICS = ["loss/total", "loss/content", "loss/style", "loss/tv", "lr"] + [
     f"loss/style/relu{i}_1" for i in range(1, 6)
 ]
@@ -27,7 +30,7 @@ def tracked_run(tmp_path_factory, request) -> tuple[MlflowClient, str, str]:
     code = main([
         "run", "--content", str(images / "grace_hopper.jpg"), "--style", str(images / "starry_night.jpg"),
         "--set", "size=64", "--set", f"iterations={STEPS}", "--set", "snapshots=[0, 10]",
-        "--set", "optimizer.lr=2.0", "--tracking-uri", uri, "--quiet",
+        "--set", "optimizer.lr=2.0", "--tracking-uri", uri, "--quiet", "--out", str(folder / "new" / OUT),
     ])
     assert code == 0
     client = MlflowClient(uri)
@@ -68,6 +71,37 @@ def test_artifacts_snapshots_and_final_image(tracked_run) -> None:
     images = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
     steps = sorted(int(Path(p).name.split("+")[2]) for p in images)
     assert steps == [0, 10, STEPS]  # configured snapshots plus the last step
+
+
+def test_out_saves_the_final_image_where_asked_in_the_format_its_name_says(tracked_run) -> None:
+    client, run_id, uri = tracked_run
+    out = Path(uri.removeprefix("sqlite:///")).parent / "new" / OUT
+    final = np.asarray(Image.open(client.download_artifacts(run_id, "final.png", str(out.parent.parent))), float)
+    with Image.open(out) as saved:
+        assert saved.format == "JPEG"
+        pixels = np.asarray(saved.convert("RGB"), float)
+    assert pixels.shape == final.shape
+    assert np.abs(pixels - final).mean() < 5  # JPEG at quality 95 (another image: tens)
+    assert [p.name for p in out.parent.iterdir()] == [OUT]  # its temporary file renamed, none left
+
+
+def test_a_bad_out_path_is_one_line_before_anything_runs(tmp_path, store, content_path, style_path,
+                                                          capsys) -> None:
+    (tmp_path / "folder").mkdir()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cases = {tmp_path / "x.foo": "no image format Pillow writes ends in '.foo'",
+             tmp_path / "noext": "no suffix names its format",
+             tmp_path / "folder": "is a folder; give a file name in it",
+             content_path: "is one of the run's input images",  # a typo must not overwrite the photo
+             blocker / "x.png": "cannot create its folder"}
+    for out, needle in cases.items():
+        code = main(["run", "--content", str(content_path), "--style", str(style_path), "--set", "size=32",
+                     "--tracking-uri", store, "--quiet", "--out", str(out)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and needle in lines[0], (out, lines)
+    experiment = MlflowClient(store).get_experiment_by_name("nst")
+    assert experiment is None or not MlflowClient(store).search_runs([experiment.experiment_id])
 
 
 @pytest.mark.heavy
