@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # the CLI imports torch, mlflow and ray only for the command 
     from pipelines.config.runs import RunConfig
     from pipelines.execution.executors import Executor
 
+_WHAT = {"content": "PHOTO", "style": "PAINTING"}  # what each image of `nst run` is, for its usage line
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     # The config and its paths are checked before torch, Lightning and MLflow load (5-6 s here): bad input
     # gets its line at once.
@@ -39,6 +42,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     data = merge(data, resolve_paths({**cli, **overrides}, (Path.cwd(),)))
     if args.preset:
         data["preset"] = args.preset
+    missing = [key for key in ("content", "style") if not data.get(key)]
+    if missing:
+        where = f" or {' and '.join(f'{k}:' for k in missing)} in {args.config}" if args.config else ""
+        raise UserError(f"nst run needs {' and '.join(f'--{k} {_WHAT[k]}' for k in missing)}{where}, e.g. "
+                        "nst run --content photo.jpg --style painting.jpg")
     config = run_config(data, source=str(args.config) if args.config else "command line", preset=presets.DEFAULT)
     for note in outside(config, Path.cwd(), overrides):
         print(note, file=sys.stderr)

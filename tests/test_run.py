@@ -129,6 +129,18 @@ def test_bad_images_exit_2_and_leave_the_store_empty(tmp_path, store, style_path
     assert experiment is None or not client.search_runs([experiment.experiment_id])
 
 
+def test_a_run_without_its_images_says_which_flags_to_give(tmp_path, store, content_path, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("size: 32\n")
+    cases = {(): "nst run needs --content PHOTO and --style PAINTING, e.g. nst run --content photo.jpg",
+             ("--content", str(content_path)): "nst run needs --style PAINTING, e.g.",
+             ("--config", str(config)): f"--content PHOTO and --style PAINTING or content: and style: in {config}"}
+    for args, needle in cases.items():
+        assert main(["run", *args, "--tracking-uri", store]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], lines
+
+
 def test_bad_config_value_exits_2(store, content_path, style_path, capsys) -> None:
     code = main(["run", "--content", str(content_path), "--style", str(style_path),
                  "--set", "optimizer.lr=-1", "--tracking-uri", store])
