@@ -172,7 +172,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from pipelines.reports.report import build_report
     from pipelines.tracking.store import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri, reading=True)
     path = build_report(MlflowClient(uri), args.experiment, args.out, args.parent, uri, args.dpi)
     print(f"report: {path}")
     return EXIT_OK
@@ -185,7 +185,8 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
     from pipelines.reports.sheet import cells, write_sheet
     from pipelines.tracking.store import resolve_tracking_uri
 
-    sweep = load_sweep(MlflowClient(resolve_tracking_uri(args.tracking_uri)), args.experiment, args.parent)
+    sweep = load_sweep(MlflowClient(resolve_tracking_uri(args.tracking_uri, reading=True)), args.experiment,
+                       args.parent)
     found = cells(sweep, args.rows.split(",") if args.rows else None, args.cols.split(",") if args.cols else None)
     path = write_sheet(found, args.out or Path("reports") / args.experiment, sweep.experiment, args.images, args.dpi)
     print(f"sheet: {path}")

@@ -47,11 +47,22 @@ def test_report_builds_from_a_real_sweep(tmp_path, store, capsys) -> None:
         [client.get_experiment_by_name("tiny_lr").experiment_id], "tags.`nst.sweep_key` LIKE '%'")[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/slide.png", "report/losses.png", "report/measurements.csv"} <= logged
+    # A name the store has no sweep of: the line names the store and the sweeps it holds.
+    assert main(["report", "tiny", "--tracking-uri", store]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"nst: error: no sweep 'tiny' in {store} (sweeps there: tiny_lr); run `nst experiment tiny.yaml` first, "
+        "or give the store it ran into with --tracking-uri")
 
 
-def test_report_of_an_unknown_experiment_is_a_clear_error(store, capsys) -> None:
-    assert main(["report", "nope", "--tracking-uri", store]) == 2
-    assert "experiment 'nope': not in this store" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["report", "sheet"])
+def test_report_of_an_unknown_experiment_or_store_is_a_clear_error(tmp_path, store, command, capsys) -> None:
+    assert main([command, "nope", "--tracking-uri", store]) == 2
+    assert f"no sweep 'nope' in {store} (no sweeps there)" in capsys.readouterr().err
+    # A store that is not there (a folder where nothing ran): said, and not made as an empty one.
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    assert main([command, "lr_sweep", "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert f"no MLflow store at {missing}: nothing has run into it" in capsys.readouterr().err
+    assert not missing.parent.exists()
 
 
 def _m(move: float = 5.0, style_ratio: float = 0.05, edges: float = 0.8) -> verdicts.Measures:

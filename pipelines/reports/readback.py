@@ -88,18 +88,28 @@ def find_parent(client: MlflowClient, experiment: str, parent_id: str | None) ->
         except Exception:  # noqa: BLE001 - MLflow raises its own types for "not found"
             raise UserError(f"run {parent_id}: not in this store; check --parent and --tracking-uri") from None
     exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise UserError(
-            f"experiment {experiment!r}: not in this store; run `nst experiment` first or check --tracking-uri"
-        )
-    runs = client.search_runs(
+    runs = [] if exp is None else client.search_runs(
         [exp.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{experiment}' and tags.`{SWEEP_KEY_TAG}` LIKE '%'",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     parents = list(runs)  # only parent runs carry the sweep key
     if not parents:
-        raise UserError(f"experiment {experiment!r}: no sweep found; run `nst experiment` first")
+        # Often a store other than the one meant (a sweep run from another folder writes into that folder's
+        # mlruns/): say which store this is and what it holds.
+        held = sweeps_in(client)
+        there = f"sweeps there: {', '.join(held)}" if held else "no sweeps there"
+        raise UserError(f"no sweep {experiment!r} in {client.tracking_uri} ({there}); run `nst experiment "
+                        f"{experiment}.yaml` first, or give the store it ran into with --tracking-uri")
     return parents[0]
+
+
+def sweeps_in(client: MlflowClient) -> list[str]:
+    """The names of the sweeps a store holds, sorted."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    parents = client.search_runs(ids, filter_string=f"tags.`{SWEEP_KEY_TAG}` LIKE '%'", max_results=10000)
+    return sorted({run.data.tags[SWEEP_TAG] for run in parents if SWEEP_TAG in run.data.tags})
 
 
 def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = None,

@@ -43,11 +43,16 @@ def requests_at_once(uri: str) -> int:
     return REMOTE_REQUESTS if remote(uri) else 1
 
 
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """`--tracking-uri`, else MLFLOW_TRACKING_URI, else SQLite in ./mlruns (created)."""
+def resolve_tracking_uri(uri: str | None = None, reading: bool = False) -> str:
+    """`--tracking-uri`, else MLFLOW_TRACKING_URI, else SQLite in ./mlruns (created). `reading`: for a
+    command that only reads runs (report, sheet), a SQLite file that is not there is an error naming it,
+    not a new empty store (in a folder where no sweep ran, say)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+    if reading and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: nothing has run into it; run "
+                        "from the folder the sweep ran in, or give its store with --tracking-uri")
     check_store(uri)
     return uri
 
