@@ -35,6 +35,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         loaded = read_yaml(args.config)
         if not isinstance(loaded, dict):
             raise UserError(f"{args.config}: expected a mapping of run keys, e.g. 'size: 256'")
+        if {"base", "grid"} & loaded.keys():
+            raise UserError(f"{args.config}: is an experiment file (base, grid), not one run's keys: run it with "
+                            f"`nst experiment {args.config}`")
         data = resolve_paths(loaded, (args.config.resolve().parent, Path.cwd()))
     style = (args.style[0] if len(args.style) == 1 else args.style) if args.style else None
     cli = {k: v for k, v in (("content", args.content), ("style", style)) if v}

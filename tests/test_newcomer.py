@@ -130,6 +130,16 @@ def test_a_set_that_the_grid_would_replace_is_refused(tmp_path, store, capsys, s
     assert "48 px" in capsys.readouterr().out
 
 
+def test_a_run_file_and_an_experiment_file_swapped_say_which_command_runs_each(tmp_path, store, capsys) -> None:
+    run_file = tmp_path / "one_run.yaml"
+    run_file.write_text(f"content: {CONTENT}\nstyle: {STYLE}\nsize: 32\n")
+    _one_line_exit_2(capsys, ["experiment", str(run_file), "--tracking-uri", store],
+                     "holds one run's keys, not an experiment", f"nst run --config {run_file}")
+    sweep = _file(tmp_path, "grid: {optimizer.lr: [0.1, 1.0]}\n")
+    _one_line_exit_2(capsys, ["run", "--config", str(sweep), "--tracking-uri", store],
+                     "is an experiment file (base, grid)", f"nst experiment {sweep}")
+
+
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, store, capsys) -> None:
     # PyYAML keeps the last silently: a grid with optimizer.lr twice (a copy left behind) ran the second only.
     path = _file(tmp_path, "grid:\n  optimizer.lr: [0.1, 1]\n  optimizer.lr: [5, 6]\n")

@@ -130,6 +130,9 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> E
     raw = read_yaml(path)
     if not isinstance(raw, Mapping):
         raise _fail(path, "expected a mapping with name, base and grid")
+    if not raw.keys() & ExperimentFile.model_fields.keys() and raw.keys() & {"content", "style"}:
+        raise _fail(path, f"holds one run's keys, not an experiment (name, base, grid): run it with `nst run "
+                    f"--config {path}`, or put its keys under base: beside a name: and a grid:")
     try:
         file: ExperimentFile = build(ExperimentFile, raw)
     except ConfigError as exc:
