@@ -145,3 +145,26 @@ def test_a_sheets_labels_say_whose_value_they_are() -> None:
     assert _label("content", "/photos/grace_hopper.jpg") == "grace_hopper"  # which image, not where it lies
     assert _label("variant", "adam") == "adam"  # a recipe's name says itself
     assert _label("optimizer.lr", "1.0") == "lr=1" and _label("preserve_color", "none") == "preserve_color=none"
+
+
+def test_a_sheets_rows_are_as_tall_as_their_images(tmp_path) -> None:
+    """A landscape photo's row is shorter than a portrait's: rows of one height left landscape rows in
+    white space (the gallery's cat and coffee)."""
+    from types import SimpleNamespace
+
+    import torch
+    from PIL import Image
+
+    from pipelines.reports.sheet import Cell, write_sheet
+
+    run = SimpleNamespace(info=SimpleNamespace(start_time=0, end_time=1000), data=SimpleNamespace(metrics={}))
+
+    def height(h: int, w: int) -> int:
+        found = [Cell(row, col, SimpleNamespace(run=run, final=torch.rand(1, 3, h, w)))  # type: ignore[arg-type]
+                 for row in ("a", "b") for col in ("x", "y")]
+        write_sheet(found, tmp_path / f"{h}x{w}", "t", dpi=50)
+        with Image.open(tmp_path / f"{h}x{w}" / "sheet.jpg") as sheet:
+            return sheet.size[1]
+
+    landscape, square, portrait = height(40, 60), height(60, 60), height(60, 40)
+    assert landscape < 0.8 * square and square < 0.8 * portrait

@@ -114,13 +114,30 @@ def _order(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))  # the sweep's order (the experiment file's)
 
 
+CELL_INCHES = 3.2  # a cell's width; its height follows its row's images
+LABEL_INCHES = 0.4  # a cell's caption and a column's title
+TITLE_INCHES = 0.5
+
+
+def _aspect(cell: Cell) -> float:
+    """Height over width of the cell's final image."""
+    height, width = cell.view.final.shape[-2:]  # type: ignore[attr-defined]
+    return height / width
+
+
 def write_sheet(found: list[Cell], out: Path, title: str, images: bool = False, dpi: int = 80) -> Path:
     """sheet.jpg and sheet.md in `out` (and the images, with `images`); returns sheet.md's path."""
     out.mkdir(parents=True, exist_ok=True)
     row_labels, col_labels = _order([c.row for c in found]), _order([c.col for c in found])
     grid = {(c.row, c.col): c for c in found}
+    # Each row as tall as its tallest image is at the cells' width: a landscape photo's row is shorter
+    # than a portrait's (rows of one height left landscape rows in white space twice their images' height).
+    tall = [max((_aspect(grid[(row, col)]) for col in col_labels if (row, col) in grid), default=1.0)
+            for row in row_labels]
     figure, axes = plt.subplots(len(row_labels), len(col_labels), squeeze=False,
-                                figsize=(3.2 * len(col_labels), 3.6 * len(row_labels)))
+                                figsize=(CELL_INCHES * len(col_labels),
+                                         sum(CELL_INCHES * t + LABEL_INCHES for t in tall) + TITLE_INCHES),
+                                gridspec_kw={"height_ratios": [CELL_INCHES * t + LABEL_INCHES for t in tall]})
     for i, row in enumerate(row_labels):
         for j, col in enumerate(col_labels):
             ax = axes[i][j]
