@@ -141,6 +141,17 @@ def test_a_run_without_its_images_says_which_flags_to_give(tmp_path, store, cont
         assert len(lines) == 1 and needle in lines[0], lines
 
 
+def test_an_image_url_says_to_download_it_first(tmp_path, store, content_path, capsys) -> None:
+    url = "https://upload.wikimedia.org/painting.jpg"  # as a path it became ./https:/upload…, "no such file"
+    assert main(["run", "--content", str(content_path), "--style", url, "--tracking-uri", store]) == 2
+    assert capsys.readouterr().err.strip() == (f"nst: error: style {url}: nst reads image files on this machine, "
+                                               "not URLs; download it first and give its path")
+    sweep = tmp_path / "urls.yaml"
+    sweep.write_text(f"name: urls\nbase: {{content: {content_path}, style: {url}}}\ngrid: {{seed: [0, 1]}}\n")
+    assert main(["experiment", str(sweep), "--tracking-uri", store]) == 2
+    assert f"style {url}: nst reads image files on this machine" in capsys.readouterr().err
+
+
 def test_bad_config_value_exits_2(store, content_path, style_path, capsys) -> None:
     code = main(["run", "--content", str(content_path), "--style", str(style_path),
                  "--set", "optimizer.lr=-1", "--tracking-uri", store])

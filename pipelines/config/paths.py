@@ -4,6 +4,7 @@ listed, checked before torch loads, and noted when they lie outside the project.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +36,15 @@ def resolve_paths(data: dict[str, Any], roots: tuple[Path, ...]) -> dict[str, An
     return out
 
 
+#: A URL (https://…, s3://…): kept as given, so that check_paths can say what to do with it (as a path it
+#: became `./https:/host/x.jpg`, "no such file").
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 @functools.lru_cache(maxsize=4096)  # a grid resolves the same few files for every point
 def _resolve(value: str, roots: tuple[Path, ...]) -> str:
+    if URL.match(value):
+        return value
     path = Path(value).expanduser()
     if not path.is_absolute():
         found = [root / path for root in roots if (root / path).exists()]
@@ -56,9 +64,12 @@ def check_paths(configs: Iterable[RunConfig]) -> None:
     later, pipelines.execution.inputs)."""
     seen: set[str] = set()
     for config in configs:
-        for _, path in input_files(config):
+        for key, path in input_files(config):
             if path not in seen and not path.startswith("run:"):  # another run's image: the store has it
                 seen.add(path)
+                if URL.match(path):
+                    raise UserError(f"{key} {path}: nst reads image files on this machine, not URLs; download it "
+                                    "first and give its path")
                 try:
                     check_file(Path(path))
                 except ImageError as exc:
