@@ -16,6 +16,7 @@ When no probe keeps the content, the smallest lr is recommended with that warnin
 from __future__ import annotations
 
 import math
+import shlex
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +119,19 @@ def find_lr(base: dict[str, Any], lrs: list[float], *, tracking_uri: str, name: 
     best, why = recommend(probes)
     client.set_tag(sweep.parent_run_id, "nst.lr_find.recommended", f"{best.lr:g}")
     return probes, best, why, sweep.parent_run_id
+
+
+def run_command(content: str, styles: list[str], overrides: dict[str, Any], lr: float) -> str:
+    """The `nst run` that uses the recommended lr on the formulation the probes ran: the seed's Adam
+    unless --set named another preset. (`--set optimizer.lr=…` alone would give it to the default recipe's
+    L-BFGS, whose probes diverge from lr 2.2 up.)"""
+    keys = {k: v for k, v in overrides.items() if k not in ("preset", "optimizer.lr")}
+    words = ["nst", "run", "--content", content, *(w for s in styles for w in ("--style", s)),
+             "--preset", str(overrides.get("preset", "seed"))]
+    for key, value in {**keys, "optimizer.lr": f"{lr:g}"}.items():
+        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+        words += ["--set", f"{key}={text.removesuffix(chr(10) + '...')}"]
+    return shlex.join(words)
 
 
 def ascii_plot(probes: list[Probe], best: Probe, width: int = 40, mark: str = "recommended",
