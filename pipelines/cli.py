@@ -207,6 +207,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     from pipelines.config.runs import merge, parse_set
     from pipelines.lr_find import ascii_plot, find_lr, log_range, plot, run_command
     from pipelines.tracking.store import resolve_tracking_uri
+    from pipelines.tracking.ui import nst_program
 
     style = args.style[0] if len(args.style) == 1 else args.style
     # find_lr probes Adam's lr on the seed's formulation; --set preset=default probes on the default's
@@ -224,7 +225,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     figure = plot(probes, best, args.out / "lr_find.png")
     MlflowClient(uri).log_artifact(parent, str(figure))
     print(f"recommended lr: {best.lr:g} ({why})")
-    print(f"use it: {run_command(args.content, args.style, overrides, best.lr)}")
+    print(f"use it: {nst_program()} {run_command(args.content, args.style, overrides, best.lr)}")
     print(f"plot: {figure}; probes: parent run {parent} in experiment {args.experiment}")
     return EXIT_OK
 

@@ -122,11 +122,11 @@ def find_lr(base: dict[str, Any], lrs: list[float], *, tracking_uri: str, name: 
 
 
 def run_command(content: str, styles: list[str], overrides: dict[str, Any], lr: float) -> str:
-    """The `nst run` that uses the recommended lr on the formulation the probes ran: the seed's Adam
+    """The arguments of the `nst run` that uses the recommended lr on the formulation the probes ran: the seed's Adam
     unless --set named another preset. (`--set optimizer.lr=…` alone would give it to the default recipe's
     L-BFGS, whose probes diverge from lr 2.2 up.)"""
     keys = {k: v for k, v in overrides.items() if k not in ("preset", "optimizer.lr")}
-    words = ["nst", "run", "--content", content, *(w for s in styles for w in ("--style", s)),
+    words = ["run", "--content", content, *(w for s in styles for w in ("--style", s)),
              "--preset", str(overrides.get("preset", "seed"))]
     for key, value in {**keys, "optimizer.lr": f"{lr:g}"}.items():
         text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()

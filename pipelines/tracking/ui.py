@@ -38,13 +38,17 @@ def ui_hint(uri: str) -> str:
         return ""
     if uri == PROJECT_STORE and os.environ.get("MLFLOW_TRACKING_URI", uri) == uri:
         return "make ui"
+    return f"{nst_program()} ui --tracking-uri {shlex.quote(uri)}"
+
+
+def nst_program() -> str:
+    """How to call nst again, for a command line nst prints: `nst` when that is the script on PATH,
+    else the script as it was called (`.venv/bin/nst`), or `python -m pipelines.cli` as it was run."""
     nst = shutil.which("nst")
     here = Path(sys.argv[0]).resolve()
     if here.name != "nst":  # `python -m pipelines.cli`, or a test
-        program = f"{shlex.quote(sys.executable)} -m pipelines.cli"
-    else:  # the script as it was called, unless the same one is on PATH
-        program = "nst" if nst and Path(nst).resolve() == here else shlex.quote(str(here))
-    return f"{program} ui --tracking-uri {shlex.quote(uri)}"
+        return f"{shlex.quote(sys.executable)} -m pipelines.cli"
+    return "nst" if nst and Path(nst).resolve() == here else shlex.quote(str(here))
 
 
 def sweep_link(client: MlflowClient, uri: str, experiment_id: str, parent_run_id: str, port: int = UI_PORT) -> str:
