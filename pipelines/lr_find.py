@@ -15,6 +15,7 @@ When no probe keeps the content, the smallest lr is recommended with that warnin
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import tempfile
@@ -129,8 +130,8 @@ def run_command(content: str, styles: list[str], overrides: dict[str, Any], lr: 
     words = ["run", "--content", content, *(w for s in styles for w in ("--style", s)),
              "--preset", str(overrides.get("preset", "seed"))]
     for key, value in {**keys, "optimizer.lr": f"{lr:g}"}.items():
-        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
-        words += ["--set", f"{key}={text.removesuffix(chr(10) + '...')}"]
+        # --set reads YAML, and JSON is YAML: lists, numbers and booleans come back as given.
+        words += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     return shlex.join(words)
 
 
