@@ -52,6 +52,14 @@ def test_report_builds_from_a_real_sweep(tmp_path, store, capsys) -> None:
     assert capsys.readouterr().err.strip() == (
         f"nst: error: no sweep 'tiny' in {store} (sweeps there: tiny_lr); run `nst experiment tiny.yaml` first, "
         "or give the store it ran into with --tracking-uri")
+    # nst run's experiment holds runs but no sweep: said so.
+    assert main(["run", "--content", str(IMAGES / "grace_hopper.jpg"), "--style", str(IMAGES / "the_scream.jpg"),
+                 "--set", "size=32", "--set", "iterations=1", "--tracking-uri", store, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["sheet", "nst", "--tracking-uri", store]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"nst: error: experiment 'nst' in {store} holds single runs (nst run); nst report and nst sheet read "
+        "sweeps (sweeps there: tiny_lr); open single runs in the MLflow UI")
 
 
 @pytest.mark.parametrize("command", ["report", "sheet"])

@@ -98,6 +98,10 @@ def find_parent(client: MlflowClient, experiment: str, parent_id: str | None) ->
         # mlruns/): say which store this is and what it holds.
         held = sweeps_in(client)
         there = f"sweeps there: {', '.join(held)}" if held else "no sweeps there"
+        if exp is not None and client.search_runs([exp.experiment_id], max_results=1):
+            # `nst run`'s experiment (nst, or --experiment): runs, but no sweep to report on.
+            raise UserError(f"experiment {experiment!r} in {client.tracking_uri} holds single runs (nst run); "
+                            f"nst report and nst sheet read sweeps ({there}); open single runs in the MLflow UI")
         raise UserError(f"no sweep {experiment!r} in {client.tracking_uri} ({there}); run `nst experiment "
                         f"{experiment}.yaml` first, or give the store it ran into with --tracking-uri")
     return parents[0]
