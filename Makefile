@@ -13,7 +13,7 @@ PHASES  ?=
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install install-dev browser postgres server recipes gallery test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-profile bench-startup schema bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
+.PHONY: help install install-dev browser postgres server recipes gallery test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-profile bench-host bench-startup schema bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -79,6 +79,7 @@ bench: install  ## overhead, roofline, precision, memory, peer, levers, batches 
 	$(PY) -m benchmarks.peer --device $(DEVICE)
 	$(PY) -m benchmarks.levers --device $(DEVICE)
 	$(PY) -m benchmarks.batch --device $(DEVICE)
+	$(PY) -m benchmarks.host --device $(DEVICE)
 	$(PY) -m benchmarks.step_profile --device $(DEVICE)
 	$(PY) -m benchmarks.expand --device $(DEVICE)
 
@@ -93,6 +94,9 @@ bench-batch: install  ## only batches: per-image step time at B = 1..64, tracked
 
 bench-profile: install  ## where a batched step's time goes, operator by operator (torch.profiler) -> BENCHMARKS.md
 	$(PY) -m benchmarks.step_profile --device $(DEVICE)
+
+bench-host: install  ## a step's host work apart from its losses: bare, tracked, tracked with checkpoints (B = 3, 64) -> BENCHMARKS.md
+	$(PY) -m benchmarks.host --device $(DEVICE)
 
 bench-startup: install  ## what a tracked fit pays once, apart from its steps (first and second fit in a process) -> BENCHMARKS.md
 	$(PY) -m benchmarks.startup --device $(DEVICE)

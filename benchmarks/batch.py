@@ -19,7 +19,6 @@ sizes; `--graphs`, `--writers`: only that section.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 from contextlib import nullcontext
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.cluster import tracking_server
-from benchmarks.device import add_device_argument, pick
+from benchmarks.device import bench_parser, pick
 from benchmarks.graphs import graphs
 from benchmarks.loops import ROOT, batch_loop, grid_file, point_configs, run_config_for, sweep, tracked_batch
 from benchmarks.markdown import Section
@@ -43,11 +42,9 @@ HEADING = "## Batches"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench-batch", description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="toy sizes, seconds; checks the code, not the speed")
+    parser = bench_parser("bench-batch", __doc__)
     parser.add_argument("--graphs", action="store_true", help="only the CUDA graphs section (about 90 s on an H100)")
     parser.add_argument("--writers", action="store_true", help="only the Writers section (thread against process)")
-    add_device_argument(parser)
     args = parser.parse_args(argv)
     device = pick(parser, args)
     quiet_lightning()

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from benchmarks.device import add_device_argument, describe, memory_kind, peak_memory_gib, pick, reset_peak, sync
+from benchmarks.device import bench_parser, describe, memory_kind, peak_memory_gib, pick, reset_peak, sync
 from benchmarks.markdown import keep_others
 from benchmarks.stores import new_store
 from nst.config import Precision, TransferConfig
@@ -228,9 +228,7 @@ def machine(device: torch.device = CPU) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="toy sizes, seconds; checks the code, not the speed")
-    add_device_argument(parser)
+    parser = bench_parser("bench", __doc__)
     parser.add_argument("--rss", type=int, help=argparse.SUPPRESS)  # child process of the memory table
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=2, help=argparse.SUPPRESS)

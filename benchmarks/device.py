@@ -20,6 +20,15 @@ from pipelines.execution.inputs import resolve_device
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def bench_parser(prog: str, doc: str | None, smoke: str = "toy sizes, seconds; checks the code, not the speed"
+                 ) -> argparse.ArgumentParser:
+    """A benchmark's arguments: --smoke, --device and --out (a script adds its own)."""
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help=smoke)
+    add_device_argument(parser)
+    return parser
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where to run (default auto: CUDA when visible)")

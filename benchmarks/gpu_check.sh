@@ -23,6 +23,9 @@
 #          copy bandwidth and matmul peak), and each case under 7 switches (TF32, cuDNN autotuning,
 #          layouts, fp32 against bf16, the Gram from fp32 copies; not yet timed on a GPU: about a
 #          minute expected).
+#   host   benchmarks.host: a step's host work apart from its losses (the losses replaced by one cheap
+#          operation), bare, tracked, and tracked with checkpoints, at B = 3 and 64 (about 3 min on the
+#          2-core CPU; not yet timed on a GPU).
 #   startup benchmarks.startup: what a tracked fit of the lr sweep's shape pays once, apart from its
 #          steps, first and second fit in a process, and how soon a writer process is ready; then
 #          the first fit of a fresh process under cProfile (startup_profile.log names where it goes).
@@ -111,6 +114,9 @@ for p in "${phases[@]}"; do
     writers)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase writers 240 "$PYTHON" -m benchmarks.batch --writers --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
+    host)
+      [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
+      phase host 150 "$PYTHON" -m benchmarks.host --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     profile)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase profile 150 "$PYTHON" -m benchmarks.step_profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
@@ -122,7 +128,7 @@ for p in "${phases[@]}"; do
       # Written in $OUT as it goes (a check cut off keeps every table it finished); copy it back to commit it.
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase "$p" 240 "$PYTHON" -m "benchmarks.$p" --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
-    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch, graphs, writers, startup, profile, ray)" >&2; exit 2 ;;
+    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch, graphs, writers, startup, host, profile, ray)" >&2; exit 2 ;;
   esac
 done
 cat "$summary"

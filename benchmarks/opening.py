@@ -12,7 +12,6 @@ A tracking server answers them in parallel, a SQLite file one writer at a time
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -24,7 +23,7 @@ import torch
 from mlflow import MlflowClient
 
 from benchmarks.cluster import tracking_server
-from benchmarks.device import add_device_argument, pick
+from benchmarks.device import bench_parser, pick
 from benchmarks.loops import grid_file, point_configs, require_all, run_specs
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
@@ -159,9 +158,7 @@ def _open(uri: str, specs: list[RunSpec], inputs: Inputs, device: torch.device, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench-opening", description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="4 runs: checks the code, not the speed")
-    add_device_argument(parser)
+    parser = bench_parser("bench-opening", __doc__, smoke="4 runs: checks the code, not the speed")
     args = parser.parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     opening(pick(parser, args), args.smoke, args.out)

@@ -15,7 +15,6 @@ Writes "A tracked fit's one-off time" in BENCHMARKS.md (BENCHMARKS-cuda.md on a 
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import pstats
 import statistics
@@ -26,7 +25,7 @@ import time
 
 import torch
 
-from benchmarks.device import add_device_argument, pick
+from benchmarks.device import bench_parser, pick
 from benchmarks.loops import point_configs, tracked_fit
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
@@ -70,11 +69,9 @@ def writer_ready() -> tuple[float, float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench-startup", description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="toy sizes, seconds; checks the code, not the speed")
+    parser = bench_parser("bench-startup", __doc__)
     parser.add_argument("--profile", action="store_true",
                         help="profile this process's first fit (cProfile) and print its top functions")
-    add_device_argument(parser)
     args = parser.parse_args(argv)
     device = pick(parser, args)
     quiet_lightning()

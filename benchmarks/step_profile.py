@@ -18,7 +18,6 @@ BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`).
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -28,7 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.bench import matmul_peak, matmul_size
-from benchmarks.device import add_device_argument, pick, sync
+from benchmarks.device import bench_parser, pick, sync
 from benchmarks.floor import copy_bandwidth, step_floor
 from benchmarks.loops import bare_step, point_configs
 from benchmarks.markdown import Section
@@ -113,9 +112,7 @@ def _peak(device: torch.device, smoke: bool) -> tuple[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="step-profile", description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a toy size: checks the code, not the numbers")
-    add_device_argument(parser)
+    parser = bench_parser("step-profile", __doc__, smoke="a toy size: checks the code, not the numbers")
     args = parser.parse_args(argv)
     device = pick(parser, args)
     gpu = device.type == "cuda"

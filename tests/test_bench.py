@@ -97,6 +97,21 @@ def test_startup_smoke_writes_its_section(tmp_path) -> None:
     assert "| first in the process | 2 |" in text and "| second | 6 |" in text and "Paid once in a fit:" in text
 
 
+def test_host_smoke_writes_its_section_with_the_runs_own_metrics(tmp_path) -> None:
+    from benchmarks import loops
+    from benchmarks.host import _cheap_losses
+    from benchmarks.host import main as host
+
+    out = tmp_path / "BENCHMARKS.md"
+    assert host(["--smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## A step's host work" in text and "| 3 images |" in text and "| 8 images |" in text
+    # The cheap losses stand in for the real ones name for name: the tracked runs log what real runs log.
+    module = loops.batch_module(loops.point_configs(2), 32, torch.device(DEVICE))
+    cheap, real = _cheap_losses(module), module.losses()
+    assert cheap.keys() == real.keys() and all(v.shape == (2,) for v in cheap.values())
+
+
 def test_step_profile_smoke_writes_its_section(tmp_path) -> None:
     from benchmarks.step_profile import main as step_profile
 
@@ -147,7 +162,7 @@ def test_a_batched_step_launches_no_more_kernels_than_it_did() -> None:
 
 
 @pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers", "benchmarks.batch",
-                                    "benchmarks.step_profile", "benchmarks.startup"])
+                                    "benchmarks.step_profile", "benchmarks.startup", "benchmarks.host"])
 def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(script: str, capsys) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")

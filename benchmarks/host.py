@@ -1,0 +1,103 @@
+"""`python -m benchmarks.host`: what a step costs apart from its losses: the host's work a step.
+
+On a GPU a small step is launch-bound: its time is the host's, Python launching kernels one by one.
+Replayed from a CUDA graph, the lr sweep's losses and gradient cost 2.0 ms a step on an H100
+(BENCHMARKS-cuda.md), so the lr sweep's 2000 steps fit in its 5 s target only if what the rest of a
+tracked step asks of the host (Lightning's loop, the per-image update, the clamp, the stop masks, the
+metrics handed to the writers, the checkpoints) stays under about 0.5 ms. This times exactly that:
+the module's losses replaced by one cheap operation on the image (the same metric names, so every
+run logs what it logs), then
+- the bare loop (no Lightning, no MLflow: benchmarks.loops.bare_step), s/step;
+- the tracked batch without checkpoints, marginal s/step (runs of N and 3N steps, differenced);
+- the tracked batch with a checkpoint every 100 steps (the default): where steps are this fast the
+  loop waits for its writers (each round of checkpoints waits for the rounds before it), so this
+  is the pace the writers keep with every metric of every step and the checkpoints.
+At B = 3 (the lr sweep's batch) and B = 64 (the 64-point grid's), 32 px. Writes "A step's host work"
+in BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--device`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from unittest import mock
+
+import torch
+from torch import Tensor
+
+from benchmarks.device import bench_parser, pick
+from benchmarks.loops import batch_loop, point_configs, require_all, run_config_for
+from benchmarks.markdown import Section
+from benchmarks.stores import new_store
+from nst.module import StyleTransfer
+from pipelines.execution.run import RunSpec, execute_batch, quiet_lightning
+
+HEADING = "## A step's host work"
+SIZE = 32
+
+
+def _cheap_losses(module: StyleTransfer) -> dict[str, Tensor]:
+    """The losses' metric names, each one value per image from one cheap operation on the image."""
+    per_image = (module.image.float() * 1e-3).mean(dim=(1, 2, 3))
+    names = ["loss/total", "loss/content", "loss/style", "loss/tv", *(f"loss/style/{n}" for n in module.style_layers)]
+    return dict.fromkeys(names, per_image)
+
+
+@contextmanager
+def cheap_losses() -> Iterator[None]:
+    with mock.patch.object(StyleTransfer, "losses", _cheap_losses):
+        yield
+
+
+def tracked_fit_seconds(b: int, steps: int, device: torch.device, checkpoint_every: int) -> float:
+    """The fit's seconds of one tracked batch of `b` runs into a fresh SQLite store; every run FINISHED,
+    or the bench stops with the error."""
+    base = replace(run_config_for(SIZE, steps, device), checkpoint_every=checkpoint_every, snapshots=[0])
+    specs = [RunSpec(replace(base, alpha=c.alpha, beta=c.beta, optimizer=c.optimizer)) for c in point_configs(b)]
+    with tempfile.TemporaryDirectory() as tmp:
+        results = execute_batch(specs, tracking_uri=new_store(tmp), experiment="host", progress=False)
+    require_all(results, f"the tracked batch of {b} at {SIZE} px")
+    return results[0].seconds
+
+
+def marginal(b: int, steps: int, device: torch.device, checkpoint_every: int) -> float:
+    """s/step of a tracked batch: runs of `steps` and 3 × `steps`, differenced."""
+    short, long = (tracked_fit_seconds(b, n, device, checkpoint_every) for n in (steps, 3 * steps))
+    return (long - short) / (2 * steps)
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"this CPU ({torch.get_num_threads()} torch threads)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser("bench-host", __doc__, smoke="toy lengths, seconds; checks the code, not the speed")
+    args = parser.parse_args(argv)
+    device = pick(parser, args)
+    quiet_lightning()
+    steps = 20 if args.smoke else 300
+    section = Section(args.out, [
+        HEADING, "", f"`python -m benchmarks.host` on {_machine(device)}: the module's losses replaced by one cheap "
+        f"operation on the image, {SIZE} px, so that a step's time is the host's work apart from the losses "
+        "(its module docstring says why it matters on a GPU). Per step of the whole batch; tracked: marginal, "
+        f"runs of {steps} and {3 * steps} steps differenced, every metric of every run logged, into fresh SQLite "
+        "stores, written by this device's choice of writers.", "",
+        "| batch | bare loop | tracked, no checkpoints | tracked, a checkpoint every 100 steps |", "|---|---|---|---|"])
+    host = {}
+    with cheap_losses():
+        for b in (3, 8) if args.smoke else (3, 64):
+            bare = batch_loop(point_configs(b), SIZE, steps, device)
+            plain, saved = host[b] = marginal(b, steps, device, 0), marginal(b, steps, device, 100)
+            section.add(f"| {b} images | {bare.median * 1000:.2f} ms | {plain * 1000:.2f} ms | {saved * 1000:.2f} ms |")
+    plain, saved = host[3]
+    section.add("", f"The lr sweep's 2000 steps (a batch of 3) ask {2000 * plain:.1f} s of the host apart from their "
+                f"losses; with a checkpoint every 100 steps they keep their writers' pace: {2000 * saved:.1f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
