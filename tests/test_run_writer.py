@@ -103,6 +103,21 @@ def test_a_write_that_fails_in_the_writer_process_raises_its_error_in_the_loop(s
             rows.flush()
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_writer_process_keeps_its_long_lived_objects_from_the_collector(store, freeze) -> None:
+    """nst's writer processes freeze what they hold once their store's client is open (MLflow, SQLAlchemy,
+    the engine): the cyclic collector, set off by the rows' ORM objects, then never walks them (its full
+    collections took a third of a writer's time: benchmarks.writers times both ways)."""
+    import gc
+
+    from pipelines.tracking.writer_process import WriterProcess
+
+    with WriterProcess(freeze) as writer:
+        writers.connect([writer], store)
+        frozen = writer.submit(gc.get_freeze_count).result()
+    assert frozen > 100_000 if freeze else frozen == 0
+
+
 def test_the_writer_process_dies_with_its_parent(tmp_path) -> None:
     # A killed loop's writes must not go on landing while the same command resumes the run.
     parent = subprocess.Popen(
