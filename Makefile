@@ -117,7 +117,7 @@ recipes: install  ## the recipe comparison (6 recipes x 3 pairs at 512 px, ~37 m
 	$(NST) experiment recipes.yaml --quiet
 	$(NST) sheet recipes --rows content,style --cols variant --out docs/recipes
 
-gallery: install  ## 4 photos x 4 paintings at 512 px with the default recipe (~30 min here) -> docs/gallery/
+gallery: install  ## 4 photos x 4 paintings at 512 px with the default recipe (~24 min here) -> docs/gallery/
 	$(NST) experiment gallery.yaml --quiet
 	$(NST) sheet gallery --rows content --cols style --out docs/gallery --images
 
