@@ -24,10 +24,8 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
-
 from benchmarks.cluster import tracking_server
-from benchmarks.device import bench_parser, pick
+from benchmarks.device import bench_parser, device_name, pick
 from benchmarks.graphs import graphs
 from benchmarks.loops import ROOT, batch_loop, grid_file, point_configs, run_config_for, sweep, tracked_batch
 from benchmarks.markdown import Section
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = (32,) if smoke else (128, 256, 512) if gpu else (128, 256)
     batches = (1, 3) if smoke else (1, 3, 8, 64)
     section = Section(args.out, [HEADING, "",
-             f"`make bench-batch` on {torch.cuda.get_device_name(device) if gpu else 'this CPU'}, default precision "
+             f"`make bench-batch` on {device_name(device)}, default precision "
              f"({resolve_precision('auto', device.type)}). Per image: the bare loop's s/step at B images ÷ B.", "",
              "| size | " + " | ".join(f"B = {b}" for b in batches) + f" | B = {batches[-1]}: speed-up per image |",
              "|---|" + "---|" * (len(batches) + 1)])

@@ -71,6 +71,11 @@ def memory_kind(device: torch.device) -> str:
             else "peak resident memory (ru_maxrss)")
 
 
+def device_name(device: torch.device) -> str:
+    """The device in a benchmark's sentence: the GPU's name, or "this CPU"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "this CPU"
+
+
 def describe(device: torch.device) -> str:
     """The accelerator in words, for the machine line ('' on the CPU)."""
     if device.type != "cuda":

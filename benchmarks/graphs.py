@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.device import device_name
 from benchmarks.loops import ROOT, batch_loop, graphed_loop, point_configs, sweep, tracked_batch
 from benchmarks.markdown import Section
 from nst.precision import resolve_precision
@@ -19,7 +20,7 @@ def graphs(device: torch.device, smoke: bool, out: Path) -> None:
     """The "CUDA graphs" section: on a GPU the bare step captured against launched op by op; nst's own
     runs with `cuda_graph: true` against op by op (a tracked batch's step, the lr sweep batched)."""
     section = Section(out, [HEADING, "", f"`make bench-batch` (or `python -m benchmarks.batch --graphs`) on "
-             f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'}, default precision "
+             f"{device_name(device)}, default precision "
              f"({resolve_precision('auto', device.type)})."])
     if device.type == "cuda":
         section.lines += [

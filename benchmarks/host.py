@@ -27,7 +27,7 @@ from unittest import mock
 import torch
 from torch import Tensor
 
-from benchmarks.device import bench_parser, pick
+from benchmarks.device import bench_parser, device_name, pick
 from benchmarks.loops import batch_loop, point_configs, require_all, run_config_for
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
@@ -68,12 +68,6 @@ def marginal(b: int, steps: int, device: torch.device, checkpoint_every: int) ->
     return (long - short) / (2 * steps)
 
 
-def _machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"this CPU ({torch.get_num_threads()} torch threads)"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("bench-host", __doc__, smoke="toy lengths, seconds; checks the code, not the speed")
     args = parser.parse_args(argv)
@@ -81,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_lightning()
     steps = 20 if args.smoke else 300
     section = Section(args.out, [
-        HEADING, "", f"`python -m benchmarks.host` on {_machine(device)}: the module's losses replaced by one cheap "
-        f"operation on the image, {SIZE} px, so that a step's time is the host's work apart from the losses "
+        HEADING, "", f"`python -m benchmarks.host` on {device_name(device)} ({torch.get_num_threads()} torch "
+        "threads): the module's losses replaced by one cheap operation on the image, "
+        f"{SIZE} px, so that a step's time is the host's work apart from the losses "
         "(its module docstring says why it matters on a GPU). Per step of the whole batch; tracked: marginal, "
         f"runs of {steps} and {3 * steps} steps differenced, every metric of every run logged, into fresh SQLite "
         "stores, written by this device's choice of writers.", "",

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from benchmarks.device import bench_parser, pick
+from benchmarks.device import bench_parser, device_name, pick
 from benchmarks.loops import point_configs, tracked_fit
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         stats.sort_stats("tottime").print_stats(25)  # the leaves: a first launch's initialization shows there
         return 0
     section = Section(args.out, [HEADING, "", f"`python -m benchmarks.startup` on "
-             f"{torch.cuda.get_device_name(device) if gpu else 'this CPU'}, default precision "
+             f"{device_name(device)}, default precision "
              f"({resolve_precision('auto', device.type)}): tracked batches of {B} at {size} px (the lr sweep's "
              "shape) into fresh SQLite stores, in this order in one process.", "",
              "| fit | steps | batch wall | its fit | outside the fit |", "|---|---|---|---|---|"])

@@ -27,7 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.bench import matmul_peak, matmul_size
-from benchmarks.device import bench_parser, pick, sync
+from benchmarks.device import bench_parser, device_name, pick, sync
 from benchmarks.floor import copy_bandwidth, step_floor
 from benchmarks.loops import bare_step, point_configs
 from benchmarks.markdown import Section
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick(parser, args)
     gpu = device.type == "cuda"
     cases = [(2, 32)] if args.smoke else [(3, 128), (8, 512)] if gpu else [(3, 128)]
-    name = torch.cuda.get_device_name(device) if gpu else "this CPU"
+    name = device_name(device)
     section = Section(args.out, [HEADING, "",
              f"`python -m benchmarks.step_profile` on {name}, default precision "
              f"({resolve_precision('auto', device.type)}): torch.profiler over the bare batched step (losses,",

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
+from benchmarks.device import device_name
 from benchmarks.loops import batch_loop, point_configs, require_all, run_specs, tracked_batch
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
@@ -33,7 +34,7 @@ SWEEP_METRICS = ("loss/total", "loss/content", "loss/style", "loss/tv", "lr",
 def writers(device: torch.device, smoke: bool, out: Path) -> None:
     """The "Writers" section: a tracked batch's step with its runs written by a thread against by a process."""
     section = Section(out, [HEADING, "", f"`make bench-batch` (or `python -m benchmarks.batch --writers`) on "
-             f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'}, default precision "
+             f"{device_name(device)}, default precision "
              f"({resolve_precision('auto', device.type)}): a tracked batch's step (marginal: runs of N and 3N steps,",
              "differenced; every step's metrics into SQLite, snapshots, checkpoints every 100 steps) with its runs",
              "written by a thread beside the loop against by processes (pipelines.tracking.writer_process; one per",
