@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pipelines.cli_parser import parser
 from pipelines.errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
@@ -20,40 +20,14 @@ if TYPE_CHECKING:  # the CLI imports torch, mlflow and ray only for the command 
     from pipelines.config.runs import RunConfig
     from pipelines.execution.executors import Executor
 
-_WHAT = {"content": "PHOTO", "style": "PAINTING"}  # what each image of `nst run` is, for its usage line
-
 
 def _cmd_run(args: argparse.Namespace) -> int:
     # The config and its paths are checked before torch, Lightning and MLflow load (5-6 s here): bad input
     # gets its line at once.
-    from pipelines.config import presets
-    from pipelines.config.paths import check_paths, input_files, outside, resolve_paths
-    from pipelines.config.runs import merge, parse_set, read_yaml, run_config
+    from pipelines.config.one_run import command_line_config
+    from pipelines.config.paths import input_files
 
-    data: dict[str, Any] = {}
-    if args.config:
-        loaded = read_yaml(args.config)
-        if not isinstance(loaded, dict):
-            raise UserError(f"{args.config}: expected a mapping of run keys, e.g. 'size: 256'")
-        if {"base", "grid"} & loaded.keys():
-            raise UserError(f"{args.config}: is an experiment file (base, grid), not one run's keys: run it with "
-                            f"`nst experiment {args.config}`")
-        data = resolve_paths(loaded, (args.config.resolve().parent, Path.cwd()))
-    style = (args.style[0] if len(args.style) == 1 else args.style) if args.style else None
-    cli = {k: v for k, v in (("content", args.content), ("style", style)) if v}
-    overrides = dict(parse_set(s) for s in args.overrides)
-    data = merge(data, resolve_paths({**cli, **overrides}, (Path.cwd(),)))
-    if args.preset:
-        data["preset"] = args.preset
-    missing = [key for key in ("content", "style") if not data.get(key)]
-    if missing:
-        where = f" or {' and '.join(f'{k}:' for k in missing)} in {args.config}" if args.config else ""
-        raise UserError(f"nst run needs {' and '.join(f'--{k} {_WHAT[k]}' for k in missing)}{where}, e.g. "
-                        "nst run --content photo.jpg --style painting.jpg")
-    config = run_config(data, source=str(args.config) if args.config else "command line", preset=presets.DEFAULT)
-    for note in outside(config, Path.cwd(), overrides):
-        print(note, file=sys.stderr)
-    check_paths([config])
+    config = command_line_config(args.content, args.style, args.config, args.overrides, args.preset)
     if args.out is not None:
         from pipelines.reports.export import check_out
 
