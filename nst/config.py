@@ -179,6 +179,21 @@ class TransferConfig:
             _one_of("scales", self.scales, ("auto",))
         elif any(s < 16 for s in self.scales) or list(self.scales) != sorted(set(self.scales)):
             raise ValueError(f"scales must increase, each >= 16 px, got {list(self.scales)}")
+        if not self.objective_terms:
+            # J would be 0 for every image: the optimizer never moves a pixel and the run "finishes"
+            # as its start image, a silent wrong run.
+            raise ValueError(
+                f"nothing to optimize: J is 0 (alpha {self.alpha:g}, content layers {list(self.layers.content)}; "
+                f"beta {self.beta:g}, style weights {list(self.layers.style.values())}; gamma {self.gamma:g}); "
+                "give alpha > 0 with a content layer, beta > 0 with a style weight > 0, or gamma > 0")
+
+    @property
+    def objective_terms(self) -> tuple[str, ...]:
+        """The terms of J that can move a pixel: a positive weight on at least one layer (or on TV)."""
+        terms = {"content": self.alpha > 0 and bool(self.layers.content),
+                 "style": self.beta > 0 and any(w > 0 for w in self.layers.style.values()),
+                 "tv": self.gamma > 0}
+        return tuple(name for name, on in terms.items() if on)
 
     @property
     def init_from_file(self) -> bool:

@@ -64,6 +64,13 @@ def test_one_value_stands_for_a_list_unless_the_key_takes_one_value() -> None:
         ({"style": 5}, "style: input should be a valid string, got 5 (int)"),  # not "a valid tuple"
         ({"scales": "fine"}, "scales: input should be 'auto', got 'fine'"),
         ({"beta": float("inf")}, "beta: input should be a finite number"),
+        # J = 0 for every image: the run would end as its start image, looking like it worked.
+        ({"alpha": 0, "beta": 0}, "nothing to optimize: J is 0 (alpha 0, content layers ['relu4_2']; beta 0"),
+        ({"alpha": 0, "layers": {"style": {"relu1_1": 0}}}, "nothing to optimize"),
+        ({"beta": 0, "layers": {"content": []}}, "nothing to optimize"),
+        ({"alpha": 0, "beta": 0, "gamma": 1}, None),  # total variation alone moves the pixels
+        ({"alpha": 0}, None),  # the style alone: a texture from the start image
+        ({"layers": {"style": []}}, None),  # the content alone: a reconstruction
     ],
 )
 def test_bad_values_name_the_key(data, message) -> None:
