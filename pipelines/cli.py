@@ -227,21 +227,18 @@ def _cmd_server(args: argparse.Namespace) -> int:
 def _cmd_ui(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
-    from pipelines.tracking.server import check_port
+    from pipelines.tracking.server import check_port, server_environment
     from pipelines.tracking.store import resolve_tracking_uri
-    from pipelines.tracking.ui import latest_sweep, mlflow_ui_command, sweep_link
+    from pipelines.tracking.ui import mlflow_ui_command, opening_note
 
     check_port("127.0.0.1", args.port, "nst ui", "--port (make ui PORT=5001)")
     uri = resolve_tracking_uri(args.tracking_uri)
     print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)")
-    client = MlflowClient(uri)
-    latest = latest_sweep(client)
-    if latest:
-        print(f"the latest sweep's runs compared: {sweep_link(client, uri, *latest, port=args.port)}", flush=True)
+    print(opening_note(MlflowClient(uri), uri, args.port))
     command = mlflow_ui_command(uri, args.port)
     sys.stdout.flush()  # exec keeps no Python buffer
     # Replaced by `mlflow ui` itself: Ctrl-C and kill reach the server, and nothing is left behind.
-    os.execv(command[0], command)
+    os.execve(command[0], command, server_environment())
     return EXIT_OK  # not reached
 
 

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from pipelines.cli import main
 from pipelines.config.grid import load_experiment
-from pipelines.tracking.ui import PROJECT_STORE, ui_hint
+from pipelines.tracking.ui import PROJECT_STORE, opening_note, ui_hint
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "experiments" / "images"
@@ -65,6 +65,15 @@ def test_the_ui_hint_names_a_command_that_serves_the_runs_store(monkeypatch) -> 
     assert ui_hint(elsewhere) == "/opt/venv/bin/nst ui --tracking-uri 'sqlite:////tmp/my runs/mlflow.db'"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)  # `make ui` would serve this store, not the checkout's
     assert ui_hint(PROJECT_STORE).endswith(f"nst ui --tracking-uri {PROJECT_STORE}")
+
+
+def test_the_ui_on_a_store_without_sweeps_says_what_it_holds(store) -> None:
+    """`nst ui` in a folder where nothing ran serves an empty store: it says so, and where the runs may be."""
+    client = MlflowClient(store)
+    empty = opening_note(client, store)
+    assert "holds no runs yet" in empty and "another folder" in empty and "--tracking-uri" in empty
+    client.create_run(client.create_experiment("nst"))  # a single run, as `nst run` logs one
+    assert "only single runs" in opening_note(client, store)
 
 
 def test_output_cut_short_by_its_reader_ends_without_a_traceback(tmp_path) -> None:

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,9 +74,10 @@ def ui(tmp_path_factory) -> Iterator[str]:
     (folder / "ui_sweep.yaml").write_text(SWEEP)
     assert main(["experiment", str(folder / "ui_sweep.yaml"), "--tracking-uri", store, "--quiet"]) == 0
     port = _free_port()
+    errors = (folder / "ui.err").open("w")
     server = subprocess.Popen(  # what `make ui` runs
         [sys.executable, "-m", "pipelines.cli", "ui", "--port", str(port), "--tracking-uri", store],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=errors, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
@@ -92,10 +94,25 @@ def ui(tmp_path_factory) -> Iterator[str]:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("nst ui did not start") from None
                 time.sleep(0.5)
+        UI_PROCESS["pid"], UI_PROCESS["stderr"] = server.pid, folder / "ui.err"
         yield link
     finally:
         server.terminate()
         server.wait(timeout=30)
+        errors.close()
+
+
+UI_PROCESS: dict[str, Any] = {}  # the `nst ui` the fixture started: its pid, the file of its stderr
+
+
+def _descendants(pid: int) -> list[str]:
+    """The command lines of a process's children, grandchildren, … (Linux /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            out.append((Path("/proc") / child / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            out.extend(_descendants(int(child)))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +196,15 @@ def test_generated_images_are_shown_for_all_three_runs(page) -> None:
     time.sleep(2)  # the new images load
     page.screenshot(path=SHOTS / "images.png")
     page.keyboard.press("Escape")
+
+
+def test_the_ui_runs_no_job_runner_and_prints_no_warnings(ui) -> None:
+    """`mlflow ui` is `mlflow server`, whose GenAI job runner (a runner and seven huey consumers, 1.9 GB
+    measured) serves nothing nst logs; and Starlette's deprecation warning, once per worker, is noise."""
+    processes = _descendants(UI_PROCESS["pid"])
+    assert any("multiprocessing" in p for p in processes), processes  # uvicorn's workers are there
+    assert not [p for p in processes if "_job_runner" in p or "huey" in p], processes
+    assert "Warning" not in UI_PROCESS["stderr"].read_text()
 
 
 def test_screenshots_were_written() -> None:

@@ -123,12 +123,23 @@ def mlflow_server_command(backend_uri: str, artifacts: Path, host: str = "127.0.
             *(["--app-name", app] if app else [])]
 
 
-def start_mlflow_server(command: list[str], env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[bytes]:
-    """Start it in its own process group, so that stopping it stops its uvicorn workers too.
+#: MLflow 3.17's server imports a module Starlette deprecates, and each of its workers printed the
+#: warning at every start: four two-line warnings under `nst ui`'s address, about nothing nst can change.
+_QUIET = "ignore:starlette.middleware.wsgi is deprecated"
 
-    MLflow 3's GenAI job runner (seven huey consumers, ~1.7 GB) serves nothing nst logs: off."""
-    env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return subprocess.Popen(command, env=env, start_new_session=True, **popen)
+
+def server_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of `mlflow server` and `mlflow ui` (which is `mlflow server`): MLflow 3's GenAI job
+    runner (a runner and seven huey consumers, 1.9 GB of memory measured under `nst ui`) serves nothing
+    nst logs, so it is off; and Starlette's deprecation warning is not printed."""
+    base = {**os.environ, **(env or {})}
+    warnings = ",".join(filter(None, [base.get("PYTHONWARNINGS"), _QUIET]))
+    return {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONWARNINGS": warnings}
+
+
+def start_mlflow_server(command: list[str], env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start it in its own process group, so that stopping it stops its uvicorn workers too."""
+    return subprocess.Popen(command, env=server_environment(env), start_new_session=True, **popen)
 
 
 def stop_mlflow_server(process: subprocess.Popen[bytes]) -> None:

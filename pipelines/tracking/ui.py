@@ -82,6 +82,20 @@ def latest_sweep(client: MlflowClient) -> tuple[str, str] | None:
     return (parents[0].info.experiment_id, parents[0].info.run_id) if parents else None
 
 
+def opening_note(client: MlflowClient, uri: str, port: int = UI_PORT) -> str:
+    """What `nst ui` says beside its address: the link to the latest sweep, or, in a store without
+    one, what it holds, so that a UI opened on the wrong store (a folder where nothing ran) says so."""
+    latest = latest_sweep(client)
+    if latest:
+        return f"the latest sweep's runs compared: {sweep_link(client, uri, *latest, port=port)}"
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if experiments and client.search_runs(experiments, max_results=1):
+        return "no sweep in this store yet, only single runs (`nst run`'s, in the experiment 'nst')"
+    return ("this store holds no runs yet; they appear as `nst run` and `nst experiment` write them. A command run "
+            "from another folder wrote into that folder's mlruns/: `nst ui --tracking-uri "
+            "sqlite:///<folder>/mlruns/mlflow.db` serves it")
+
+
 def mlflow_ui_command(uri: str, port: int = UI_PORT) -> list[str]:
     """`mlflow ui` on the store, bound to loopback (nothing of a local store is served beyond this host)."""
     # `python -m mlflow`, as for the server (server.mlflow_server_command): a pip --target install has no script.
