@@ -129,6 +129,15 @@ def test_bad_images_exit_2_and_leave_the_store_empty(tmp_path, store, style_path
     assert experiment is None or not client.search_runs([experiment.experiment_id])
 
 
+def test_the_progress_bar_counts_the_steps_and_shows_the_losses(store, content_path, style_path, capsys) -> None:
+    assert main(["run", "--content", str(content_path), "--style", str(style_path), "--set", "size=32",
+                 "--set", "iterations=3", "--set", "snapshots=[0]", "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    bar = [line for line in out.replace("\r", "\n").splitlines() if "3/3" in line][-1]  # its last redraw
+    assert bar.startswith("steps: 100%") and "J=" in bar and "Jc=" in bar and "Js=" in bar, bar
+    assert "Epoch" not in out  # a run is one epoch of its steps: Lightning's word says nothing here
+
+
 def test_a_run_without_its_images_says_which_flags_to_give(tmp_path, store, content_path, capsys) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("size: 32\n")

@@ -30,6 +30,17 @@ class LossBar(TQDMProgressBar):
         # Lightning's bar writes to stdout.
         self.refresh_seconds = self.REFRESH_SECONDS if sys.stdout.isatty() else self.LOG_REFRESH_SECONDS
 
+    # A run is one epoch of its steps: Lightning's "Training" and "Epoch 0" say nothing about it.
+    @property
+    def train_description(self) -> str:
+        return "steps"
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        bar = self.train_progress_bar  # as Lightning's hook, with the bar's own name instead of the epoch's
+        bar.reset(total=self.total_train_batches)
+        bar.initial = 0
+        bar.set_description(self.train_description)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         now = time.monotonic()
