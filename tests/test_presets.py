@@ -99,8 +99,10 @@ def test_a_sheet_gives_every_run_a_cell_of_its_own(tmp_path, store, capsys) -> N
     assert main(["sheet", "lrs", "--out", str(out), "--rows", "lr", "--tracking-uri", store]) == 0  # short keys
     assert "| lr=0.1 |" in (out / "sheet.md").read_text()
     assert main(["report", "lrs", "--out", str(out), "--dpi", "30", "--tracking-uri", store]) == 0
-    assert "\nA sweep varying optimizer.lr, seed (its experiment file has no `description:`).\n" in (
-        out / "report.md").read_text()  # the report says what the sweep is, without a description too
+    # The report says what the sweep is without a description too: what takes more than one value
+    # (its one seed is not an axis).
+    assert "\nA sweep varying optimizer.lr (its experiment file has no `description:`).\n" in (
+        out / "report.md").read_text()
     capsys.readouterr()
     for argv, needle in ((["--rows", "seed", "--cols", "seed"], "would share a cell: add optimizer.lr"),
                          (["--cols", "beta"], "--cols beta: not a key this sweep varies; it varies optimizer.lr")):

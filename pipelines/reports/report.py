@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,12 @@ def _contrast(client: MlflowClient, name: str, sweep: SweepView) -> list[str]:
     return lines
 
 
+
+def _what_varies(runs: Sequence[RunView]) -> str:
+    """The varied keys that take more than one value among the runs (a sweep's one seed is no axis)."""
+    keys = [k for k in runs[0].varied if len({run.varied[k] for run in runs}) > 1]
+    return ", ".join(keys or list(runs[0].varied))
+
 def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
                  parent_id: str | None = None, tracking_uri: str = "", dpi: int = 110) -> Path:
     """Build the report of the latest (or the given) sweep of `experiment`; returns report.md."""
@@ -143,7 +150,7 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
         f"# Report: {sweep.experiment}",
         "",
         str(sweep.spec.get("description", "")).strip()
-        or f"A sweep varying {', '.join(sweep.runs[0].varied)} (its experiment file has no `description:`).",
+        or f"A sweep varying {_what_varies(sweep.runs)} (its experiment file has no `description:`).",
         "",
         f"Sweep (parent run) `{pid}`, {len(sweep.runs)} finished runs; built "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC from the MLflow store"
