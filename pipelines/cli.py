@@ -266,6 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # does on SIGPIPE, without a traceback; stdout goes nowhere, or Python's flush at exit raises again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        from pipelines.tracking.space import free_in, no_space, written
+
+        if not no_space(exc):
+            raise
+        # Outside a store's writes (pipelines.tracking.space tells those): a report's figures, say.
+        file = written(exc) or getattr(args, "out", None)
+        where = f" ({free_in(Path(file))})" if file else ""
+        print(f"nst: error: no space left on the device{where}: free some space there, then run the same "
+              "command again", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Bad input at the command line: one line naming the problem and the fix, exit 2, no
 traceback, nothing written to the store."""
 
+import errno
 import io
 import subprocess
 import sys
@@ -142,6 +143,46 @@ def test_unwritable_store_folder(tmp_path, capsys) -> None:
     blocker.write_text("a file where the store's folder should be")
     _expect_usage_error(capsys, ["run", "--content", STYLE, "--style", STYLE, "--tracking-uri",
                                  f"sqlite:///{blocker}/mlflow.db"], "not writable", str(blocker))
+
+
+def test_a_full_disk_is_recognized_however_it_is_said(tmp_path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.tracking.space import no_space, store_full
+
+    assert no_space(OSError(errno.ENOSPC, "No space left on device"))
+    assert no_space(MlflowException("(sqlite3.OperationalError) database or disk is full"))
+    assert no_space('FAILED: could not extend file "base/16384/2619": No space left on device')  # PostgreSQL's
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "a.png"))
+        except OSError as exc:
+            raise RuntimeError("the writer failed") from exc
+    except RuntimeError as chained:
+        assert no_space(chained)
+        assert str(store_full(f"sqlite:///{tmp_path}/store/mlflow.db", chained)).startswith(
+            f"no space left on the device ({tmp_path}: ")  # where it ran out: beside the store
+        assert str(store_full(f"sqlite:///{tmp_path}/mlflow.db", chained)).startswith(
+            f"no space left in the store sqlite:///{tmp_path}/mlflow.db ({tmp_path}: ")
+    assert not no_space(OSError(errno.EACCES, "Permission denied")) and not no_space(None)
+    line = str(store_full("http://tracking:5000"))
+    assert "its server's disk is full; ask its admin" in line and "\n" not in line
+
+
+def test_a_full_disk_outside_the_store_is_one_line(tmp_path, store, capsys, monkeypatch) -> None:
+    """A write nst makes beside the store (here `--out`; a report's figures) on a full disk."""
+    save = Image.Image.save
+
+    def full(self, path, *args, **kwargs):
+        if str(path).endswith(".part"):  # --out's file, written whole: beside it, then renamed
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    out = tmp_path / "out" / "stylized.png"
+    _expect_usage_error(capsys, ["run", "--content", STYLE, "--style", STYLE, "--set", "size=32", "--set",
+                                 "iterations=2", "--tracking-uri", store, "--quiet", "--out", str(out)],
+                        f"no space left on the device ({out.parent}: ", "free): free some space there")
 
 
 def test_a_path_outside_the_project_is_allowed_and_reported(tmp_path, store, capsys, monkeypatch) -> None:

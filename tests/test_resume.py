@@ -136,18 +136,24 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, make_sto
     assert client.list_artifacts(killed_id, "checkpoint")  # the resume came from a real checkpoint
 
 
-def _sweep_that_dies(tmp_path: Path, patch: str, store: str) -> Path:
-    """The sweep in one batch into `store`, run as a script with `patch` applied first: it dies as kill -9
-    would (os._exit) where the patch says. Returns the sweep's file."""
+def _patched_sweep(tmp_path: Path, patch: str, store: str, batch: str = "2"
+                   ) -> tuple[Path, subprocess.CompletedProcess[bytes]]:
+    """The sweep into `store`, run as a script with `patch` applied first. Returns the sweep's file and
+    what the script did."""
     path = tmp_path / "resumable.yaml"
     path.write_text(SWEEP)
-    script = tmp_path / "dies.py"
+    script = tmp_path / "patched.py"
     script.write_text(f"import os, sys\nfrom mlflow import MlflowClient\nfrom pipelines.cli import main\n{patch}\n"
                       "sys.exit(main(sys.argv[1:]))\n")
     # The patch is in this process: its writes too (a GPU would pick a writer process).
-    died = subprocess.run([sys.executable, str(script), *_command(path, store, "2")[3:]], capture_output=True,
-                          timeout=600, cwd=Path(__file__).resolve().parents[1],
-                          env={**os.environ, "NST_WRITER": "thread"})
+    return path, subprocess.run([sys.executable, str(script), *_command(path, store, batch)[3:]], capture_output=True,
+                                timeout=600, cwd=Path(__file__).resolve().parents[1],
+                                env={**os.environ, "NST_WRITER": "thread"})
+
+
+def _sweep_that_dies(tmp_path: Path, patch: str, store: str) -> Path:
+    """The sweep in one batch, dying as kill -9 would (os._exit) where the patch says."""
+    path, died = _patched_sweep(tmp_path, patch, store)
     assert died.returncode == 137, died.stderr[-2000:]
     return path
 
@@ -229,3 +235,54 @@ def test_killed_between_its_runs_checkpoints_a_batch_resumes_together_exactly(tm
         assert [s for s, _ in history] == list(range(STEPS)), f"{name}: gaps or duplicates"
         # Together, as they ran: the same sums in the same order as the uninterrupted batch.
         assert history == _history(ref_client, ref_runs[name].info.run_id), f"{name}: metrics differ"
+
+
+# The disk fills at step 60 of the first run: from then on every large write fails as SQLite says it
+# (rows, tags, artifacts), while small updates (a run's status and its error tag) still go in, as they
+# did on a real full tmpfs.
+FILLS_THE_DISK = """
+from mlflow.exceptions import MlflowException
+log_batch, log_artifact, full = MlflowClient.log_batch, MlflowClient.log_artifact, []
+
+def disk_full():
+    raise MlflowException("(sqlite3.OperationalError) database or disk is full")
+
+def fills_the_disk(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+    if any(m.step >= 60 for m in metrics):
+        full.append(run_id)
+    if full:
+        disk_full()
+    return log_batch(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+def no_room(self, *args, **kwargs):
+    if full:
+        disk_full()
+    return log_artifact(self, *args, **kwargs)
+
+MlflowClient.log_batch, MlflowClient.log_artifact = fills_the_disk, no_room
+"""
+
+
+@pytest.mark.heavy
+def test_a_full_store_stops_the_sweep_in_one_line_and_the_same_command_resumes_it(tmp_path, store,
+                                                                                  uninterrupted) -> None:
+    path, full = _patched_sweep(tmp_path, FILLS_THE_DISK, store, batch="1")
+    err = full.stderr.decode().strip().splitlines()
+    assert full.returncode == 2 and len(err) == 1, err  # no traceback, no MLflow log of the database error
+    assert err[0].startswith("nst: error: no space left in the store sqlite:///") and "free): free some space" in err[0]
+    client = MlflowClient(store)
+    runs = _children(client)
+    # The sweep stopped at the full store: the second point never started (it would have failed the same way).
+    assert {name: r.info.status for name, r in runs.items()} == {"lr=1 seed=0": "KILLED"}
+    assert "no space left" in runs["lr=1 seed=0"].data.tags["nst.error"]
+
+    done = _sweep(path, store, "1")  # space again: the same command
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resume run {runs['lr=1 seed=0'].info.run_id}".encode() in done.stdout
+    ref_client = MlflowClient(uninterrupted("1"))
+    ref_runs = _children(ref_client)
+    for name, run in _children(client).items():
+        assert run.info.status == "FINISHED", name
+        assert [s for s, _ in _history(client, run.info.run_id)] == list(range(STEPS)), f"{name}: gaps or duplicates"
+        assert np.array_equal(_final(client, run.info.run_id, tmp_path / name),
+                              _final(ref_client, ref_runs[name].info.run_id, tmp_path / "ref" / name)), name

@@ -35,7 +35,7 @@ from pipelines.execution.inputs import Inputs, load_init, load_inputs, resolve_d
 from pipelines.execution.opening import end_live, open_runs
 from pipelines.execution.probe import quality_probe
 from pipelines.execution.progress import LossBar
-from pipelines.tracking import checkpoint_store, store, writers
+from pipelines.tracking import checkpoint_store, space, store, writers
 from pipelines.tracking.run_log import FAILED, FINISHED, KILLED, BatchLog, Sample  # noqa: F401 - statuses
 
 
@@ -101,6 +101,7 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
     runs' metrics, snapshots and checkpoints are written (`thread`, `process`; `auto`: pipelines.tracking.writers),
     by processes from `pool` when given (a sweep's, kept from batch to batch)."""
     quiet_lightning()
+    store.quiet_store_errors()
     config = specs[0].config  # its shared settings are every spec's (StyleTransfer checks)
     device = resolve_device(config.device)
     # Writers opened first: a writer process starts up (about a second) while the inputs load. The batch's
@@ -116,8 +117,9 @@ def execute_batch(specs: list[RunSpec], *, tracking_uri: str, experiment: str,
             raise UserError(str(exc)) from None
         # The input is good: each writer opens its client of the store while the runs open and the loop starts.
         writers.connect(writes, tracking_uri)
-        return _execute(specs, tracking_uri, experiment, progress, writes, client, inputs, inits, backbone, device,
-                        Path(tmp))
+        with space.stop_when_full(tracking_uri):  # opening the runs, or ending them: the sweep stops there
+            return _execute(specs, tracking_uri, experiment, progress, writes, client, inputs, inits, backbone,
+                            device, Path(tmp))
 
 
 def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress: bool, executors: list[Executor],
@@ -139,10 +141,16 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
         end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
         raise
     except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the sweep
+        if space.no_space(exc):  # but a full store does: every run after it would fail the same way
+            space.suspend(client, samples)
+            raise space.store_full(tracking_uri, exc) from None
         end_live(client, samples, FAILED, describe_failure(exc, config, device, len(specs)))
         seconds = time.perf_counter() - start
     finally:
         release_memory(device)
+    if any(space.no_space(s.error) for s in samples):  # a write failed, and BatchLog ended its run FAILED
+        space.suspend(client, samples)
+        raise space.store_full(tracking_uri)
     return [RunResult(s.run_id, s.status or FAILED, seconds, {k: v for k, v in s.last.items() if k.startswith("loss/")},
                       s.final_image, s.error, logging_seconds=s.writer.seconds,
                       writer_seconds=s.writer.writer_seconds) for s in samples]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from pipelines.execution.batches import AUTO, here, plan, resume_steps
 from pipelines.execution.executors import Executor, Job, Task, run_local
 from pipelines.execution.inputs import check_inputs
 from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec
-from pipelines.tracking import store
+from pipelines.tracking import space, store
 from pipelines.tracking.checkpoint_store import checkpoint_steps
 from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
 
@@ -117,57 +118,61 @@ def run_experiment(
     same whichever runs them."""
     client = MlflowClient(tracking_uri)
     check_inputs([p.config for p in experiment.points], client)  # before anything is written
-    exp_id = store.experiment_id(client, experiment.name, tracking_uri)
-    parent_id = find_parent(client, exp_id, experiment)
-    done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
-    # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
-    # the run's last checkpoint instead of starting over.
-    interrupted = children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
-    if parent_id is None:
-        parent_id = _create_parent(client, exp_id, experiment)
-        say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
-    else:
-        client.update_run(parent_id, status="RUNNING")
-        say(f"sweep {experiment.name}: resuming parent run {parent_id}")
-    # Logged on every invocation: the file may have gained claims or notes that change no run.
-    client.log_text(parent_id, experiment.text, experiment.path.name)
-    sweep = SweepResult(parent_id)
-    todo = [p for p in experiment.points if p.key not in done]
-    for point in experiment.points:
-        if point.key in done:
-            run = done[point.key]
-            say(f"  skip {point.name}: already FINISHED as run {run.info.run_id}")
-            folder = store.local_folder(run.info.artifact_uri)  # the run in hand: no request to ask for it again
-            final = str(folder / "final.png") if folder else None
-            sweep.results.append((point, _skipped(run, final)))
-    runs = [interrupted.get(point.key) for point in todo]
-    held = [set(checkpoint_steps(run.data.tags)) if run else set() for run in runs]
-    steps = resume_steps([point.config for point in todo], held)
-    tasks = [_task(point, experiment.name, parent_id, run, step) for point, run, step in zip(todo, runs, steps,
-                                                                                             strict=True)]
-    jobs = [Job(group, tracking_uri, experiment.name, progress, auto=batch == AUTO)
-            for group in plan(tasks, lambda t: t.spec.config, lambda t: t.spec.resume_step or 0, batch, batch_cap)]
-    clock = Clock(len(todo))
-    n = len(experiment.points)
+    # A store with no space left stops the sweep with one line (pipelines.tracking.space).
+    with space.stop_when_full(tracking_uri):
+        exp_id = store.experiment_id(client, experiment.name, tracking_uri)
+        parent_id = find_parent(client, exp_id, experiment)
+        done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
+        # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
+        # the run's last checkpoint instead of starting over.
+        interrupted = children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
+        if parent_id is None:
+            parent_id = _create_parent(client, exp_id, experiment)
+            say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
+        else:
+            client.update_run(parent_id, status="RUNNING")
+            say(f"sweep {experiment.name}: resuming parent run {parent_id}")
+        # Logged on every invocation: the file may have gained claims or notes that change no run.
+        client.log_text(parent_id, experiment.text, experiment.path.name)
+        sweep = SweepResult(parent_id)
+        todo = [p for p in experiment.points if p.key not in done]
+        for point in experiment.points:
+            if point.key in done:
+                run = done[point.key]
+                say(f"  skip {point.name}: already FINISHED as run {run.info.run_id}")
+                folder = store.local_folder(run.info.artifact_uri)  # the run in hand: no request to ask for it again
+                final = str(folder / "final.png") if folder else None
+                sweep.results.append((point, _skipped(run, final)))
+        runs = [interrupted.get(point.key) for point in todo]
+        held = [set(checkpoint_steps(run.data.tags)) if run else set() for run in runs]
+        steps = resume_steps([point.config for point in todo], held)
+        tasks = [_task(point, experiment.name, parent_id, run, step) for point, run, step in zip(todo, runs, steps,
+                                                                                                 strict=True)]
+        jobs = [Job(group, tracking_uri, experiment.name, progress, auto=batch == AUTO)
+                for group in plan(tasks, lambda t: t.spec.config, lambda t: t.spec.resume_step or 0, batch, batch_cap)]
+        clock = Clock(len(todo))
+        n = len(experiment.points)
 
-    def announce(point: Point, verb: str) -> None:
-        say(f"[{point.index + 1}/{n}] {point.name}: {verb} · {clock.line()}")
+        def announce(point: Point, verb: str) -> None:
+            say(f"[{point.index + 1}/{n}] {point.name}: {verb} · {clock.line()}")
 
-    try:
-        for point, result in executor(jobs, say=announce):
-            clock.ran += 1
-            sweep.results.append((point, result))
-            outcome = result.status if result.status == FINISHED else f"{result.status} ({result.error})"
-            say(f"[{point.index + 1}/{n}] {point.name}: {outcome} in {result.seconds:.1f} s · {clock.line()}")
-    except KeyboardInterrupt:
-        client.set_terminated(parent_id, KILLED)
-        raise
-    except BaseException:
-        client.set_terminated(parent_id, FAILED)
-        raise
-    client.set_terminated(parent_id, FAILED if sweep.failed else FINISHED)
-    sweep.results.sort(key=lambda item: item[0].index)  # a cluster ends runs in any order
-    return sweep
+        try:
+            for point, result in executor(jobs, say=announce):
+                clock.ran += 1
+                sweep.results.append((point, result))
+                outcome = result.status if result.status == FINISHED else f"{result.status} ({result.error})"
+                say(f"[{point.index + 1}/{n}] {point.name}: {outcome} in {result.seconds:.1f} s · {clock.line()}")
+        except KeyboardInterrupt:
+            client.set_terminated(parent_id, KILLED)
+            raise
+        except BaseException as exc:
+            # A full store may not take this either; the error that stopped the sweep is the one to tell.
+            with suppress(Exception):
+                client.set_terminated(parent_id, KILLED if isinstance(exc, space.StoreFull) else FAILED)
+            raise
+        client.set_terminated(parent_id, FAILED if sweep.failed else FINISHED)
+        sweep.results.sort(key=lambda item: item[0].index)  # a cluster ends runs in any order
+        return sweep
 
 
 def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step: int) -> Task:

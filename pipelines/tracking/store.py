@@ -8,6 +8,7 @@ checkpoints). Nothing else in the project talks to MLflow.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -128,6 +129,12 @@ def _check_server(uri: str) -> None:
                         "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
     if answer.status_code == 403:
         raise UserError(f"tracking server {uri}: user {user!r} may not read runs there; ask its admin")
+
+
+def quiet_store_errors() -> None:
+    """MLflow's SQLAlchemy store logs every database error it raises, with its traceback (~60 lines a
+    write when the disk is full). nst tells the error itself, once: as the run's nst.error, or as one line."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def denied(uri: str, exc: Exception) -> UserError | None:

@@ -201,6 +201,9 @@ def main(argv: list[str]) -> None:
     # The writes' module, and MLflow with it (most of this process's start-up), imported before the
     # first task arrives, while the parent loads its inputs: not when that task's pickle names it.
     import pipelines.tracking.run_writer  # noqa: F401
+    from pipelines.tracking.store import quiet_store_errors
+
+    quiet_store_errors()
     # What is here now (MLflow, SQLAlchemy: some 300,000 objects) stays for the process's life: out of the
     # cyclic collector's sight. Otherwise each of its full collections, which the rows' ORM objects set
     # off every few thousand rows, walked them all: ~0.19 s every ~8,000 rows, a third of a writer's time
