@@ -215,6 +215,21 @@ def test_a_store_nst_cannot_use_is_one_line(capsys, uri, needles) -> None:
     assert time.monotonic() - start < 15
 
 
+@pytest.mark.parametrize("damage", ["a photo", "cut short"])
+def test_a_file_that_is_not_an_sqlite_database_is_one_line(tmp_path, store, capsys, damage) -> None:
+    """`--tracking-uri sqlite:///` of another file, or of a store copied in part: a traceback before."""
+    path = tmp_path / "mlflow.db"
+    if damage == "a photo":
+        path.write_bytes(CONTENT.read_bytes())
+    else:
+        MlflowClient(store).search_experiments()  # a real store, of which only the first page is copied
+        path.write_bytes(Path(store.removeprefix("sqlite:///")).read_bytes()[:4096])
+    for command in (["run", "--content", str(CONTENT), "--style", str(STYLE)], ["report", "lr_sweep"]):
+        _one_line_exit_2(capsys, [*command, "--tracking-uri", f"sqlite:///{path}"],
+                         f"{path} is not an MLflow store: the file is not an SQLite database, or is damaged")
+    assert path.stat().st_size in (CONTENT.stat().st_size, 4096)  # left as it was
+
+
 # -- big grids --------------------------------------------------------------------------------------------
 def test_a_hundred_thousand_point_grid_expands_into_distinct_valid_runs(tmp_path) -> None:
     lrs = [round(0.001 * (i + 1), 6) for i in range(400)]

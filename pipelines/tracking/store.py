@@ -74,6 +74,10 @@ SQL_DRIVERS = {"postgresql": "psycopg2", "mysql": "MySQLdb", "mssql": "pyodbc"}
 USE_INSTEAD = "use sqlite:///PATH/mlflow.db (one machine) or http://HOST:PORT (a tracking server: make server)"
 
 
+#: What SQLite says of a file it cannot read as a database (another file's name, a damaged or cut-short copy).
+NOT_SQLITE = ("file is not a database", "database disk image is malformed")
+
+
 def check_store(uri: str) -> None:
     """Fail fast, with the fix, when the store cannot be used: an unknown scheme, MLflow's retired
     folder store, a database whose driver is missing or that does not answer, an unwritable SQLite
@@ -102,7 +106,14 @@ def check_store(uri: str) -> None:
         # once corrupt the migration. One at a time, under a lock file beside the database.
         with open(home / ".nst-init.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            MlflowClient(uri).search_experiments(max_results=1)
+            try:
+                MlflowClient(uri).search_experiments(max_results=1)
+            except Exception as exc:
+                if not any(text in str(exc) for text in NOT_SQLITE):
+                    raise
+                raise UserError(f"{uri.removeprefix('sqlite:///')} is not an MLflow store: the file is not an "
+                                "SQLite database, or is damaged; give the store's mlflow.db, or a new file name "
+                                "to start a store there") from None
     elif uri.startswith(("http://", "https://")):
         _check_server(uri)
 
