@@ -6,6 +6,7 @@ User mistakes (UserError) become one line on stderr and exit status 2; Ctrl-C ex
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -135,10 +136,11 @@ def _executor(args: argparse.Namespace) -> tuple[Executor, Callable[[RunConfig],
         if args.ray_address or args.resources:
             raise UserError("--ray-address and --resources need --executor ray")
         return run_local, here
-    try:
-        from pipelines.execution.ray_executor import batch_cap, parse_resources, ray_executor
-    except ImportError:
-        raise UserError("Ray is not installed: pip install '.[ray]' (make test installs it)") from None
+    if importlib.util.find_spec("ray") is None:  # imported only where the batches start: after the sweep's parent run
+        raise UserError("--executor ray needs Ray, which is not installed here: make install-dev adds it "
+                        "(or .venv/bin/pip install -e '.[ray]')")
+    from pipelines.execution.ray_executor import batch_cap, parse_resources, ray_executor
+
     resources = parse_resources(args.resources)
     return ray_executor(args.ray_address, resources), batch_cap(resources)
 

@@ -230,6 +230,17 @@ def test_a_file_that_is_not_an_sqlite_database_is_one_line(tmp_path, store, caps
     assert path.stat().st_size in (CONTENT.stat().st_size, 4096)  # left as it was
 
 
+def test_executor_ray_without_ray_installed_is_one_line_before_anything_is_written(tmp_path, unmade_store, capsys,
+                                                                                   monkeypatch) -> None:
+    """`make experiment` installs no Ray (`make install-dev` does): the sweep's parent run was created,
+    then `import ray` failed in a traceback, leaving it FAILED."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: import ray fails, find_spec says None
+    path = _file(tmp_path, "grid: {optimizer.lr: [0.1, 1]}\n")
+    _one_line_exit_2(capsys, ["experiment", str(path), "--executor", "ray", "--tracking-uri", unmade_store],
+                     "--executor ray needs Ray, which is not installed here: make install-dev adds it")
+    assert not Path(unmade_store.removeprefix("sqlite:///")).exists()
+
+
 # -- big grids --------------------------------------------------------------------------------------------
 def test_a_hundred_thousand_point_grid_expands_into_distinct_valid_runs(tmp_path) -> None:
     lrs = [round(0.001 * (i + 1), 6) for i in range(400)]
