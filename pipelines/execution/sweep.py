@@ -120,20 +120,7 @@ def run_experiment(
     check_inputs([p.config for p in experiment.points], client)  # before anything is written
     # A store with no space left stops the sweep with one line (pipelines.tracking.space).
     with space.stop_when_full(tracking_uri):
-        exp_id = store.experiment_id(client, experiment.name, tracking_uri)
-        parent_id = find_parent(client, exp_id, experiment)
-        done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
-        # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
-        # the run's last checkpoint instead of starting over.
-        interrupted = children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
-        if parent_id is None:
-            parent_id = _create_parent(client, exp_id, experiment)
-            say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
-        else:
-            client.update_run(parent_id, status="RUNNING")
-            say(f"sweep {experiment.name}: resuming parent run {parent_id}")
-        # Logged on every invocation: the file may have gained claims or notes that change no run.
-        client.log_text(parent_id, experiment.text, experiment.path.name)
+        parent_id, done, interrupted = _open_parent(client, experiment, tracking_uri, say)
         sweep = SweepResult(parent_id)
         todo = [p for p in experiment.points if p.key not in done]
         for point in experiment.points:
@@ -173,6 +160,27 @@ def run_experiment(
         client.set_terminated(parent_id, FAILED if sweep.failed else FINISHED)
         sweep.results.sort(key=lambda item: item[0].index)  # a cluster ends runs in any order
         return sweep
+
+
+def _open_parent(client: MlflowClient, experiment: Experiment, tracking_uri: str, say: Callable[[str], None]
+                 ) -> tuple[str, dict[str, Run], dict[str, Run]]:
+    """The sweep's parent run, found (and RUNNING again) or created; its FINISHED children and the ones to
+    resume, by run key."""
+    exp_id = store.experiment_id(client, experiment.name, tracking_uri)
+    parent_id = find_parent(client, exp_id, experiment)
+    done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
+    # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
+    # the run's last checkpoint instead of starting over.
+    interrupted = children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
+    if parent_id is None:
+        parent_id = _create_parent(client, exp_id, experiment)
+        say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
+    else:
+        client.update_run(parent_id, status="RUNNING")
+        say(f"sweep {experiment.name}: resuming parent run {parent_id}")
+    # Logged on every invocation: the file may have gained claims or notes that change no run.
+    client.log_text(parent_id, experiment.text, experiment.path.name)
+    return parent_id, done, interrupted
 
 
 def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step: int) -> Task:
