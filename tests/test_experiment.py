@@ -149,3 +149,44 @@ def test_a_painting_edited_in_place_runs_again(tmp_path, store, capsys) -> None:
     parents, children = _runs(store)
     assert len(parents) == 2 and len(children) == 8
     assert len({c.data.tags["nst.run_key"] for c in children}) == 8
+
+
+def test_a_value_added_to_the_grid_copies_the_finished_points_instead_of_running_them_again(
+        tmp_path, store, capsys) -> None:
+    """An edited file is a new sweep (a new parent run); its points the earlier version ran to FINISHED are
+    the same runs (the same run keys): copied whole under the new parent, the earlier sweep left as it was."""
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(GRID.replace("  alpha: [1, 10]\n", ""))
+    command = ["experiment", str(grid), "--tracking-uri", store, "--quiet", "--set", "checkpoint_every=2"]
+    assert main(command) == 0
+    _, before = _runs(store)
+    assert len(before) == 2 and all(any(k.startswith("nst.checkpoint_step") for k in r.data.tags) for r in before)
+    capsys.readouterr()
+
+    grid.write_text(grid.read_text().replace("optimizer.lr: [0.5, 1.0]", "optimizer.lr: [0.5, 1.0, 2.0]"))
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert out.count("  copy ") == 2 and "lr=2 seed=0: start" in out and "lr=0.5 seed=0: start" not in out
+    parents, children = _runs(store)
+    new_parent = max(parents, key=lambda p: p.info.start_time).info.run_id
+    copies = {c.data.tags["nst.copied_from"]: c for c in children if "nst.copied_from" in c.data.tags}
+    assert len(parents) == 2 and len(children) == 5 and sorted(copies) == sorted(r.info.run_id for r in before)
+    client = MlflowClient(store)
+    for source in before:
+        copy = copies[source.info.run_id]
+        assert copy.data.tags["mlflow.parentRunId"] == new_parent and copy.info.status == "FINISHED"
+        assert copy.info.run_name == source.info.run_name and copy.data.params == source.data.params
+        assert (copy.info.start_time, copy.info.end_time) == (source.info.start_time, source.info.end_time)
+        for key in source.data.metrics:  # every step of every metric
+            assert ([(m.step, m.value) for m in client.get_metric_history(copy.info.run_id, key)]
+                    == [(m.step, m.value) for m in client.get_metric_history(source.info.run_id, key)]), key
+        finals = [Path(client.download_artifacts(r.info.run_id, "final.png", str(tmp_path / r.info.run_id)))
+                  for r in (copy, source)]
+        assert finals[0].read_bytes() == finals[1].read_bytes()
+        # A FINISHED run never resumes: its checkpoints stay behind, and no tag names one.
+        assert "checkpoint" not in [a.path for a in client.list_artifacts(copy.info.run_id)]
+        assert not any(k.startswith("nst.checkpoint_step") for k in copy.data.tags)
+        assert client.get_run(source.info.run_id).data.tags["mlflow.parentRunId"] != new_parent  # left as it was
+
+    assert main(command) == 0  # the same file again: this sweep's own runs, all three skipped
+    assert capsys.readouterr().out.count("  skip ") == 3

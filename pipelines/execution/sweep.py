@@ -26,6 +26,7 @@ from pipelines.execution.inputs import check_inputs
 from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec
 from pipelines.tracking import space, store
 from pipelines.tracking.checkpoint_store import checkpoint_steps
+from pipelines.tracking.copy_run import copy_run
 from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
 
 SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep
@@ -120,16 +121,9 @@ def run_experiment(
     check_inputs([p.config for p in experiment.points], client)  # before anything is written
     # A store with no space left stops the sweep with one line (pipelines.tracking.space).
     with space.stop_when_full(tracking_uri):
-        parent_id, done, interrupted = _open_parent(client, experiment, tracking_uri, say)
+        exp_id, parent_id, done, interrupted = _open_parent(client, experiment, tracking_uri, say)
         sweep = SweepResult(parent_id)
-        todo = [p for p in experiment.points if p.key not in done]
-        for point in experiment.points:
-            if point.key in done:
-                run = done[point.key]
-                say(f"  skip {point.name}: already FINISHED as run {run.info.run_id}")
-                folder = store.local_folder(run.info.artifact_uri)  # the run in hand: no request to ask for it again
-                final = str(folder / "final.png") if folder else None
-                sweep.results.append((point, _skipped(run, final)))
+        todo = _keep_finished(client, experiment, exp_id, parent_id, done, interrupted, sweep, say)
         runs = [interrupted.get(point.key) for point in todo]
         held = [set(checkpoint_steps(run.data.tags)) if run else set() for run in runs]
         steps = resume_steps([point.config for point in todo], held)
@@ -163,9 +157,9 @@ def run_experiment(
 
 
 def _open_parent(client: MlflowClient, experiment: Experiment, tracking_uri: str, say: Callable[[str], None]
-                 ) -> tuple[str, dict[str, Run], dict[str, Run]]:
-    """The sweep's parent run, found (and RUNNING again) or created; its FINISHED children and the ones to
-    resume, by run key."""
+                 ) -> tuple[str, str, dict[str, Run], dict[str, Run]]:
+    """The sweep's MLflow experiment and parent run, found (and RUNNING again) or created; its FINISHED
+    children and the ones to resume, by run key."""
     exp_id = store.experiment_id(client, experiment.name, tracking_uri)
     parent_id = find_parent(client, exp_id, experiment)
     done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
@@ -180,7 +174,46 @@ def _open_parent(client: MlflowClient, experiment: Experiment, tracking_uri: str
         say(f"sweep {experiment.name}: resuming parent run {parent_id}")
     # Logged on every invocation: the file may have gained claims or notes that change no run.
     client.log_text(parent_id, experiment.text, experiment.path.name)
-    return parent_id, done, interrupted
+    return exp_id, parent_id, done, interrupted
+
+
+def _keep_finished(client: MlflowClient, experiment: Experiment, exp_id: str, parent_id: str, done: dict[str, Run],
+                   interrupted: dict[str, Run], sweep: SweepResult, say: Callable[[str], None]) -> list[Point]:
+    """The points still to run. One FINISHED under this parent is skipped; one FINISHED under an earlier
+    version of the file (another parent of the same sweep: a value since added to the grid, say) is
+    copied here instead of optimized again (pipelines.tracking.copy_run)."""
+    missing = [p for p in experiment.points if p.key not in done and p.key not in interrupted]
+    earlier = _finished_elsewhere(client, exp_id, experiment.name, parent_id) if missing else {}
+    todo = []
+    for point in experiment.points:
+        if point.key in done:
+            run = done[point.key]
+            say(f"  skip {point.name}: already FINISHED as run {run.info.run_id}")
+        elif point.key in earlier and point.key not in interrupted:
+            source = earlier[point.key]
+            run = copy_run(client, source, point.name, {**_point_tags(point, experiment.name),
+                                                        MLFLOW_PARENT_RUN_ID: parent_id,
+                                                        MLFLOW_RUN_NOTE: _description(point, experiment.name)})
+            say(f"  copy {point.name}: FINISHED as run {source.info.run_id} in an earlier version of this sweep; "
+                f"copied as run {run.info.run_id}")
+        else:
+            todo.append(point)
+            continue
+        folder = store.local_folder(run.info.artifact_uri)  # the run in hand: no request to ask for it again
+        sweep.results.append((point, _skipped(run, str(folder / "final.png") if folder else None)))
+    return todo
+
+
+def _finished_elsewhere(client: MlflowClient, exp_id: str, name: str, parent_id: str) -> dict[str, Run]:
+    """run key -> the newest FINISHED child of this sweep's other parents."""
+    runs = client.search_runs(
+        [exp_id], filter_string=f"tags.`{SWEEP_TAG}` = '{name}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=10000)
+    newest: dict[str, Run] = {}
+    for run in runs:
+        if RUN_KEY_TAG in run.data.tags and run.data.tags.get(MLFLOW_PARENT_RUN_ID, parent_id) != parent_id:
+            newest.setdefault(run.data.tags[RUN_KEY_TAG], run)
+    return newest
 
 
 def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step: int) -> Task:
@@ -190,13 +223,22 @@ def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step
         config=point.config,
         run_name=point.name,
         parent_run_id=parent_id,
-        tags={SWEEP_TAG: name, VARIED_TAG: json.dumps(list(point.varied)), POINT_TAG: str(point.index),
-              **({VARIANT_TAG: point.varied["variant"]} if "variant" in point.varied else {})},
-        description=f"{name}: varies {point.name}",
+        tags=_point_tags(point, name),
+        description=_description(point, name),
         resume_run_id=interrupted.info.run_id if interrupted else None,
         resume_step=step,
     )
     return Task(point, spec)
+
+
+def _point_tags(point: Point, name: str) -> dict[str, str]:
+    """A child run's place in its sweep: the sweep, the keys it varies, its place in the expansion."""
+    return {SWEEP_TAG: name, VARIED_TAG: json.dumps(list(point.varied)), POINT_TAG: str(point.index),
+            **({VARIANT_TAG: point.varied["variant"]} if "variant" in point.varied else {})}
+
+
+def _description(point: Point, name: str) -> str:
+    return f"{name}: varies {point.name}"
 
 
 def _skipped(run: Run, final_image: str | None) -> RunResult:

@@ -1,0 +1,53 @@
+"""A FINISHED run copied under another sweep's parent: what an edited experiment file keeps.
+
+A value added to a grid makes a new sweep (its key is the hash of its set of runs), with a new parent
+run; its points that an earlier version of the file already ran to FINISHED are the same runs (the
+same run key: the same config and images' bytes). They are copied rather than optimized again: the
+params, every step of every metric, the artifacts (final.png, the snapshots, config.yaml, the inputs)
+and the start and end times, so the new sweep's report, sheet and UI page hold every point. The copy
+names its source in `nst.copied_from`. The earlier sweep keeps its runs as they were (MLflow runs have
+one parent each: moving them would rewrite that sweep's record). Checkpoints stay behind: a FINISHED
+run never resumes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
+
+from pipelines.tracking import store
+from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG
+from pipelines.tracking.tags import POINT_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
+
+COPIED_FROM_TAG = "nst.copied_from"
+_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+_CHECKPOINTS = "checkpoint"  # the folder of a run's checkpoints (pipelines.tracking.checkpoint_store)
+#: Tags that say where a run stands in its sweep: the copy gets its new sweep's.
+_PLACE = (MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE, SWEEP_TAG, POINT_TAG, VARIED_TAG, VARIANT_TAG)
+
+
+def copy_run(client: MlflowClient, source: Run, run_name: str, tags: Mapping[str, str]) -> Run:
+    """`source` copied as a new FINISHED run with `run_name` and `tags` (its parent, its place in the sweep)."""
+    kept = {k: v for k, v in source.data.tags.items()
+            if k not in _PLACE and not k.startswith(CHECKPOINT_STEP_TAG)}
+    info = store.create_run(client, source.info.experiment_id, start_time=source.info.start_time,
+                            tags={**kept, **tags, COPIED_FROM_TAG: source.info.run_id}, run_name=run_name)
+    run_id = info.run_id
+    store.log_params(client, run_id, source.data.params)
+    for key in source.data.metrics:
+        history = client.get_metric_history(source.info.run_id, key)
+        for i in range(0, len(history), _METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=history[i : i + _METRICS_PER_BATCH])
+    with tempfile.TemporaryDirectory() as tmp:
+        for item in client.list_artifacts(source.info.run_id):
+            if item.path != _CHECKPOINTS:
+                client.download_artifacts(source.info.run_id, item.path, tmp)
+        if any(Path(tmp).iterdir()):
+            client.log_artifacts(run_id, tmp)
+    client.set_terminated(run_id, "FINISHED", end_time=source.info.end_time)
+    return client.get_run(run_id)
