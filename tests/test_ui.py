@@ -218,7 +218,7 @@ def test_make_ui_starts_nst_ui_bound_to_loopback() -> None:
     from pipelines.tracking.ui import mlflow_ui_command
 
     command = mlflow_ui_command("sqlite:///x/mlflow.db", 5000)
-    assert command[-4:] == ["--host", "127.0.0.1", "--port", "5000"]
+    assert command[-6:] == ["--host", "127.0.0.1", "--port", "5000", "--workers", "2"]
     make = shutil.which("make")
     if make is None:
         pytest.skip("make not installed")

@@ -17,6 +17,9 @@ from pipelines.tracking.store import DEFAULT_STORE, remote
 
 #: Where `make ui` (`nst ui`) serves a local store's UI.
 UI_PORT = 5000
+#: One person's browser: MLflow's default of 4 uvicorn workers held ~250 MB each here, and each worker
+#: serves concurrent requests on its own threads.
+UI_WORKERS = 2
 
 
 def ui_base(uri: str, port: int = UI_PORT) -> str:
@@ -100,4 +103,4 @@ def mlflow_ui_command(uri: str, port: int = UI_PORT) -> list[str]:
     """`mlflow ui` on the store, bound to loopback (nothing of a local store is served beyond this host)."""
     # `python -m mlflow`, as for the server (server.mlflow_server_command): a pip --target install has no script.
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
-            str(port)]
+            str(port), "--workers", str(UI_WORKERS)]
