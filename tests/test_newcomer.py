@@ -241,6 +241,32 @@ def test_executor_ray_without_ray_installed_is_one_line_before_anything_is_writt
     assert not Path(unmade_store.removeprefix("sqlite:///")).exists()
 
 
+def test_a_moved_or_copied_store_reads_and_writes_its_own_files(tmp_path, capsys) -> None:
+    """MLflow records a SQLite store's artifact paths whole: moved, its report was a traceback; copied, its
+    new runs wrote their files into the original's folder."""
+    first = tmp_path / "first"
+    first.mkdir()
+    path = _file(first, "grid: {optimizer.lr: [0.1, 1]}\n")
+    assert main(["experiment", str(path), "--tracking-uri", f"sqlite:///{first}/mlruns/mlflow.db", "--quiet"]) == 0
+    moved = tmp_path / "moved here"
+    shutil.move(first, moved)
+    store = f"sqlite:///{moved}/mlruns/mlflow.db"
+    assert main(["report", "exp", "--tracking-uri", store, "--out", str(tmp_path / "report"), "--dpi", "30"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: this store was moved or copied: the files of its experiment 'exp' were recorded under {first}" in err
+    assert main(["report", "exp", "--tracking-uri", store, "--out", str(tmp_path / "report"), "--dpi", "30"]) == 0
+    assert "note:" not in capsys.readouterr().err  # once
+
+    copied = tmp_path / "copied"
+    shutil.copytree(moved, copied)
+    grid = copied / "exp.yaml"
+    grid.write_text(grid.read_text().replace("[0.1, 1]", "[0.1, 1, 2]"))
+    assert main(["experiment", str(grid), "--tracking-uri", f"sqlite:///{copied}/mlruns/mlflow.db", "--quiet"]) == 0
+    runs = {p.name for p in (copied / "mlruns" / "artifacts" / "exp").iterdir()}
+    assert len(runs) == 3 + 4  # the first sweep's parent and 2 runs; the new parent, 2 copies and 1 new run
+    assert len(list((moved / "mlruns" / "artifacts" / "exp").iterdir())) == 3  # the original, untouched
+
+
 # -- big grids --------------------------------------------------------------------------------------------
 def test_a_hundred_thousand_point_grid_expands_into_distinct_valid_runs(tmp_path) -> None:
     lrs = [round(0.001 * (i + 1), 6) for i in range(400)]

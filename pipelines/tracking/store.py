@@ -10,7 +10,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
+import sys
 from collections.abc import Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -114,8 +117,31 @@ def check_store(uri: str) -> None:
                 raise UserError(f"{uri.removeprefix('sqlite:///')} is not an MLflow store: the file is not an "
                                 "SQLite database, or is damaged; give the store's mlflow.db, or a new file name "
                                 "to start a store there") from None
+            follow_a_move(uri)
     elif uri.startswith(("http://", "https://")):
         _check_server(uri)
+
+
+def follow_a_move(uri: str) -> None:
+    """A SQLite store records its runs' files by absolute path (MLflow's artifact locations). Moved to
+    another folder, its runs' files could no longer be read (a report failed in a traceback); copied, its
+    new runs wrote their files into the original store's folder. Where the store's own artifacts folder
+    holds an experiment's files, that experiment's recorded paths (and its runs') are pointed there,
+    once, with a note; a database copied without its artifacts keeps the paths it has."""
+    root = artifact_root(uri)
+    assert root is not None  # a SQLite store's
+    here = Path(unquote(urlparse(root).path))
+    with closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30)) as db, db:
+        for exp_id, name, location in db.execute("SELECT experiment_id, name, artifact_location FROM experiments"):
+            own = f"{root}/{name}"
+            if location == own or not location.endswith(f"/artifacts/{name}") or not (here / name).is_dir():
+                continue
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (own, exp_id))
+            db.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE experiment_id = ? AND "
+                       "substr(artifact_uri, 1, ?) = ?", (own, len(location) + 1, exp_id, len(location), location))
+            print(f"note: this store was moved or copied: the files of its experiment {name!r} were recorded "
+                  f"under {local_folder(location)}; they are read and written under {here / name} now",
+                  file=sys.stderr)
 
 
 def _check_server(uri: str) -> None:
