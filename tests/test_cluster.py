@@ -176,3 +176,24 @@ def test_killed_ray_worker_leaves_run_killed_and_rerun_completes_it(server, clus
     assert {c.info.status for c in children} == {"FINISHED"}
     steps = [m.step for m in client.get_metric_history(victim.info.run_id, "loss/total")]
     assert steps == list(range(300))  # resumed in place: every step once
+
+
+def test_a_full_store_on_a_worker_stops_the_sweep_where_other_errors_fail_its_batch(tmp_path, store) -> None:
+    """As run locally: a full store stops the sweep (every batch after it would fail the same way); bad
+    input seen on a worker fails that batch's runs and the sweep goes on."""
+    from ray.exceptions import RayTaskError
+
+    from pipelines.config.grid import load_experiment
+    from pipelines.execution.executors import Job, Task
+    from pipelines.execution.ray_executor import task_failed
+    from pipelines.execution.run import RunSpec
+    from pipelines.tracking.space import StoreFull
+
+    point = load_experiment(grid_file(tmp_path, "full", size=32, iterations=2)).points[0]
+    job, client = Job([Task(point, RunSpec(point.config))], store, "x"), MlflowClient(store)
+    full = StoreFull("no space left in the store x")
+    with pytest.raises(StoreFull) as raised:
+        task_failed(client, job, RayTaskError("execute", "traceback", full))
+    assert raised.value is full
+    (failed,) = task_failed(client, job, RayTaskError("execute", "traceback", UserError("a bad photo")))
+    assert (failed.status, failed.error) == ("FAILED", "a bad photo")

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -31,7 +31,11 @@ from pipelines.execution.batches import GPU_MAX, auto_size
 from pipelines.execution.executors import Announce, Executor, Job, Task
 from pipelines.execution.run import FAILED, KILLED, RunResult
 from pipelines.tracking.auth import CREDENTIALS
+from pipelines.tracking.space import StoreFull
 from pipelines.tracking.writers import WRITER_ENV, WriterPool
+
+if TYPE_CHECKING:  # Ray is imported where the batches start: it is an optional extra
+    from ray.exceptions import RayTaskError
 
 #: The keys of Ray's task options a user may set per run.
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources", "accelerator_type")
@@ -129,9 +133,8 @@ def ray_executor(address: str | None = None, resources: dict[str, Any] | None = 
                 job = pending.pop(ref)
                 try:
                     results = ray.get(ref)
-                except RayTaskError as exc:  # execute_batch() raised: bad input seen on the worker
-                    cause = exc.cause if exc.cause is not None else exc
-                    results = [RunResult(_child_id(client, t) or "", FAILED, 0.0, error=str(cause)) for t in job.tasks]
+                except RayTaskError as exc:  # execute_batch() raised: bad input seen on the worker, say
+                    results = task_failed(client, job, exc)
                 except RayError as exc:  # the worker process died under the batch
                     results = [_lost(client, t, f"Ray worker died ({type(exc).__name__})") for t in job.tasks]
                 yield from zip((t.point for t in job.tasks), results, strict=True)
@@ -145,6 +148,15 @@ def ray_executor(address: str | None = None, resources: dict[str, Any] | None = 
             ray.shutdown()
 
     return run
+
+
+def task_failed(client: MlflowClient, job: Job, error: RayTaskError) -> list[RunResult]:
+    """The results of a batch whose task raised: its runs FAILED with the error. A full store instead
+    stops the sweep, as it does run locally: every batch after it would fail the same way."""
+    cause = error.cause if error.cause is not None else error
+    if isinstance(cause, StoreFull):  # its runs are KILLED already (space.suspend), resumable
+        raise cause
+    return [RunResult(_child_id(client, t) or "", FAILED, 0.0, error=str(cause)) for t in job.tasks]
 
 
 def _child_id(client: MlflowClient, task: Task) -> str | None:
