@@ -21,12 +21,11 @@ from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from pipelines.tracking import store
-from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG
+from pipelines.tracking.checkpoint_store import CHECKPOINT_FOLDER, CHECKPOINT_STEP_TAG
+from pipelines.tracking.run_writer import whole_steps
 from pipelines.tracking.tags import POINT_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
 
 COPIED_FROM_TAG = "nst.copied_from"
-_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
-_CHECKPOINTS = "checkpoint"  # the folder of a run's checkpoints (pipelines.tracking.checkpoint_store)
 #: Tags that say where a run stands in its sweep: the copy gets its new sweep's.
 _PLACE = (MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE, SWEEP_TAG, POINT_TAG, VARIED_TAG, VARIANT_TAG)
 
@@ -40,12 +39,11 @@ def copy_run(client: MlflowClient, source: Run, run_name: str, tags: Mapping[str
     run_id = info.run_id
     store.log_params(client, run_id, source.data.params)
     for key in source.data.metrics:
-        history = client.get_metric_history(source.info.run_id, key)
-        for i in range(0, len(history), _METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=history[i : i + _METRICS_PER_BATCH])
+        for chunk in whole_steps(client.get_metric_history(source.info.run_id, key)):
+            client.log_batch(run_id, metrics=chunk)
     with tempfile.TemporaryDirectory() as tmp:
         for item in client.list_artifacts(source.info.run_id):
-            if item.path != _CHECKPOINTS:
+            if item.path != CHECKPOINT_FOLDER:
                 client.download_artifacts(source.info.run_id, item.path, tmp)
         if any(Path(tmp).iterdir()):
             client.log_artifacts(run_id, tmp)
