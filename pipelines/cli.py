@@ -109,7 +109,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
                         "then run them with --yes (or raise max_runs in the file)")
     uri = resolve_tracking_uri(args.tracking_uri)
     sweep = run_experiment(experiment, tracking_uri=uri, progress=not args.quiet, executor=executor, batch=batch,
-                           batch_cap=batch_cap)
+                           batch_cap=batch_cap, fresh=args.fresh)
     print()
     print(summary(sweep))
     finals = [(p.name, r.final_image) for p, r in sweep.results if r.final_image]

@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
                      "(default: 1 CPU)")
     exp.add_argument("--batch", default="auto", help="runs optimized together as one image tensor: auto "
                      "(default: by device and memory) or at most N; 1 runs them one at a time")
+    exp.add_argument("--fresh", action="store_true", help="run every point anew under a new parent run, "
+                     "skipping and copying none (after a change to nst itself, say); the earlier sweeps keep "
+                     "their runs, and the next run of the command resumes this one")
     _add_common(exp)
 
     rep = sub.add_parser("report", help="figures, measurements and claim verdicts of a sweep, from MLflow")

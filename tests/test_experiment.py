@@ -190,3 +190,31 @@ def test_a_value_added_to_the_grid_copies_the_finished_points_instead_of_running
 
     assert main(command) == 0  # the same file again: this sweep's own runs, all three skipped
     assert capsys.readouterr().out.count("  skip ") == 3
+
+
+def test_fresh_runs_every_point_anew_under_a_new_parent_and_the_next_command_resumes_it(
+        grid_file, store, capsys) -> None:
+    """After a change to nst itself the run keys are the same, so only --fresh gets new results in the same store."""
+    command = ["experiment", str(grid_file), "--tracking-uri", store, "--quiet", "--set", "iterations=2"]
+    assert main(command) == 0
+    _, first = _runs(store)
+    capsys.readouterr()
+
+    assert main([*command, "--fresh"]) == 0
+    out = capsys.readouterr().out
+    assert "skip " not in out and "copy " not in out and out.count(": FINISHED in ") == 4
+    assert "--fresh: every point runs anew" in out
+    parents, children = _runs(store)
+    new_parent = max(parents, key=lambda p: p.info.start_time)
+    again = [c for c in children if c.data.tags["mlflow.parentRunId"] == new_parent.info.run_id]
+    assert len(parents) == 2 and len(children) == 8 and len(again) == 4
+    assert {c.data.tags["nst.run_key"] for c in again} == {c.data.tags["nst.run_key"] for c in first}
+    assert all(c.info.status == "FINISHED" and "nst.copied_from" not in c.data.tags for c in again)
+    client = MlflowClient(store)
+    for run in first:  # the earlier sweep keeps its runs
+        assert client.get_run(run.info.run_id).data.tags["mlflow.parentRunId"] != new_parent.info.run_id
+
+    assert main(command) == 0  # without --fresh: the newest sweep, its runs skipped
+    out = capsys.readouterr().out
+    assert f"resuming parent run {new_parent.info.run_id}" in out and out.count("  skip ") == 4
+    assert all(run.info.run_id in out for run in again)

@@ -109,6 +109,7 @@ def run_experiment(
     executor: Executor = run_local,
     batch: int | str = AUTO,
     batch_cap: Callable[[RunConfig], int] = here,
+    fresh: bool = False,
 ) -> SweepResult:
     """Run every point not yet FINISHED under the sweep's parent run; returns what happened.
 
@@ -116,14 +117,15 @@ def run_experiment(
     `batch_cap` images, by default what this machine holds; pipelines.execution.batches). `executor`
     runs the batches (here one after another, or on a Ray cluster: pipelines.execution.ray_executor,
     whose batch_cap says what its workers hold); resuming, skipping and the parent's status are the
-    same whichever runs them."""
+    same whichever runs them. `fresh`: a new parent run whatever the store holds, every point run anew."""
     client = MlflowClient(tracking_uri)
     check_inputs([p.config for p in experiment.points], client)  # before anything is written
     # A store with no space left stops the sweep with one line (pipelines.tracking.space).
     with space.stop_when_full(tracking_uri):
-        exp_id, parent_id, done, interrupted = _open_parent(client, experiment, tracking_uri, say)
+        exp_id, parent_id, done, interrupted = _open_parent(client, experiment, tracking_uri, say, fresh)
         sweep = SweepResult(parent_id)
-        todo = _keep_finished(client, experiment, exp_id, parent_id, done, interrupted, sweep, say)
+        todo = (list(experiment.points) if fresh
+                else _keep_finished(client, experiment, exp_id, parent_id, done, interrupted, sweep, say))
         runs = [interrupted.get(point.key) for point in todo]
         held = [set(checkpoint_steps(run.data.tags)) if run else set() for run in runs]
         steps = resume_steps([point.config for point in todo], held)
@@ -156,19 +158,20 @@ def run_experiment(
         return sweep
 
 
-def _open_parent(client: MlflowClient, experiment: Experiment, tracking_uri: str, say: Callable[[str], None]
-                 ) -> tuple[str, str, dict[str, Run], dict[str, Run]]:
-    """The sweep's MLflow experiment and parent run, found (and RUNNING again) or created; its FINISHED
-    children and the ones to resume, by run key."""
+def _open_parent(client: MlflowClient, experiment: Experiment, tracking_uri: str, say: Callable[[str], None],
+                 fresh: bool = False) -> tuple[str, str, dict[str, Run], dict[str, Run]]:
+    """The sweep's MLflow experiment and parent run, found (and RUNNING again) or created (always, when
+    `fresh`); its FINISHED children and the ones to resume, by run key."""
     exp_id = store.experiment_id(client, experiment.name, tracking_uri)
-    parent_id = find_parent(client, exp_id, experiment)
+    parent_id = None if fresh else find_parent(client, exp_id, experiment)
     done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
     # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
     # the run's last checkpoint instead of starting over.
     interrupted = children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
     if parent_id is None:
         parent_id = _create_parent(client, exp_id, experiment)
-        say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs")
+        again = " (--fresh: every point runs anew; the earlier sweeps keep their runs)" if fresh else ""
+        say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs{again}")
     else:
         client.update_run(parent_id, status="RUNNING")
         say(f"sweep {experiment.name}: resuming parent run {parent_id}")
