@@ -206,6 +206,7 @@ class TransferConfig:
 #: style layers' weights may differ too, not which layers they are.
 PER_SAMPLE = ("seed", "init", "noise_ratio", "noise_range", "alpha", "beta", "gamma", "stop")
 PER_SAMPLE_OPTIMIZER = ("lr", "schedule", "gamma", "momentum")  # optimizer.*; its name is shared
+LBFGS_ALONE = "L-BFGS runs one image at a time (its curvature pairs would mix a batch's samples)"
 
 
 def shared_settings(config: TransferConfig) -> TransferConfig:
@@ -230,3 +231,17 @@ def first_difference(a: TransferConfig, b: TransferConfig) -> str | None:
                 return f"{f.name}.{inner}"
             return f.name
     return None
+
+
+def batch_of(configs: Sequence[TransferConfig]) -> tuple[TransferConfig, ...]:
+    """The configs of one batch, checked: they must agree on every shared setting."""
+    configs = tuple(configs)
+    if not configs:
+        raise ValueError("a batch needs at least one config")
+    for other in configs[1:]:
+        differs = first_difference(configs[0], other)
+        if differs is not None:
+            raise ValueError(f"the images of a batch must share {differs}; run them in separate batches")
+    if len(configs) > 1 and configs[0].optimizer.name == "lbfgs":
+        raise ValueError(LBFGS_ALONE)
+    return configs

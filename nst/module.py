@@ -28,7 +28,6 @@ Deviations from Gatys et al., on purpose:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -38,12 +37,12 @@ from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from nst import checkpoints, color
-from nst.config import TransferConfig, blend_weights, first_difference
+from nst import averaging, checkpoints, color
+from nst.config import TransferConfig, batch_of, blend_weights
 from nst.graphs import CapturedStep, why_not_captured
 from nst.losses import W2Target, Weight, style_transfer_losses
-from nst.optim import LBFGS_ALONE, SampleSchedules, make_optimizer
-from nst.precision import resolve_precision
+from nst.optim import SampleSchedules, make_optimizer
+from nst.precision import bf16_twin, resolve_precision
 from nst.scales import resize
 from nst.sizes import pyramid
 from nst.stopping import Stops
@@ -62,20 +61,6 @@ class _Steps(torch.utils.data.Dataset[int]):
 
     def __getitem__(self, i: int) -> int:
         return i
-
-
-def _batched(configs: Sequence[TransferConfig]) -> tuple[TransferConfig, ...]:
-    """The configs of a batch, checked: they must agree on every shared setting."""
-    configs = tuple(configs)
-    if not configs:
-        raise ValueError("a batch needs at least one config")
-    for other in configs[1:]:
-        differs = first_difference(configs[0], other)
-        if differs is not None:
-            raise ValueError(f"the images of a batch must share {differs}; run them in separate batches")
-    if len(configs) > 1 and configs[0].optimizer.name == "lbfgs":
-        raise ValueError(LBFGS_ALONE)
-    return configs
 
 
 class StyleTransfer(pl.LightningModule):
@@ -102,7 +87,7 @@ class StyleTransfer(pl.LightningModule):
         # elsewhere, and for what cannot be captured, the step runs op by op.
         self.cuda_graph = cuda_graph
         self._captured: CapturedStep[tuple[dict[str, Tensor], Tensor]] | None = None
-        self.configs = _batched([config] if isinstance(config, TransferConfig) else config)
+        self.configs = batch_of([config] if isinstance(config, TransferConfig) else config)
         self.config = self.configs[0]  # the shared settings (and the whole config of a single run)
         self.automatic_optimization = False  # one optimizer step per iteration, clamp after it
         vgg = (backbone if backbone is not None else build_backbone(self.config)).to(content01.device)
@@ -248,16 +233,10 @@ class StyleTransfer(pl.LightningModule):
         )
 
     def _bf16_vgg(self) -> VGGFeatures:
-        """The VGG a bf16 step runs: a twin whose convolutions hold their weights in bf16, cast once.
-        Autocast would cast them at every step, with the same rounding (so the same bits): it caches
-        only weights that require grad, and the frozen VGG's do not. That was 26 casts a step (each
-        convolution's weight and bias; 26 launches on a GPU, where a small step is launch-bound), 0.6 ms
-        of a 37 ms step of 3 images at 64 px on this CPU. The input's normalization stays fp32, as
-        autocast leaves it."""
+        """The VGG a bf16 step runs (nst.precision.bf16_twin), made at the first bf16 step."""
         twin = self._vgg_bf16
         if twin is None:
-            twin = copy.deepcopy(self.vgg)
-            twin.layers.to(torch.bfloat16)
+            twin = bf16_twin(self.vgg)
             object.__setattr__(self, "_vgg_bf16", twin)  # not a submodule: never saved, dropped on a move
         return twin
 
@@ -266,29 +245,22 @@ class StyleTransfer(pl.LightningModule):
             return W2Target(*(getattr(self, f"style_w2_{part}_{layer}") for part in W2Target._fields))
         return getattr(self, f"style_gram_{layer}")
 
-    # -- iterate averaging ----------------------------------------------------------------------
+    # -- iterate averaging (nst.averaging) ------------------------------------------------------
     def _init_average(self) -> None:
-        """`average`: an exponential moving average of each image's iterates, debiased by its weight
-        (the sum of the decays' complements so far, as Adam debiases its moments)."""
         if self.config.average:
             self.register_buffer("average_image", torch.zeros_like(self.image.detach()))
             self.register_buffer("average_weight", torch.zeros(self.batch_size, device=self.image.device))
 
     def _update_average(self, keep: Tensor) -> None:
-        decay = self.config.average
-        if not decay:
-            return
-        mix = torch.where(keep, 1 - decay, 0.0).to(self.image.dtype)  # stopped images keep their average
-        self.average_image.mul_(1 - mix.view(-1, 1, 1, 1)).add_(mix.view(-1, 1, 1, 1) * self.image.detach())
-        self.average_weight.mul_(1 - mix).add_(mix)
+        if self.config.average:
+            averaging.update(self.average_image, self.average_weight, self.image.detach(), keep, self.config.average)
 
     def written01(self) -> Tensor:
         """The images as written out, in 0-1 units: the iterates, or their average under `average`."""
         if not self.config.average:
             return self.image01()
-        weight = self.average_weight.view(-1, 1, 1, 1)
-        averaged = self.average_image / weight.clamp_min(1e-12)
-        return torch.where(weight > 0, averaged, self.image.detach()) / self.config.pixel_scale
+        averaged = averaging.averaged(self.average_image, self.average_weight, self.image.detach())
+        return averaged / self.config.pixel_scale
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def on_fit_start(self) -> None:

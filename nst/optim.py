@@ -28,9 +28,7 @@ from torch.optim.adam import adam
 from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LRScheduler
 from torch.optim.sgd import sgd
 
-from nst.config import OptimizerConfig
-
-LBFGS_ALONE = "L-BFGS runs one image at a time (its curvature pairs would mix a batch's samples)"
+from nst.config import LBFGS_ALONE, OptimizerConfig
 
 
 def _groups(keys: Sequence[Any]) -> dict[Any, list[int]]:
