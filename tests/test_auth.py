@@ -120,20 +120,21 @@ def reader(server) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def sweep(server, writer, tmp_path_factory) -> tuple[str, str]:
-    """A writer's 2-run sweep, run through the server: its experiment's id and the link it printed."""
+def sweep(server, writer, tmp_path_factory) -> tuple[str, str, Path, tuple[str, str]]:
+    """A writer's 2-run sweep, run through the server: its experiment's id, the link it printed, its file
+    and its writer."""
     grid = tmp_path_factory.mktemp("grid") / "shared.yaml"
     grid.write_text(f"""
 name: shared
 base: {{content: {IMAGES / "grace_hopper.jpg"}, style: {IMAGES / "starry_night.jpg"}, size: 32, iterations: 4,
-        snapshots: [0]}}
+        snapshots: [0], checkpoint_every: 2, keep_checkpoints: true}}
 grid: {{optimizer.lr: [0.1, 1.0]}}
 """)
     done = _nst("experiment", str(grid), "--tracking-uri", server.url, "--quiet", user=writer[0], password=writer[1])
     assert done.returncode == 0, done.stderr[-2000:]
     link = next(word for word in done.stdout.split()
                 if word.startswith(f"{server.url}/#/experiments/") and "viewStateShareKey" in word)
-    return link.split("/#/experiments/")[1].split("/")[0].split("?")[0], link
+    return link.split("/#/experiments/")[1].split("/")[0].split("?")[0], link, grid, writer
 
 
 def test_anonymous_and_wrong_passwords_get_401_on_the_api_and_the_ui(server, writer) -> None:
@@ -177,6 +178,27 @@ def test_a_writers_sweep_finishes(server, sweep) -> None:
     runs = requests.post(f"{server.url}/api/2.0/mlflow/runs/search", json={"experiment_ids": [sweep[0]]},
                          auth=("admin", server.admin_password), timeout=10).json()["runs"]
     assert len(runs) == 3 and {r["info"]["status"] for r in runs} == {"FINISHED"}  # the parent and its 2 runs
+    # Kept (keep_checkpoints: true), then dropped through the server by the writer: the same sweep run
+    # again without the key skips its FINISHED runs and deletes the checkpoints they still hold.
+    assert all(tags and sizes and min(sizes) > 0 for tags, sizes in _checkpoints(server, runs))
+    grid, writer = sweep[2], sweep[3]
+    again = _nst("experiment", str(grid), "--tracking-uri", server.url, "--quiet", "--set", "keep_checkpoints=false",
+                 user=writer[0], password=writer[1])
+    assert again.returncode == 0 and "deleted the checkpoints of 2 FINISHED runs" in again.stdout, again.stdout
+    runs = requests.post(f"{server.url}/api/2.0/mlflow/runs/search", json={"experiment_ids": [sweep[0]]},
+                         auth=("admin", server.admin_password), timeout=10).json()["runs"]
+    assert _checkpoints(server, runs) == [([], []), ([], [])]
+
+
+def _checkpoints(server: Server, runs: list[dict]) -> list[tuple[list[str], list[int]]]:
+    """Each child run's checkpoint tags and the sizes of its checkpoint files on the server."""
+    children = [r for r in runs if any(t["key"] == "mlflow.parentRunId" for t in r["data"].get("tags", []))]
+    assert len(children) == 2
+    return [([t["key"] for t in run["data"]["tags"] if t["key"].startswith("nst.checkpoint_step")],
+             [int(f.get("file_size", 0)) for f in requests.get(
+                 f"{server.url}/api/2.0/mlflow/artifacts/list", params={"run_id": run["info"]["run_id"],
+                 "path": "checkpoint"}, auth=("admin", server.admin_password), timeout=10).json().get("files", [])])
+            for run in children]
 
 
 def test_a_read_only_user_reads_but_cannot_create_change_or_delete(server, sweep, reader, monkeypatch) -> None:

@@ -24,6 +24,7 @@ from pipelines.errors import UserError
 from pipelines.execution.batches import batch_key, parse_batch, plan, resume_steps
 from pipelines.execution.run import FINISHED, RunSpec, execute, execute_batch
 from pipelines.execution.sweep import run_experiment
+from pipelines.tracking.checkpoint_store import checkpoint_steps
 from tests.lane import ACCELERATOR, DEVICE, ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
@@ -128,7 +129,9 @@ grid: {{optimizer.lr: [0.5, 1.0, 2.0], beta: [40, 4]}}
         assert [s for s, _ in _history(client, run_id)] == list(range(12))
         assert {m.step for m in client.get_metric_history(run_id, "quality/ssim_content")} == {0, 5, 12}
         names = {a.path for a in client.list_artifacts(run_id)}
-        assert {"final.png", "config.yaml", "content.png", "style.png", "checkpoint", "images"} <= names
+        assert {"final.png", "config.yaml", "content.png", "style.png", "images"} <= names
+        # A FINISHED run never resumes: the checkpoints it saved (every 4 steps) went with their tags.
+        assert "checkpoint" not in names and not checkpoint_steps(child.data.tags)
         assert child.data.tags["nst.stop_reason"] == "ran all 12 steps"
 
 

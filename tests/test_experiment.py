@@ -8,6 +8,8 @@ from mlflow import MlflowClient
 
 from nst.module import StyleTransfer
 from pipelines.cli import main
+from pipelines.tracking.checkpoint_store import checkpoint_steps
+from pipelines.tracking.space import size_text
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 GRID = f"""
@@ -157,7 +159,8 @@ def test_a_value_added_to_the_grid_copies_the_finished_points_instead_of_running
     the same runs (the same run keys): copied whole under the new parent, the earlier sweep left as it was."""
     grid = tmp_path / "tiny.yaml"
     grid.write_text(GRID.replace("  alpha: [1, 10]\n", ""))
-    command = ["experiment", str(grid), "--tracking-uri", store, "--quiet", "--set", "checkpoint_every=2"]
+    command = ["experiment", str(grid), "--tracking-uri", store, "--quiet", "--set", "checkpoint_every=2",
+               "--set", "keep_checkpoints=true"]  # kept: the copies must leave them behind
     assert main(command) == 0
     _, before = _runs(store)
     assert len(before) == 2 and all(any(k.startswith("nst.checkpoint_step") for k in r.data.tags) for r in before)
@@ -218,3 +221,37 @@ def test_fresh_runs_every_point_anew_under_a_new_parent_and_the_next_command_res
     out = capsys.readouterr().out
     assert f"resuming parent run {new_parent.info.run_id}" in out and out.count("  skip ") == 4
     assert all(run.info.run_id in out for run in again)
+
+
+def test_a_finished_run_keeps_no_checkpoint_and_a_sweep_run_again_deletes_those_an_earlier_nst_kept(
+        grid_file, store, capsys) -> None:
+    """A FINISHED run never resumes: its checkpoints (598 MB for a 512 px L-BFGS run) go when it ends,
+    unless keep_checkpoints; the same sweep run again deletes those its FINISHED runs still hold."""
+    command = ["experiment", str(grid_file), "--tracking-uri", store, "--quiet", "--set", "checkpoint_every=2"]
+    assert main([*command, "--set", "keep_checkpoints=true"]) == 0  # as nst kept them before
+    _, kept = _runs(store)
+    client = MlflowClient(store)
+    folders = [Path(client.get_run(r.info.run_id).info.artifact_uri.removeprefix("file://")) / "checkpoint"
+               for r in kept]
+    assert all(sorted(p.name for p in folder.iterdir()) == ["a.ckpt", "b.ckpt"] for folder in folders)
+    assert all(sorted(checkpoint_steps(r.data.tags)) == [2, 4] for r in kept), [r.data.tags for r in kept]
+    held = sum(f.stat().st_size for folder in folders for f in folder.iterdir())
+    capsys.readouterr()
+
+    assert main(command) == 0  # keep_checkpoints is not part of the run key: the same sweep, its runs skipped
+    out = capsys.readouterr().out
+    assert out.count("  skip ") == 4
+    assert f"deleted the checkpoints ({size_text(held)}) of 4 FINISHED runs" in out
+    assert not any(folder.exists() for folder in folders)
+    _, runs = _runs(store)
+    assert not any(checkpoint_steps(r.data.tags) for r in runs)
+
+    assert main(command) == 0  # nothing left to delete: nothing said
+    assert "deleted the checkpoints" not in capsys.readouterr().out
+
+    fresh = ["experiment", str(grid_file), "--tracking-uri", store, "--quiet", "--set", "checkpoint_every=2",
+             "--fresh"]
+    assert main(fresh) == 0  # runs of this nst: FINISHED without their checkpoints
+    _, runs = _runs(store)
+    assert len(runs) == 8 and not any(checkpoint_steps(r.data.tags) for r in runs)
+    assert not any((Path(r.info.artifact_uri.removeprefix("file://")) / "checkpoint").exists() for r in runs)

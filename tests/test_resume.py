@@ -18,7 +18,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from pipelines.tracking.checkpoint_store import CHECKPOINT_SLOTS, download_checkpoint
+from pipelines.tracking.checkpoint_store import CHECKPOINT_SLOTS, checkpoint_steps, download_checkpoint
 from tests.lane import ON_GPU, process_writer
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
@@ -114,6 +114,8 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, make_sto
         assert [r.info.status for r in _children(client).values()] == ["RUNNING", "RUNNING"]
         assert all(client.list_artifacts(r.info.run_id, "checkpoint") for r in _children(client).values())
 
+    held = set(checkpoint_steps(client.get_run(killed_id).data.tags))  # a batch resumes from a step its runs share
+
     # The same command again, in a fresh process as the killed one was.
     done = _sweep(path, store, batch, env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -133,7 +135,10 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, make_sto
         mine = _final(client, run.info.run_id, tmp_path / "a" / name)
         theirs = _final(ref_client, ref_runs[name].info.run_id, tmp_path / "b" / name)
         assert np.array_equal(mine, theirs), f"{name}: final image differs from an uninterrupted run"
-    assert client.list_artifacts(killed_id, "checkpoint")  # the resume came from a real checkpoint
+    # The resume came from a real checkpoint, which went once the run was FINISHED (it never resumes again).
+    assert any(f"resume run {killed_id} from its checkpoint of step {s}".encode() in done.stdout for s in held)
+    assert not client.list_artifacts(killed_id, "checkpoint")
+    assert not checkpoint_steps(client.get_run(killed_id).data.tags)
 
 
 def _patched_sweep(tmp_path: Path, patch: str, store: str, batch: str = "2"

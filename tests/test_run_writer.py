@@ -198,7 +198,7 @@ def test_a_checkpoint_holds_its_step_however_late_the_thread_saves_it(store, mon
 
     monkeypatch.setattr(checkpoint_store, "upload_file", late)
     monkeypatch.setenv(WRITER_ENV, "thread")  # patched into this process
-    config = _config(150, snapshots=[100], checkpoint_every=100)
+    config = _config(150, snapshots=[100], checkpoint_every=100, keep_checkpoints=True)
     result = execute(config, tracking_uri=store, experiment="late", progress=False)
     assert result.status == FINISHED, result.error
     client = MlflowClient(store)
@@ -217,7 +217,7 @@ def test_a_batch_written_by_processes_is_the_batch_written_by_a_thread(tmp_path)
     # with one writer thread for both runs or a writer process each (a GPU's choice: both write one SQLite file).
     # deterministic on a GPU: the two batches must give the same bits there too (as a resume's do).
     specs = [RunSpec(_config(120, snapshots=[0, 60], checkpoint_every=50, optimizer={"name": "adam", "lr": lr},
-                             deterministic=ON_GPU)) for lr in (1.0, 4.0)]
+                             deterministic=ON_GPU, keep_checkpoints=True)) for lr in (1.0, 4.0)]
     stores = {}
     for kind, writer in (("thread", "thread"), ("process", "process:2")):
         uri = f"sqlite:///{tmp_path}/{kind}/mlflow.db"
@@ -271,8 +271,9 @@ def test_a_batch_gets_a_writer_thread_or_a_process_per_run_on_a_quarter_of_the_c
 
 
 def _two_runs_checkpointing_every_20_steps(store: str) -> list:
-    """A batch of two runs of 130 steps, a checkpoint every 20, both FINISHED."""
-    specs = [RunSpec(_config(130, snapshots=[0], checkpoint_every=20, optimizer={"name": "adam", "lr": lr}))
+    """A batch of two runs of 130 steps, a checkpoint every 20, both FINISHED (their last checkpoints kept)."""
+    specs = [RunSpec(_config(130, snapshots=[0], checkpoint_every=20, optimizer={"name": "adam", "lr": lr},
+                             keep_checkpoints=True))
              for lr in (1.0, 4.0)]
     results = execute_batch(specs, tracking_uri=store, experiment="rounds", progress=False)
     assert [r.status for r in results] == [FINISHED, FINISHED], [r.error for r in results]

@@ -45,6 +45,8 @@ class RunConfig(TransferConfig):
     # The recipe these settings started from (pipelines.config.presets); a label: the values are the keys.
     preset: str = "seed"
     checkpoint_every: int = 100  # steps between resumable checkpoints (0: none)
+    # Keep a FINISHED run's last checkpoints (image and optimizer state), which it never resumes from.
+    keep_checkpoints: bool = False
     # Deterministic GPU kernels: bit-identical runs and resumes on one GPU (nst.determinism).
     deterministic: bool = False
     # On a CUDA GPU, each step's losses and gradient replayed from one captured CUDA graph (nst.graphs).
@@ -214,7 +216,7 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 #: Keys that change how a run is carried out, not what it computes.
-_NOT_IN_RUN_KEY = ("checkpoint_every", "cuda_graph", "deterministic", "preset")
+_NOT_IN_RUN_KEY = ("checkpoint_every", "keep_checkpoints", "cuda_graph", "deterministic", "preset")
 #: Keys added after runs were first keyed: at their default they leave the key as it was, so a
 #: store's finished runs stay finished for a sweep run again.
 _KEYED_WHEN_SET = ("gram_norm", "style_blend", "preserve_color", "scales", "stop", "style_loss", "average")

@@ -40,8 +40,10 @@ class Task:
 
     @property
     def verb(self) -> str:
-        resume = self.spec.resume_run_id
-        return f"resume run {resume}" if resume else "start"
+        resume, step = self.spec.resume_run_id, self.spec.resume_step
+        if not resume:
+            return "start"
+        return f"resume run {resume} " + (f"from its checkpoint of step {step}" if step else "from the start")
 
 
 @dataclass

@@ -168,7 +168,8 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
                            backbone=backbone.to(on), init01=[None if i is None else i.to(on) for i in inits],
                            cuda_graph=config.cuda_graph)
     probe = quality_probe(module, inputs.content, inputs.styles, config)
-    log = BatchLog(client, samples, probe, describe=lambda exc: describe_failure(exc, config, device, len(specs)))
+    log = BatchLog(client, samples, probe, describe=lambda exc: describe_failure(exc, config, device, len(specs)),
+                   keep_checkpoints=config.keep_checkpoints)
     callbacks: list[pl.Callback] = [log]
     if config.checkpoint_every:
         callbacks.append(checkpoint_store.Checkpoints(config.checkpoint_every, log))

@@ -27,7 +27,16 @@ from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec
 from pipelines.tracking import space, store
 from pipelines.tracking.checkpoint_store import checkpoint_steps
 from pipelines.tracking.copy_run import copy_run
-from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
+from pipelines.tracking.run_writer import drop_checkpoints
+from pipelines.tracking.tags import (
+    CHECKPOINT_STEP_TAG,
+    POINT_TAG,
+    RUN_KEY_TAG,
+    SWEEP_KEY_TAG,
+    SWEEP_TAG,
+    VARIANT_TAG,
+    VARIED_TAG,
+)
 
 SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep
 
@@ -125,7 +134,7 @@ def run_experiment(
         exp_id, parent_id, done, interrupted = _open_parent(client, experiment, tracking_uri, say, fresh)
         sweep = SweepResult(parent_id)
         todo = (list(experiment.points) if fresh
-                else _keep_finished(client, experiment, exp_id, parent_id, done, interrupted, sweep, say))
+                else _keep_finished(client, experiment, exp_id, parent_id, done, interrupted, sweep, say, tracking_uri))
         runs = [interrupted.get(point.key) for point in todo]
         held = [set(checkpoint_steps(run.data.tags)) if run else set() for run in runs]
         steps = resume_steps([point.config for point in todo], held)
@@ -181,17 +190,21 @@ def _open_parent(client: MlflowClient, experiment: Experiment, tracking_uri: str
 
 
 def _keep_finished(client: MlflowClient, experiment: Experiment, exp_id: str, parent_id: str, done: dict[str, Run],
-                   interrupted: dict[str, Run], sweep: SweepResult, say: Callable[[str], None]) -> list[Point]:
-    """The points still to run. One FINISHED under this parent is skipped; one FINISHED under an earlier
+                   interrupted: dict[str, Run], sweep: SweepResult, say: Callable[[str], None],
+                   tracking_uri: str) -> list[Point]:
+    """The points still to run. One FINISHED under this parent is skipped (its checkpoints deleted if an
+    earlier nst left them: run_writer.drop_checkpoints); one FINISHED under an earlier
     version of the file (another parent of the same sweep: a value since added to the grid, say) is
     copied here instead of optimized again (pipelines.tracking.copy_run)."""
     missing = [p for p in experiment.points if p.key not in done and p.key not in interrupted]
     earlier = _finished_elsewhere(client, exp_id, experiment.name, parent_id) if missing else {}
-    todo = []
+    todo, freed, dropped = [], 0, 0
     for point in experiment.points:
         if point.key in done:
             run = done[point.key]
             say(f"  skip {point.name}: already FINISHED as run {run.info.run_id}")
+            if any(k.startswith(CHECKPOINT_STEP_TAG) for k in run.data.tags):  # left by an earlier nst
+                freed, dropped = freed + drop_checkpoints(tracking_uri, run.info.run_id), dropped + 1
         elif point.key in earlier and point.key not in interrupted:
             source = earlier[point.key]
             run = copy_run(client, source, point.name, {**_point_tags(point, experiment.name),
@@ -204,6 +217,10 @@ def _keep_finished(client: MlflowClient, experiment: Experiment, exp_id: str, pa
             continue
         folder = store.local_folder(run.info.artifact_uri)  # the run in hand: no request to ask for it again
         sweep.results.append((point, _skipped(run, str(folder / "final.png") if folder else None)))
+    if dropped:
+        size = f" ({space.size_text(freed)})" if freed else ""
+        say(f"  deleted the checkpoints{size} of {dropped} FINISHED run{'s' if dropped > 1 else ''}: a FINISHED "
+            "run never resumes")
     return todo
 
 

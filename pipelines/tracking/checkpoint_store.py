@@ -24,16 +24,16 @@ from torch import Tensor
 from nst import checkpoints
 from pipelines.tracking.run_log import BatchLog
 from pipelines.tracking.run_writer import upload_file
+from pipelines.tracking.tags import CHECKPOINT_FOLDER, CHECKPOINT_STEP_TAG
 
 #: A run keeps its last two checkpoints, written in turn, each slot's step in its own tag: emptied
 #: before the slot is rewritten, set once its upload is whole. A kill -9 at any moment leaves the tags
 #: naming whole checkpoints only, and the runs of a batch killed between their saves still share a
-#: step to resume from together.
-CHECKPOINT_FOLDER = "checkpoint"  # a run's artifacts folder of its checkpoints
+#: step to resume from together. A FINISHED run never resumes: its checkpoints go once it is
+#: (run_writer.drop_checkpoints).
 CHECKPOINT_SLOTS = {slot: f"{CHECKPOINT_FOLDER}/{slot}.ckpt" for slot in ("a", "b")}
 #: Rounds of checkpoints a batch written by one writer may hand over before the oldest is in the store.
 ROUNDS_AHEAD = 4
-CHECKPOINT_STEP_TAG = "nst.checkpoint_step"  # the step of the run's latest checkpoint
 LEGACY_CHECKPOINT = f"{CHECKPOINT_FOLDER}/last.ckpt"  # one file, before the slots (runs logged by earlier nst)
 
 

@@ -31,7 +31,7 @@ from nst.images import to_pil
 from nst.module import StyleTransfer
 from nst.stopping import NEVER
 from pipelines.tracking import store
-from pipelines.tracking.run_writer import RunWriter, end_run, log_image
+from pipelines.tracking.run_writer import RunWriter, drop_checkpoints, end_run, log_image
 from pipelines.tracking.tags import ERROR_TAG
 
 CHUNK = 50  # steps whose losses stay on the device before they are read back in one copy
@@ -64,8 +64,9 @@ class BatchLog(pl.Callback):
     """Every step's losses, each run's rows and snapshots, and each run's end (module docstring)."""
 
     def __init__(self, client: MlflowClient, samples: list[Sample], probe: Probe | None,
-                 describe: Callable[[BaseException], str]) -> None:
+                 describe: Callable[[BaseException], str], keep_checkpoints: bool = False) -> None:
         self.client, self.samples, self.probe, self.describe = client, samples, probe, describe
+        self.keep_checkpoints = keep_checkpoints  # else a FINISHED run's go (run_writer.drop_checkpoints)
         self._rows: list[Tensor] = []  # (metrics, images) per step, on the device
         self._meta: list[tuple[int, list[float]]] = []  # (step, learning rates) per row, on the host
         self._keys: list[str] = []
@@ -172,6 +173,8 @@ class BatchLog(pl.Callback):
         on their writers (64 one at a time took 0.5 s of a batch's end on this CPU, 7 s against a
         tracking server). `settle` says whether they were written."""
         sample.writer.after_rows(end_run, sample.run_id, to_pil(image01), {STOP_TAG: reason}, FINISHED)
+        if not self.keep_checkpoints:
+            sample.writer.after_rows(drop_checkpoints, sample.run_id)  # once it is FINISHED: it never resumes
         sample.final_image = final_path(sample.artifact_uri)
         sample.status = FINISHED
 

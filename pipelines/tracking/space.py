@@ -57,8 +57,13 @@ def free_in(folder: Path) -> str:
         free = shutil.disk_usage(folder).free
     except OSError:
         return f"{folder}: ? free"
-    unit, size = next(((u, n) for u, n in (("GB", 2**30), ("MB", 2**20)) if free >= n), ("kB", 2**10))
-    return f"{folder}: {free / size:.1f} {unit} free"
+    return f"{folder}: {size_text(free)} free"
+
+
+def size_text(n: int) -> str:
+    """`20.0 kB`, `1.4 MB`, `7.5 GB` (powers of 1024)."""
+    unit, size = next(((u, b) for u, b in (("GB", 2**30), ("MB", 2**20)) if n >= b), ("kB", 2**10))
+    return f"{n / size:.1f} {unit}"
 
 
 def written(error: BaseException) -> Path | None:

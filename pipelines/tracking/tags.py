@@ -1,4 +1,5 @@
-"""The names of nst's MLflow tags, in one place: the sweep writes them, the reports read them."""
+"""The names of nst's MLflow tags, in one place: the sweep writes them, the reports read them (and the
+artifact folder of a run's checkpoints, which its checkpoint tags name)."""
 
 from __future__ import annotations
 
@@ -11,3 +12,5 @@ VARIANT_TAG = "nst.variant"  # a child's variant label, when the file has varian
 ERROR_TAG = "nst.error"  # why a run FAILED or was KILLED, in one line
 BATCH_TAG = "nst.batch_size"  # how many runs optimized together as one image tensor with this one
 CUDA_GRAPH_TAG = "nst.cuda_graph"  # under `cuda_graph: true`: "replayed", or why its steps ran op by op
+CHECKPOINT_STEP_TAG = "nst.checkpoint_step"  # .a / .b: the step of the run's whole checkpoint in that slot
+CHECKPOINT_FOLDER = "checkpoint"  # a run's artifacts folder of its checkpoints
