@@ -13,7 +13,7 @@ PHASES  ?=
 STORE   := $(CURDIR)/mlruns
 MLFLOW_TRACKING_URI ?= sqlite:///$(STORE)/mlflow.db
 
-.PHONY: help install install-dev browser postgres server recipes gallery test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-profile bench-host bench-startup schema bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
+.PHONY: help install install-dev browser postgres server recipes gallery test test-gpu gpu-check lint experiment run report reproduce bench bench-batch bench-profile bench-host bench-checkpoint bench-startup schema bench-expand bench-cluster bench-peer bench-levers lr-find-check docs ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -74,12 +74,13 @@ reproduce: install  ## the Challenges slide: lr_sweep + its 0-1-pixel contrast (
 	$(NST) experiment lr_sweep_unit_pixels.yaml --quiet
 	$(NST) report lr_sweep
 
-bench: install  ## overhead, roofline, precision, memory, peer, levers, batches -> BENCHMARKS.md (~35 min; on a GPU -> BENCHMARKS-cuda.md)
+bench: install  ## overhead, roofline, precision, memory, peer, levers, batches, host work, a checkpoint's cost -> BENCHMARKS.md (~37 min; on a GPU -> BENCHMARKS-cuda.md)
 	$(PY) -m benchmarks.bench --device $(DEVICE)
 	$(PY) -m benchmarks.peer --device $(DEVICE)
 	$(PY) -m benchmarks.levers --device $(DEVICE)
 	$(PY) -m benchmarks.batch --device $(DEVICE)
 	$(PY) -m benchmarks.host --device $(DEVICE)
+	$(PY) -m benchmarks.checkpoint --device $(DEVICE)
 	$(PY) -m benchmarks.step_profile --device $(DEVICE)
 	$(PY) -m benchmarks.expand --device $(DEVICE)
 
@@ -97,6 +98,9 @@ bench-profile: install  ## where a batched step's time goes, operator by operato
 
 bench-host: install  ## a step's host work apart from its losses: bare, tracked, tracked with checkpoints (B = 3, 64) -> BENCHMARKS.md
 	$(PY) -m benchmarks.host --device $(DEVICE)
+
+bench-checkpoint: install  ## what one checkpoint costs a run of the default recipe: peak memory, wall, file -> BENCHMARKS.md
+	$(PY) -m benchmarks.checkpoint --device $(DEVICE)
 
 bench-startup: install  ## what a tracked fit pays once, apart from its steps (first and second fit in a process) -> BENCHMARKS.md
 	$(PY) -m benchmarks.startup --device $(DEVICE)

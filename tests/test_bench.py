@@ -48,13 +48,17 @@ def test_levers_bench_runs_each_cheap_lever(tmp_path) -> None:
     assert "| without frozen weights" in text
 
 
+def _smoke(main, tmp_path) -> str:
+    """What a bench's `--smoke` run wrote into a fresh BENCHMARKS.md."""
+    out = tmp_path / "BENCHMARKS.md"
+    assert main(["--smoke", "--out", str(out)]) == 0
+    return out.read_text()
+
 @pytest.mark.heavy
 def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
     from benchmarks.batch import main as batch
 
-    out = tmp_path / "BENCHMARKS.md"
-    assert batch(["--smoke", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = _smoke(batch, tmp_path)
     assert "## Batches" in text and "| 32 px |" in text and "| 3 × 32 px, SQLite |" in text
     assert "| 3 × 32 px, a tracking server (SQLite behind it) |" in text
     assert "| lr_sweep, 4 steps |" in text and "| 8 points at 32 px, 3 steps |" in text
@@ -90,11 +94,22 @@ def test_the_bare_loop_steps_in_nsts_own_memory_layout(monkeypatch) -> None:
 def test_startup_smoke_writes_its_section(tmp_path) -> None:
     from benchmarks.startup import main as startup
 
-    out = tmp_path / "BENCHMARKS.md"
-    assert startup(["--smoke", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = _smoke(startup, tmp_path)
     assert "## A tracked fit's one-off time" in text
     assert "| first in the process | 2 |" in text and "| second | 6 |" in text and "Paid once in a fit:" in text
+
+
+def test_checkpoint_smoke_writes_its_section_and_stops_at_a_run_that_did_not_finish(tmp_path) -> None:
+    from benchmarks.checkpoint import fresh_run
+    from benchmarks.checkpoint import main as checkpoint
+
+    text = _smoke(checkpoint, tmp_path)
+    assert "## A checkpoint's cost" in text and "| 32 px | none |" in text and "| 32 px | at step 10 |" in text
+    assert "| 32 px | the checkpoint's cost |" in text
+    held = next(line for line in text.splitlines() if line.startswith("| 32 px | at step 10 |")).split("|")[-2]
+    assert held.strip().endswith("kB")  # the file was there to measure
+    with pytest.raises(SystemExit, match=r"the run did not finish \(exit 2\).*size must be within"):
+        fresh_run(0, 2, 1, "cpu", tmp_path / "bad")
 
 
 def test_host_smoke_writes_its_section_with_the_runs_own_metrics(tmp_path) -> None:
@@ -102,9 +117,7 @@ def test_host_smoke_writes_its_section_with_the_runs_own_metrics(tmp_path) -> No
     from benchmarks.host import _cheap_losses
     from benchmarks.host import main as host
 
-    out = tmp_path / "BENCHMARKS.md"
-    assert host(["--smoke", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = _smoke(host, tmp_path)
     assert "## A step's host work" in text and "| 3 images |" in text and "| 8 images |" in text
     # The cheap losses stand in for the real ones name for name: the tracked runs log what real runs log.
     module = loops.batch_module(loops.point_configs(2), 32, torch.device(DEVICE))
@@ -115,9 +128,7 @@ def test_host_smoke_writes_its_section_with_the_runs_own_metrics(tmp_path) -> No
 def test_step_profile_smoke_writes_its_section(tmp_path) -> None:
     from benchmarks.step_profile import main as step_profile
 
-    out = tmp_path / "BENCHMARKS.md"
-    assert step_profile(["--smoke", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = _smoke(step_profile, tmp_path)
     assert "## Where a step's time goes" in text and "**2 × 32 px**" in text
     assert "| `aten::convolution_backward` |" in text  # the input's gradient through the VGG, on any device
     assert "| fp32 (`precision: fp32`) |" in text  # the other precision `auto` could pick, weighed too
@@ -162,7 +173,8 @@ def test_a_batched_step_launches_no_more_kernels_than_it_did() -> None:
 
 
 @pytest.mark.parametrize("script", ["benchmarks.bench", "benchmarks.peer", "benchmarks.levers", "benchmarks.batch",
-                                    "benchmarks.step_profile", "benchmarks.startup", "benchmarks.host"])
+                                    "benchmarks.step_profile", "benchmarks.startup", "benchmarks.host",
+                                    "benchmarks.checkpoint"])
 def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(script: str, capsys) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")

@@ -225,7 +225,7 @@ def test_fresh_runs_every_point_anew_under_a_new_parent_and_the_next_command_res
 
 def test_a_finished_run_keeps_no_checkpoint_and_a_sweep_run_again_deletes_those_an_earlier_nst_kept(
         grid_file, store, capsys) -> None:
-    """A FINISHED run never resumes: its checkpoints (598 MB for a 512 px L-BFGS run) go when it ends,
+    """A FINISHED run never resumes: its checkpoints (510-600 MB each for a 512 px L-BFGS run) go when it ends,
     unless keep_checkpoints; the same sweep run again deletes those its FINISHED runs still hold."""
     command = ["experiment", str(grid_file), "--tracking-uri", store, "--quiet", "--set", "checkpoint_every=2"]
     assert main([*command, "--set", "keep_checkpoints=true"]) == 0  # as nst kept them before

@@ -4,6 +4,7 @@ in step order, a store that fails is not hidden, and a writer process dies with 
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import sqlite3
@@ -210,6 +211,51 @@ def test_a_checkpoint_holds_its_step_however_late_the_thread_saves_it(store, mon
     logged = np.asarray(Image.open(client.download_artifacts(result.run_id, snapshot, str(tmp_path))))
     held = np.asarray(to_pil((checkpoint["state_dict"]["image"] / config.pixel_scale).clamp(0, 1)))
     assert np.array_equal(held, logged)  # the image after 100 updates, as the step-100 snapshot shows it
+
+
+def _same(a: object, b: object) -> bool:
+    """Two checkpoints' contents equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu())
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_an_lbfgs_checkpoint_holds_its_step_though_its_curvature_pairs_are_not_copied(
+        store, monkeypatch, tmp_path, writer) -> None:
+    # The pairs (most of L-BFGS' state: 510 MB at 512 px) are referenced, not copied, when the checkpoint
+    # is taken, since torch's L-BFGS only appends new ones; what is saved, late, is still that step's state.
+    taken: dict[str, object] = {}
+    on_host = checkpoint_store._on_host
+
+    def spy(checkpoint):
+        state = checkpoint["optimizer_states"][0]["state"][0]
+        taken["then"] = copy.deepcopy(checkpoint["optimizer_states"])  # the state at its step, copied whole
+        out = on_host(checkpoint)
+        taken["shared"] = out["optimizer_states"][0]["state"][0]["old_dirs"][-1] is state["old_dirs"][-1]
+        return out
+
+    def late(*args, **kwargs):
+        time.sleep(1.0)  # the loop meanwhile runs on: tens of L-BFGS steps at 32 px
+        upload_file(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_store, "_on_host", spy)
+    if writer == "thread":  # a writer process runs its own, unpatched upload_file
+        monkeypatch.setattr(checkpoint_store, "upload_file", late)
+    monkeypatch.setenv(WRITER_ENV, writer)
+    config = _config(150, snapshots=[0], checkpoint_every=100, keep_checkpoints=True,
+                     optimizer={"name": "lbfgs", "lr": 1})
+    result = execute(config, tracking_uri=store, experiment="lbfgs", progress=False)
+    assert result.status == FINISHED, result.error
+    assert taken["shared"] is True
+    saved = torch.load(download_checkpoint(MlflowClient(store), result.run_id, tmp_path), map_location="cpu",
+                       weights_only=False)
+    assert saved["global_step"] == 100 and len(saved["optimizer_states"][0]["state"][0]["old_dirs"]) > 50
+    assert _same(saved["optimizer_states"], taken["then"])
 
 
 def test_a_batch_written_by_processes_is_the_batch_written_by_a_thread(tmp_path) -> None:

@@ -68,11 +68,7 @@ class Checkpoints(pl.Callback):
         if step == self.start or step % self.every:
             return
         self.batch_log.flush(module)  # type: ignore[arg-type]  # every row so far to its run, ahead of its checkpoint
-        # Lightning's own checkpoint dict (what trainer.save_checkpoint writes), copied to the host
-        # now: it refers to the live image and optimizer state, which the next steps change.
-        state = apply_to_collection(trainer._checkpoint_connector.dump_checkpoint(), Tensor,
-                                    lambda t: t.detach().to("cpu", copy=True))
-        parts = checkpoints.split(state)
+        parts = checkpoints.split(_on_host(trainer._checkpoint_connector.dump_checkpoint()))
         slot = "ab"[(step // self.every) % 2]
         tag = _slot_tag(slot)
         live = self.batch_log.live
@@ -87,13 +83,44 @@ class Checkpoints(pl.Callback):
             for b, sample in live])
 
 
+#: torch's L-BFGS keeps its curvature pairs as lists to which each step appends new tensors (and drops
+#: the oldest); it never writes one in place. They are most of its state: 100 pairs of the image's size.
+_APPENDED = ("old_dirs", "old_stps")
+
+
+def _on_host(checkpoint: checkpoints.Checkpoint) -> checkpoints.Checkpoint:
+    """Lightning's own checkpoint dict (what trainer.save_checkpoint writes) copied to the host now:
+    it refers to the live image and optimizer state, which the next steps change. The L-BFGS pairs
+    already on the host are the exception: referenced, not copied, since no step changes them (at
+    512 px that copy was 540 MB at the peak; at 2048 px it would be 8.6 GB)."""
+    kept: dict[tuple[int, Any, str], list[Tensor]] = {}
+    states = []
+    for i, optimizer in enumerate(checkpoint.get("optimizer_states", [])):
+        state = {}
+        for key, values in optimizer["state"].items():
+            held = {name: values[name] for name in _APPENDED
+                    if name in values and all(t.device.type == "cpu" for t in values[name])}
+            kept |= {(i, key, name): list(tensors) for name, tensors in held.items()}
+            state[key] = {name: v for name, v in values.items() if name not in held}
+        states.append({**optimizer, "state": state})
+    copied = apply_to_collection({**checkpoint, "optimizer_states": states}, Tensor,
+                                 lambda t: t.detach().to("cpu", copy=True))
+    for (i, key, name), tensors in kept.items():
+        copied["optimizer_states"][i]["state"][key][name] = tensors
+    return copied
+
+
 class _Serialized:
     """A run's part of the state, serialized (torch.save) where it is written, off the loop: on the
-    writer thread, or as it is pickled for the writer process, which then receives plain bytes and
-    needs no torch (64 parts at 256 px take 0.1 s to serialize on this CPU)."""
+    writer thread straight into the file it uploads (no copy of it in memory: a 512 px L-BFGS
+    checkpoint is 510-600 MB), or as it is pickled for the writer process, which then receives plain
+    bytes and needs no torch (64 parts at 256 px take 0.1 s to serialize on this CPU)."""
 
     def __init__(self, part: dict[str, Any]) -> None:
         self.part = part
+
+    def save(self, path: Path) -> None:
+        torch.save(self.part, path)
 
     def __bytes__(self) -> bytes:
         buffer = io.BytesIO()
