@@ -229,6 +229,7 @@ def test_a_finished_run_keeps_no_checkpoint_and_a_sweep_run_again_deletes_those_
     unless keep_checkpoints; the same sweep run again deletes those its FINISHED runs still hold."""
     command = ["experiment", str(grid_file), "--tracking-uri", store, "--quiet", "--set", "checkpoint_every=2"]
     assert main([*command, "--set", "keep_checkpoints=true"]) == 0  # as nst kept them before
+    assert main([*command, "--set", "keep_checkpoints=true"]) == 0  # asked to keep them: kept, run again or not
     _, kept = _runs(store)
     client = MlflowClient(store)
     folders = [Path(client.get_run(r.info.run_id).info.artifact_uri.removeprefix("file://")) / "checkpoint"

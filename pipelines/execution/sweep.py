@@ -203,7 +203,8 @@ def _keep_finished(client: MlflowClient, experiment: Experiment, exp_id: str, pa
         if point.key in done:
             run = done[point.key]
             say(f"  skip {point.name}: already FINISHED as run {run.info.run_id}")
-            if any(k.startswith(CHECKPOINT_STEP_TAG) for k in run.data.tags):  # left by an earlier nst
+            # Kept by an earlier nst (or keep_checkpoints since unset, or a kill before they went).
+            if not point.config.keep_checkpoints and any(k.startswith(CHECKPOINT_STEP_TAG) for k in run.data.tags):
                 freed, dropped = freed + drop_checkpoints(tracking_uri, run.info.run_id), dropped + 1
         elif point.key in earlier and point.key not in interrupted:
             source = earlier[point.key]

@@ -91,10 +91,10 @@ def end_run(uri: str, run_id: str, final: Any, tags: Mapping[str, str], status: 
 def drop_checkpoints(uri: str, run_id: str) -> int:
     """A FINISHED run's checkpoints deleted, then the tags that named them: it never resumes, and they
     hold its image and optimizer state, up to two of them (510-600 MB each for a 512 px run of the
-    default recipe, whose L-BFGS keeps 100 curvature pairs; the gallery's 16 runs left 7.4 GB of 7.6). Any other run is
-    left as it is. Returns the bytes freed when the store is on this disk (0 elsewhere). Best effort,
-    never raising: the run's result is in, and where the store refused, the tags still name the files,
-    so running the sweep again tries again (pipelines.execution.sweep)."""
+    default recipe, whose L-BFGS keeps 100 curvature pairs; the gallery's 16 runs left 7.4 GB of
+    7.6). Any other run is left as it is. Returns the bytes freed when the store is on this disk (0
+    elsewhere). Best effort, never raising: the run's result is in, and where the store refused, the
+    tags still name the files, so running the sweep again tries again (pipelines.execution.sweep)."""
     try:
         client = client_for(uri)
         run = client.get_run(run_id)
