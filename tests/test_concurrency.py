@@ -2,10 +2,13 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+
+from pipelines.tracking.checkpoint_store import checkpoint_steps
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 STEPS = 20
@@ -51,3 +54,41 @@ def test_two_sweeps_share_one_sqlite_store(tmp_path) -> None:
         for child in children:
             steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "loss/total"))
             assert steps == list(range(STEPS))
+
+
+@pytest.mark.heavy
+def test_the_same_sweep_started_again_while_it_runs_is_refused_and_leaves_its_runs_alone(tmp_path, capsys) -> None:
+    """A second command of a running sweep took its live RUNNING runs for interrupted ones and optimized them
+    too: every step after the checkpoint it resumed from was in the store twice, and both commands exited 0."""
+    from pipelines.cli import main
+
+    store = f"sqlite:///{tmp_path}/store/mlflow.db"
+    path = tmp_path / "busy.yaml"
+    path.write_text(_sweep("busy").replace(f"iterations: {STEPS}", "iterations: 400"))
+    command = ["experiment", str(path), "--tracking-uri", store, "--quiet"]
+    first = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *command], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(store)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:  # until both runs are RUNNING with a checkpoint
+        experiment = client.get_experiment_by_name("busy") if (tmp_path / "store" / "mlflow.db").exists() else None
+        runs = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''") if experiment else []
+        if len(runs) == 2 and all(checkpoint_steps(r.data.tags) and r.info.status == "RUNNING" for r in runs):
+            break
+        time.sleep(0.3)
+    assert first.poll() is None, "the first command ended before it could be caught running"
+
+    capsys.readouterr()  # MLflow's own lines from opening the store above
+    assert main(command) == 2  # refused before anything is written
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nst: error: sweep busy is already running on this store (process ")
+    assert f"process {first.pid} on " in err and len(err.splitlines()) == 1
+
+    _, out = first.communicate(timeout=300)
+    assert first.returncode == 0, out[-2000:]
+    for child in client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''"):
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss/total")]
+        assert sorted(steps) == list(range(400))  # each step once
+    assert main(command) == 0  # the lock went with the command: the same command now skips both runs
+    assert capsys.readouterr().out.count("  skip ") == 2

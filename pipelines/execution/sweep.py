@@ -24,6 +24,7 @@ from pipelines.execution.batches import AUTO, here, plan, resume_steps
 from pipelines.execution.executors import Executor, Job, Task, run_local
 from pipelines.execution.inputs import check_inputs
 from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec
+from pipelines.execution.sweep_lock import sweep_lock
 from pipelines.tracking import space, store
 from pipelines.tracking.checkpoint_store import checkpoint_steps
 from pipelines.tracking.copy_run import copy_run
@@ -129,8 +130,10 @@ def run_experiment(
     same whichever runs them. `fresh`: a new parent run whatever the store holds, every point run anew."""
     client = MlflowClient(tracking_uri)
     check_inputs([p.config for p in experiment.points], client)  # before anything is written
-    # A store with no space left stops the sweep with one line (pipelines.tracking.space).
-    with space.stop_when_full(tracking_uri):
+    # One command per sweep and store: a second would take the first's live runs for interrupted ones
+    # (pipelines.execution.sweep_lock). A store with no space left stops the sweep with one line
+    # (pipelines.tracking.space).
+    with sweep_lock(tracking_uri, experiment.name, experiment.sweep_key), space.stop_when_full(tracking_uri):
         exp_id, parent_id, done, interrupted = _open_parent(client, experiment, tracking_uri, say, fresh)
         sweep = SweepResult(parent_id)
         todo = (list(experiment.points) if fresh
