@@ -11,6 +11,7 @@ Writes "A checkpoint's cost" in BENCHMARKS.md (BENCHMARKS-cuda.md on a GPU: `--d
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from benchmarks.device import ROOT, bench_parser, device_name, pick
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
 from pipelines.tracking.space import size_text
+from pipelines.tracking.writers import WRITER_ENV
 
 HEADING = "## A checkpoint's cost"
 IMAGES = ROOT / "experiments" / "images"
@@ -29,16 +31,18 @@ CHILD = ("import resource, sys\nfrom pipelines.cli import main\nrc = main(sys.ar
          "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nraise SystemExit(rc)")
 
 
-def fresh_run(size: int, steps: int, every: int, device: str, folder: Path) -> tuple[int, float, int]:
-    """(peak resident bytes, wall s, checkpoint bytes) of one `nst run` in a fresh process; a run that
-    did not FINISH stops the bench with its error (its time would mean nothing)."""
+def fresh_run(size: int, steps: int, every: int, device: str, folder: Path, writer: str = "thread"
+              ) -> tuple[int, float, int]:
+    """(peak resident bytes, wall s, checkpoint bytes) of one `nst run` in a fresh process, its rows and
+    checkpoints written by a `writer` thread or process (NST_WRITER); a run that did not FINISH stops
+    the bench with its error (its time would mean nothing)."""
     uri = new_store(folder)
     command = [sys.executable, "-c", CHILD, "run", "--content", str(IMAGES / "grace_hopper.jpg"),
                "--style", str(IMAGES / "starry_night.jpg"), "--tracking-uri", uri, "--quiet",
                *(f"--set={kv}" for kv in (f"size={size}", f"iterations={steps}", f"checkpoint_every={every}",
                                           "keep_checkpoints=true", "snapshots=[0]", f"device={device}"))]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, WRITER_ENV: writer})
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"bench-checkpoint: the run did not finish (exit {done.returncode}): "
@@ -57,17 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     section = Section(args.out, [HEADING, "", f"`python -m benchmarks.checkpoint` on {device_name(device)}: "
                       f"`nst run` of the default recipe (L-BFGS) for {steps} steps, each in a fresh process, "
                       f"with its checkpoint at step {every} and with none (`checkpoint_every: 0`).", "",
-                      "| size | checkpoint | peak memory | wall | checkpoint file |", "|---|---|---|---|---|"])
+                      "The run's writer is a thread (a CPU's choice for a run alone) or a process (a GPU's, and a "
+                      "CPU's for 8 runs or more), which gets the checkpoint as a file's path.", "",
+                      "| size | writer | checkpoint | peak memory | wall | checkpoint file |",
+                      "|---|---|---|---|---|---|"])
     for size in sizes:
-        measured = {}
-        for kind, n in (("none", 0), (f"at step {every}", every)):
-            with tempfile.TemporaryDirectory() as tmp:
-                peak, wall, held = measured[kind] = fresh_run(size, steps, n, device.type, Path(tmp))
-            section.add(f"| {size} px | {kind} | {size_text(peak)} | {wall:.1f} s | "
-                        f"{size_text(held) if held else '-'} |")
-        (p0, w0, _), (p1, w1, _) = measured.values()
-        grew = ("+" if p1 >= p0 else "-") + size_text(abs(p1 - p0))
-        section.add(f"| {size} px | the checkpoint's cost | {grew} | {w1 - w0:+.1f} s | |")
+        for writer in ("thread", "process"):
+            measured = {}
+            for kind, n in (("none", 0), (f"at step {every}", every)):
+                with tempfile.TemporaryDirectory() as tmp:
+                    peak, wall, held = measured[kind] = fresh_run(size, steps, n, device.type, Path(tmp), writer)
+                section.add(f"| {size} px | {writer} | {kind} | {size_text(peak)} | {wall:.1f} s | "
+                            f"{size_text(held) if held else '-'} |")
+            (p0, w0, _), (p1, w1, _) = measured.values()
+            grew = ("+" if p1 >= p0 else "-") + size_text(abs(p1 - p0))
+            section.add(f"| {size} px | {writer} | the checkpoint's cost | {grew} | {w1 - w0:+.1f} s | |")
     return 0
 
 

@@ -104,10 +104,11 @@ def test_checkpoint_smoke_writes_its_section_and_stops_at_a_run_that_did_not_fin
     from benchmarks.checkpoint import main as checkpoint
 
     text = _smoke(checkpoint, tmp_path)
-    assert "## A checkpoint's cost" in text and "| 32 px | none |" in text and "| 32 px | at step 10 |" in text
-    assert "| 32 px | the checkpoint's cost |" in text
-    held = next(line for line in text.splitlines() if line.startswith("| 32 px | at step 10 |")).split("|")[-2]
-    assert held.strip().endswith("kB")  # the file was there to measure
+    assert "## A checkpoint's cost" in text
+    for writer in ("thread", "process"):
+        assert f"| 32 px | {writer} | none |" in text and f"| 32 px | {writer} | the checkpoint's cost |" in text
+        held = next(line for line in text.splitlines() if line.startswith(f"| 32 px | {writer} | at step 10 |"))
+        assert held.split("|")[-2].strip().endswith("kB")  # the file was there to measure
     with pytest.raises(SystemExit, match=r"the run did not finish \(exit 2\).*size must be within"):
         fresh_run(0, 2, 1, "cpu", tmp_path / "bad")
 

@@ -172,7 +172,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
                    keep_checkpoints=config.keep_checkpoints)
     callbacks: list[pl.Callback] = [log]
     if config.checkpoint_every:
-        callbacks.append(checkpoint_store.Checkpoints(config.checkpoint_every, log))
+        callbacks.append(checkpoint_store.Checkpoints(config.checkpoint_every, log, folder / "checkpoints"))
     if progress:  # Lightning's own bar shows only self.log()-ed values; this one reads the runs' last losses
         callbacks.append(LossBar(log))
     trainer = pl.Trainer(

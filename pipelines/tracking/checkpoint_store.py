@@ -9,7 +9,8 @@ name whole checkpoints and the runs of a batch share a step to resume from toget
 
 from __future__ import annotations
 
-import io
+import os
+import tempfile
 from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from nst import checkpoints
 from pipelines.tracking.run_log import BatchLog
-from pipelines.tracking.run_writer import upload_file
+from pipelines.tracking.run_writer import SavedFile, upload_file
 from pipelines.tracking.tags import CHECKPOINT_FOLDER, CHECKPOINT_STEP_TAG
 
 #: A run keeps its last two checkpoints, written in turn, each slot's step in its own tag: emptied
@@ -53,8 +54,8 @@ class Checkpoints(pl.Callback):
     the loop's first checkpoints: waiting for the round before, an H100's tracked fit of 510 steps took
     11 s where its steps account for about 3.5 s (BENCHMARKS-cuda.md, "A tracked fit's one-off time")."""
 
-    def __init__(self, every: int, log: BatchLog) -> None:
-        self.every, self.batch_log = every, log
+    def __init__(self, every: int, log: BatchLog, folder: Path) -> None:
+        self.every, self.batch_log, self.folder = every, log, folder  # folder: files for writer processes
         self.start = 0  # the step this fit started from
         self._rounds: deque[list[Future[Any]]] = deque()  # the saves of the rounds not yet known done
 
@@ -77,7 +78,8 @@ class Checkpoints(pl.Callback):
             for saved in self._rounds.popleft():
                 saved.result()  # a save that failed raises here, as a failed write does at a flush
         self._rounds.append([
-            sample.writer.after_rows(upload_file, sample.run_id, _Serialized(parts[b]), CHECKPOINT_SLOTS[slot],
+            sample.writer.after_rows(upload_file, sample.run_id, _Serialized(parts[b], self.folder),
+                                     CHECKPOINT_SLOTS[slot],
                                      before={tag: ""},  # being written: names nothing until whole
                                      after={tag: str(step), CHECKPOINT_STEP_TAG: str(step)})
             for b, sample in live])
@@ -111,24 +113,25 @@ def _on_host(checkpoint: checkpoints.Checkpoint) -> checkpoints.Checkpoint:
 
 
 class _Serialized:
-    """A run's part of the state, serialized (torch.save) where it is written, off the loop: on the
-    writer thread straight into the file it uploads (no copy of it in memory: a 512 px L-BFGS
-    checkpoint is 510-600 MB), or as it is pickled for the writer process, which then receives plain
-    bytes and needs no torch (64 parts at 256 px take 0.1 s to serialize on this CPU)."""
+    """A run's part of the state, serialized (torch.save) off the loop and straight into a file, never
+    as bytes in memory (a 512 px L-BFGS checkpoint is 510-600 MB: in bytes, then pickled for a writer
+    process, it had cost the loop's process 919 MB more at its peak): on a writer thread, into the file
+    it uploads; for a writer process, as it is pickled (on that process's sender thread), into a file
+    in `folder` (the batch's own) whose path is what travels and which the process moves into place
+    (run_writer.SavedFile), so it needs no torch (64 parts at 256 px take 0.1 s to serialize here)."""
 
-    def __init__(self, part: dict[str, Any]) -> None:
-        self.part = part
+    def __init__(self, part: dict[str, Any], folder: Path) -> None:
+        self.part, self.folder = part, folder
 
     def save(self, path: Path) -> None:
         torch.save(self.part, path)
 
-    def __bytes__(self) -> bytes:
-        buffer = io.BytesIO()
-        torch.save(self.part, buffer)
-        return buffer.getvalue()
-
-    def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
-        return bytes, (bytes(self),)
+    def __reduce__(self) -> tuple[type[SavedFile], tuple[str]]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(suffix=".ckpt", dir=self.folder)
+        os.close(handle)
+        self.save(Path(name))
+        return SavedFile, (name,)
 
 
 def _slot_tag(slot: str) -> str:

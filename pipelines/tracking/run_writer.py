@@ -15,6 +15,7 @@ than MLflow, so that process starts in about a second.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 import time
@@ -119,6 +120,17 @@ class Saved(Protocol):
     def save(self, path: Path) -> None: ...
 
 
+class SavedFile:
+    """A file the optimizing process wrote for a writer process (a checkpoint: checkpoint_store), moved
+    into place by the upload: the path travels between the processes, not the bytes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def save(self, path: Path) -> None:
+        shutil.move(self.path, path)
+
+
 def upload_file(uri: str, run_id: str, data: bytes | SupportsBytes | Saved, path: str, before: Mapping[str, str],
                 after: Mapping[str, str]) -> None:
     """`data` as the artifact `path` ("folder/name"), the tags `before` set ahead of the upload and
@@ -128,7 +140,7 @@ def upload_file(uri: str, run_id: str, data: bytes | SupportsBytes | Saved, path
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in before.items()])
     folder, name = path.rsplit("/", 1)
     with tempfile.TemporaryDirectory() as tmp:
-        if isinstance(data, Saved):  # on a writer thread: straight into the file, no bytes in memory
+        if isinstance(data, Saved):  # written straight into the file (or moved there), never bytes in memory
             data.save(Path(tmp) / name)
         else:
             (Path(tmp) / name).write_bytes(bytes(data))
