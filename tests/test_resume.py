@@ -96,7 +96,9 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, make_sto
     path.write_text(SWEEP)
     store = make_store(tmp_path / "store")
     client = MlflowClient(store)
-    env = {**os.environ, "NST_WRITER": writer} if writer else None
+    temporary = tmp_path / "tmp"  # the commands' temporary folder (TMPDIR), this test's own
+    temporary.mkdir()
+    env = {**os.environ, "TMPDIR": str(temporary), **({"NST_WRITER": writer} if writer else {})}
     process = subprocess.Popen(_command(path, store, batch), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=env)
     killed_id, deadline = None, time.monotonic() + 180
@@ -110,6 +112,7 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, make_sto
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert client.get_run(killed_id).info.status == "RUNNING"  # nobody could mark it
+    assert list(temporary.glob(f"nst-batch-{process.pid}-*/inputs"))  # its batch's folder, left behind
     if batch == "2":  # both points were in the killed batch: both resume, each from its own checkpoint
         assert [r.info.status for r in _children(client).values()] == ["RUNNING", "RUNNING"]
         assert all(client.list_artifacts(r.info.run_id, "checkpoint") for r in _children(client).values())
@@ -135,6 +138,7 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, make_sto
         mine = _final(client, run.info.run_id, tmp_path / "a" / name)
         theirs = _final(ref_client, ref_runs[name].info.run_id, tmp_path / "b" / name)
         assert np.array_equal(mine, theirs), f"{name}: final image differs from an uninterrupted run"
+    assert not list(temporary.glob("nst-batch-*"))  # the killed command's folder went with the resume's own
     # The resume came from a real checkpoint, which went once the run was FINISHED (it never resumes again).
     assert any(f"resume run {killed_id} from its checkpoint of step {s}".encode() in done.stdout for s in held)
     assert not client.list_artifacts(killed_id, "checkpoint")
