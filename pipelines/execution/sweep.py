@@ -30,13 +30,13 @@ from pipelines.tracking.checkpoint_store import checkpoint_steps
 from pipelines.tracking.copy_run import copy_run
 from pipelines.tracking.run_writer import drop_checkpoints
 from pipelines.tracking.tags import (
-    CHECKPOINT_STEP_TAG,
     POINT_TAG,
     RUN_KEY_TAG,
     SWEEP_KEY_TAG,
     SWEEP_TAG,
     VARIANT_TAG,
     VARIED_TAG,
+    checkpoint_tags,
 )
 
 SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep
@@ -207,7 +207,7 @@ def _keep_finished(client: MlflowClient, experiment: Experiment, exp_id: str, pa
             run = done[point.key]
             say(f"  skip {point.name}: already FINISHED as run {run.info.run_id}")
             # Kept by an earlier nst (or keep_checkpoints since unset, or a kill before they went).
-            if not point.config.keep_checkpoints and any(k.startswith(CHECKPOINT_STEP_TAG) for k in run.data.tags):
+            if not point.config.keep_checkpoints and checkpoint_tags(run.data.tags):
                 freed, dropped = freed + drop_checkpoints(tracking_uri, run.info.run_id), dropped + 1
         elif point.key in earlier and point.key not in interrupted:
             source = earlier[point.key]

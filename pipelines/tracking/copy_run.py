@@ -21,9 +21,8 @@ from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from pipelines.tracking import store
-from pipelines.tracking.checkpoint_store import CHECKPOINT_FOLDER, CHECKPOINT_STEP_TAG
 from pipelines.tracking.run_writer import whole_steps
-from pipelines.tracking.tags import POINT_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG
+from pipelines.tracking.tags import CHECKPOINT_FOLDER, POINT_TAG, SWEEP_TAG, VARIANT_TAG, VARIED_TAG, checkpoint_tags
 
 COPIED_FROM_TAG = "nst.copied_from"
 #: Tags that say where a run stands in its sweep: the copy gets its new sweep's.
@@ -32,8 +31,8 @@ _PLACE = (MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE, SWEEP_TAG, POI
 
 def copy_run(client: MlflowClient, source: Run, run_name: str, tags: Mapping[str, str]) -> Run:
     """`source` copied as a new FINISHED run with `run_name` and `tags` (its parent, its place in the sweep)."""
-    kept = {k: v for k, v in source.data.tags.items()
-            if k not in _PLACE and not k.startswith(CHECKPOINT_STEP_TAG)}
+    left = {*_PLACE, *checkpoint_tags(source.data.tags)}  # a FINISHED run never resumes: no checkpoint comes
+    kept = {k: v for k, v in source.data.tags.items() if k not in left}
     info = store.create_run(client, source.info.experiment_id, start_time=source.info.start_time,
                             tags={**kept, **tags, COPIED_FROM_TAG: source.info.run_id}, run_name=run_name)
     run_id = info.run_id

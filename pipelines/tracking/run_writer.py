@@ -30,7 +30,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from pipelines.tracking.store import local_folder, log_params
-from pipelines.tracking.tags import CHECKPOINT_FOLDER, CHECKPOINT_STEP_TAG
+from pipelines.tracking.tags import CHECKPOINT_FOLDER, checkpoint_tags
 
 _METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 Rows = list[tuple[int, int, dict[str, float]]]  # (step, timestamp in ms, metrics) as the loop logged them
@@ -99,7 +99,7 @@ def drop_checkpoints(uri: str, run_id: str) -> int:
     try:
         client = client_for(uri)
         run = client.get_run(run_id)
-        named = [k for k in run.data.tags if k.split(".")[:2] == CHECKPOINT_STEP_TAG.split(".")]
+        named = checkpoint_tags(run.data.tags)
         if run.info.status != "FINISHED" or not named:
             return 0
         folder = local_folder(run.info.artifact_uri)

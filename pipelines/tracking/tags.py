@@ -3,6 +3,8 @@ artifact folder of a run's checkpoints, which its checkpoint tags name)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 SWEEP_TAG = "nst.sweep"  # a sweep's runs (parent and children): the experiment file's name
 SWEEP_KEY_TAG = "nst.sweep_key"  # the parent: a hash of the sweep's set of runs
 RUN_KEY_TAG = "nst.run_key"  # a child: a hash of its resolved config (the same key, the same result)
@@ -14,3 +16,8 @@ BATCH_TAG = "nst.batch_size"  # how many runs optimized together as one image te
 CUDA_GRAPH_TAG = "nst.cuda_graph"  # under `cuda_graph: true`: "replayed", or why its steps ran op by op
 CHECKPOINT_STEP_TAG = "nst.checkpoint_step"  # .a / .b: the step of the run's whole checkpoint in that slot
 CHECKPOINT_FOLDER = "checkpoint"  # a run's artifacts folder of its checkpoints
+
+
+def checkpoint_tags(tags: Iterable[str]) -> list[str]:
+    """The tags among `tags` that name a run's checkpoints (its slots', and the one of runs of earlier nst)."""
+    return [key for key in tags if key.startswith(CHECKPOINT_STEP_TAG)]
