@@ -1,17 +1,23 @@
-"""Two sweeps started at once on the same SQLite store both finish with every run intact."""
+"""Two sweeps started at once on the same store both finish with every run intact; the same sweep started
+again while it runs, on this machine or another, is refused and leaves the first one's runs alone."""
 
+import os
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from benchmarks.cluster import tracking_server
+from pipelines.execution.sweep_lease import PREFIX as LEASE
 from pipelines.tracking.checkpoint_store import checkpoint_steps
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 STEPS = 20
+CHILDREN = "tags.`mlflow.parentRunId` != ''"
 
 
 def _sweep(name: str) -> str:
@@ -56,6 +62,28 @@ def test_two_sweeps_share_one_sqlite_store(tmp_path) -> None:
             assert steps == list(range(STEPS))
 
 
+def _caught_running(client: MlflowClient, name: str, command: subprocess.Popen) -> str:
+    """The experiment id of sweep `name` once both its runs are RUNNING with a checkpoint, `command` still running."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and command.poll() is None:
+        with suppress(Exception):  # a SQLite store not made yet
+            experiment = client.get_experiment_by_name(name)
+            runs = client.search_runs([experiment.experiment_id], CHILDREN) if experiment else []
+            if len(runs) == 2 and all(checkpoint_steps(r.data.tags) and r.info.status == "RUNNING" for r in runs):
+                return experiment.experiment_id
+        time.sleep(0.3)
+    pytest.fail("the first command ended before it could be caught running")
+
+
+def _each_step_once(client: MlflowClient, experiment_id: str, command: subprocess.Popen, steps: int) -> None:
+    """`command` ends well, and each of its runs is FINISHED with each step in the store once."""
+    _, out = command.communicate(timeout=300)
+    assert command.returncode == 0, out[-2000:]
+    for child in client.search_runs([experiment_id], CHILDREN):
+        assert child.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "loss/total")) == list(range(steps))
+
+
 @pytest.mark.heavy
 def test_the_same_sweep_started_again_while_it_runs_is_refused_and_leaves_its_runs_alone(tmp_path, capsys) -> None:
     """A second command of a running sweep took its live RUNNING runs for interrupted ones and optimized them
@@ -69,14 +97,7 @@ def test_the_same_sweep_started_again_while_it_runs_is_refused_and_leaves_its_ru
     first = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *command], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     client = MlflowClient(store)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and first.poll() is None:  # until both runs are RUNNING with a checkpoint
-        experiment = client.get_experiment_by_name("busy") if (tmp_path / "store" / "mlflow.db").exists() else None
-        runs = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''") if experiment else []
-        if len(runs) == 2 and all(checkpoint_steps(r.data.tags) and r.info.status == "RUNNING" for r in runs):
-            break
-        time.sleep(0.3)
-    assert first.poll() is None, "the first command ended before it could be caught running"
+    experiment_id = _caught_running(client, "busy", first)
 
     capsys.readouterr()  # MLflow's own lines from opening the store above
     assert main(command) == 2  # refused before anything is written
@@ -84,11 +105,38 @@ def test_the_same_sweep_started_again_while_it_runs_is_refused_and_leaves_its_ru
     assert err.startswith("nst: error: sweep busy is already running on this store (process ")
     assert f"process {first.pid} on " in err and len(err.splitlines()) == 1
 
-    _, out = first.communicate(timeout=300)
-    assert first.returncode == 0, out[-2000:]
-    for child in client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''"):
-        assert child.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss/total")]
-        assert sorted(steps) == list(range(400))  # each step once
+    _each_step_once(client, experiment_id, first, 400)
     assert main(command) == 0  # the lock went with the command: the same command now skips both runs
     assert capsys.readouterr().out.count("  skip ") == 2
+
+
+@pytest.mark.heavy
+def test_the_same_sweep_from_another_machine_is_refused_while_it_runs(tmp_path) -> None:
+    """Against a tracking server, each command with a temporary folder of its own, as on two machines:
+    the file lock did not reach the other one, whose command resumed the first's live runs (in this
+    test the old code crashed with a traceback on a checkpoint the first had just replaced). The
+    sweep's lease in the store (pipelines.execution.sweep_lease) refuses it."""
+    path = tmp_path / "shared.yaml"
+    path.write_text(_sweep("shared").replace(f"iterations: {STEPS}", "iterations: 400"))
+
+    def machine(name: str) -> dict[str, str]:
+        (tmp_path / name).mkdir()
+        return {**os.environ, "TMPDIR": str(tmp_path / name)}
+
+    with tracking_server("sqlite") as server:
+        command = [sys.executable, "-m", "pipelines.cli", "experiment", str(path), "--tracking-uri", server, "--quiet"]
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=machine("a"))
+        client = MlflowClient(server)
+        experiment_id = _caught_running(client, "shared", first)
+
+        b = machine("b")
+        second = subprocess.run(command, capture_output=True, text=True, env=b, timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        err = [line for line in second.stderr.splitlines() if line.startswith("nst:")]
+        assert len(err) == 1 and "Traceback" not in second.stderr
+        assert err[0].startswith(f"nst: error: sweep shared is already running on this store (process {first.pid} on ")
+
+        _each_step_once(client, experiment_id, first, 400)
+        assert not [key for key in client.get_experiment(experiment_id).tags if key.startswith(LEASE)]
+        again = subprocess.run(command, capture_output=True, text=True, env=b, timeout=120)
+        assert again.returncode == 0 and again.stdout.count("  skip ") == 2  # the lease went with the first command

@@ -32,6 +32,7 @@ from nst.targets import build_backbone
 from nst.vgg import VGGFeatures, WeightsError
 from pipelines.config.runs import RunConfig
 from pipelines.errors import UserError
+from pipelines.execution import pids
 from pipelines.execution.failures import describe_failure, release_memory
 from pipelines.execution.inputs import Inputs, load_init, load_inputs, resolve_device
 from pipelines.execution.opening import end_live, open_runs
@@ -133,19 +134,9 @@ def batch_folder() -> tempfile.TemporaryDirectory[str]:
     recipe). A kill -9 leaves it behind; the next batch on this machine removes those whose process is gone."""
     for stale in Path(tempfile.gettempdir()).glob(f"{BATCH_FOLDER}*"):
         pid = stale.name.removeprefix(BATCH_FOLDER).split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pids.alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return tempfile.TemporaryDirectory(prefix=f"{BATCH_FOLDER}{os.getpid()}-")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress: bool, executors: list[Executor],

@@ -6,8 +6,9 @@ same way: both optimized them, and every step after the resumed checkpoint was i
 (measured: 3250 rows for 2000 steps, both commands exit 0). A sweep's command now holds a lock for
 the sweep (its name and sweep key) on its store: an advisory file lock, which the system lets go
 when the process ends however it ends, so a kill -9's sweep can be run again at once. The lock
-lives beside a SQLite store's database; for a tracking server, in this machine's temporary folder,
-so it keeps out a second command on this machine, not one on another.
+lives beside a SQLite store's database; for any other store (a tracking server, a database), in this
+machine's temporary folder, so it keeps out a second command on this machine, and a lease in the store
+(pipelines.execution.sweep_lease) keeps out one on another machine.
 """
 
 from __future__ import annotations
@@ -22,15 +23,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mlflow import MlflowClient
+
 from pipelines.errors import UserError
+from pipelines.execution.sweep_lease import sweep_lease
+from pipelines.tracking import store
+
+
+def _local(uri: str) -> bool:
+    """A SQLite file: the processes that write it share the machine (and the file lock) with it."""
+    return uri.startswith("sqlite:///")
 
 
 def _lock_file(uri: str, name: str, sweep_key: str) -> Path:
-    if uri.startswith("sqlite:///"):
+    if _local(uri):
         folder = Path(uri.removeprefix("sqlite:///")).resolve().parent / ".nst-locks"
     else:
-        store = hashlib.sha256(uri.encode()).hexdigest()[:16]
-        folder = Path(tempfile.gettempdir()) / f"nst-locks-{os.getuid()}" / store
+        digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir()) / f"nst-locks-{os.getuid()}" / digest
     return folder / f"{name}.{sweep_key}.lock"
 
 
@@ -51,4 +61,8 @@ def sweep_lock(uri: str, name: str, sweep_key: str) -> Iterator[None]:
         lock.truncate()
         lock.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}")
         lock.flush()
-        yield
+        if _local(uri):
+            yield
+            return
+        with sweep_lease(uri, store.experiment_id(MlflowClient(uri), name, uri), name, sweep_key):
+            yield
