@@ -223,6 +223,39 @@ def test_fresh_runs_every_point_anew_under_a_new_parent_and_the_next_command_res
     assert all(run.info.run_id in out for run in again)
 
 
+def test_a_fresh_sweep_cut_short_goes_on_anew_without_copying_the_runs_it_was_to_replace(
+        grid_file, store, monkeypatch, capsys) -> None:
+    """The same command without --fresh goes on with a --fresh sweep that stopped early. The points it had
+    not reached (a batch's runs are made when the batch starts) were copied from the sweep before it: the
+    very results --fresh was to replace."""
+    from pipelines.execution.executors import Job
+
+    command = ["experiment", str(grid_file), "--tracking-uri", store, "--quiet", "--set", "iterations=2",
+               "--batch", "1"]
+    assert main(command) == 0
+    run, started = Job.run, []
+
+    def ctrl_c_at_the_second_batch(self, *args, **kwargs):
+        started.append(self)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+        return run(self, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Job, "run", ctrl_c_at_the_second_batch)
+        assert main([*command, "--fresh"]) != 0
+    parents, _ = _runs(store)
+    fresh = max(parents, key=lambda p: p.info.start_time).info.run_id
+    capsys.readouterr()
+
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert f"resuming parent run {fresh}" in out and "  copy " not in out
+    assert out.count("  skip ") == 1 and out.count(": start") == 3
+    _, children = _runs(store)
+    assert len([c for c in children if c.data.tags["mlflow.parentRunId"] == fresh]) == 4
+
+
 def test_a_finished_run_keeps_no_checkpoint_and_a_sweep_run_again_deletes_those_an_earlier_nst_kept(
         grid_file, store, capsys) -> None:
     """A FINISHED run never resumes: its checkpoints (510-600 MB each for a 512 px L-BFGS run) go when it ends,

@@ -295,3 +295,56 @@ def test_a_full_store_stops_the_sweep_in_one_line_and_the_same_command_resumes_i
         assert [s for s, _ in _history(client, run.info.run_id)] == list(range(STEPS)), f"{name}: gaps or duplicates"
         assert np.array_equal(_final(client, run.info.run_id, tmp_path / name),
                               _final(ref_client, ref_runs[name].info.run_id, tmp_path / "ref" / name)), name
+
+
+# Dies once both runs of the batch have their step-60 checkpoints tagged.
+DIES_AFTER_A_CHECKPOINT = """
+from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG
+log_batch, tagged = MlflowClient.log_batch, []
+
+def dies_after_the_tags(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+    result = log_batch(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+    if any(t.key == CHECKPOINT_STEP_TAG and t.value == "60" for t in tags):
+        tagged.append(run_id)
+        if len(tagged) == 2:
+            os._exit(137)
+    return result
+
+MlflowClient.log_batch = dies_after_the_tags
+"""
+
+
+@pytest.mark.heavy
+def test_killed_then_edited_the_new_version_resumes_the_killed_runs_from_their_checkpoints(tmp_path, store,
+                                                                                         uninterrupted) -> None:
+    """A value added to the grid after a kill is a new sweep (a new parent). Its points that the killed
+    version had begun started anew, losing a whole batch's work; now each is copied with its checkpoints
+    and resumed, as the same command would have resumed it, and ends as that run would have."""
+    path = _sweep_that_dies(tmp_path, DIES_AFTER_A_CHECKPOINT, store)
+    client = MlflowClient(store)
+    killed = _children(client)
+    assert {r.info.status for r in killed.values()} == {"RUNNING"}
+
+    path.write_text(SWEEP.replace("optimizer.lr: [1.0, 0.5]", "optimizer.lr: [1.0, 0.5, 2.0]"))
+    done = _sweep(path, store, "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.decode()
+    assert out.count("in an earlier version of this sweep; copied as run") == 2, out
+    assert out.count("from its checkpoint of step 60 (a batch of 2)") == 2, out
+    experiment = client.get_experiment_by_name("resumable").experiment_id
+    newest = client.search_runs([experiment], "tags.`nst.sweep_key` != ''", order_by=["attributes.start_time DESC"])[0]
+    runs = {r.info.run_name: r for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = "
+                                                                         f"'{newest.info.run_id}'")}
+    assert sorted(runs) == ["lr=0.5 seed=0", "lr=1 seed=0", "lr=2 seed=0"]
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+
+    ref_client = MlflowClient(uninterrupted("2"))
+    for name, ref in _children(ref_client).items():
+        run = runs[name]
+        assert run.data.tags["nst.copied_from"] == killed[name].info.run_id
+        history = _history(client, run.info.run_id)
+        assert [s for s, _ in history] == list(range(STEPS)), f"{name}: gaps or duplicates"
+        assert history == _history(ref_client, ref.info.run_id), f"{name}: metrics differ"
+        assert np.array_equal(_final(client, run.info.run_id, tmp_path / "a" / name),
+                              _final(ref_client, ref.info.run_id, tmp_path / "b" / name)), name
+        assert client.get_run(killed[name].info.run_id).info.status == "RUNNING"  # the earlier sweep's, as it was

@@ -30,6 +30,7 @@ from pipelines.tracking.checkpoint_store import checkpoint_steps
 from pipelines.tracking.copy_run import copy_run
 from pipelines.tracking.run_writer import drop_checkpoints
 from pipelines.tracking.tags import (
+    FRESH_TAG,
     POINT_TAG,
     RUN_KEY_TAG,
     SWEEP_KEY_TAG,
@@ -80,8 +81,9 @@ def children(client: MlflowClient, exp_id: str, parent_id: str, statuses: tuple[
     return {r.data.tags[RUN_KEY_TAG]: r for r in runs if RUN_KEY_TAG in r.data.tags and r.info.status in statuses}
 
 
-def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment) -> str:
+def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment, fresh: bool) -> str:
     tags = {
+        **({FRESH_TAG: "true"} if fresh else {}),
         SWEEP_TAG: experiment.name,
         SWEEP_KEY_TAG: experiment.sweep_key,
         VARIED_TAG: json.dumps(experiment.varied_keys),
@@ -181,7 +183,7 @@ def _open_parent(client: MlflowClient, experiment: Experiment, tracking_uri: str
     # the run's last checkpoint instead of starting over.
     interrupted = children(client, exp_id, parent_id, ("RUNNING", KILLED)) if parent_id else {}
     if parent_id is None:
-        parent_id = _create_parent(client, exp_id, experiment)
+        parent_id = _create_parent(client, exp_id, experiment, fresh)
         again = " (--fresh: every point runs anew; the earlier sweeps keep their runs)" if fresh else ""
         say(f"sweep {experiment.name}: new parent run {parent_id}, {len(experiment.points)} runs{again}")
     else:
@@ -196,11 +198,12 @@ def _keep_finished(client: MlflowClient, experiment: Experiment, exp_id: str, pa
                    interrupted: dict[str, Run], sweep: SweepResult, say: Callable[[str], None],
                    tracking_uri: str) -> list[Point]:
     """The points still to run. One FINISHED under this parent is skipped (its checkpoints deleted if an
-    earlier nst left them: run_writer.drop_checkpoints); one FINISHED under an earlier
-    version of the file (another parent of the same sweep: a value since added to the grid, say) is
-    copied here instead of optimized again (pipelines.tracking.copy_run)."""
+    earlier nst left them: run_writer.drop_checkpoints). One that an earlier version of the file ran
+    (another parent of the same sweep: a value since added to the grid, say) is copied here
+    (pipelines.tracking.copy_run): if it FINISHED there, instead of optimized again; if it was
+    interrupted there, with its checkpoints, and added to `interrupted` to resume from them."""
     missing = [p for p in experiment.points if p.key not in done and p.key not in interrupted]
-    earlier = _finished_elsewhere(client, exp_id, experiment.name, parent_id) if missing else {}
+    earlier = _ran_elsewhere(client, exp_id, experiment.name, parent_id) if missing else {}
     todo, freed, dropped = [], 0, 0
     for point in experiment.points:
         if point.key in done:
@@ -214,6 +217,12 @@ def _keep_finished(client: MlflowClient, experiment: Experiment, exp_id: str, pa
             run = copy_run(client, source, point.name, {**_point_tags(point, experiment.name),
                                                         MLFLOW_PARENT_RUN_ID: parent_id,
                                                         MLFLOW_RUN_NOTE: _description(point, experiment.name)})
+            if run.info.status != FINISHED:
+                say(f"  copy {point.name}: interrupted as run {source.info.run_id} in an earlier version of this "
+                    f"sweep; copied as run {run.info.run_id}, to resume from its checkpoint")
+                interrupted[point.key] = run
+                todo.append(point)
+                continue
             say(f"  copy {point.name}: FINISHED as run {source.info.run_id} in an earlier version of this sweep; "
                 f"copied as run {run.info.run_id}")
         else:
@@ -228,16 +237,26 @@ def _keep_finished(client: MlflowClient, experiment: Experiment, exp_id: str, pa
     return todo
 
 
-def _finished_elsewhere(client: MlflowClient, exp_id: str, name: str, parent_id: str) -> dict[str, Run]:
-    """run key -> the newest FINISHED child of this sweep's other parents."""
+def _ran_elsewhere(client: MlflowClient, exp_id: str, name: str, parent_id: str) -> dict[str, Run]:
+    """run key -> the newest FINISHED child of this sweep's other parents, else its newest interrupted
+    one (RUNNING after a kill -9, or KILLED) that holds a checkpoint; none older than the newest
+    --fresh parent, whose sweep was to replace them (a copy keeps its source's start time)."""
+    fresh = client.search_runs([exp_id], f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{FRESH_TAG}` = 'true'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    since = fresh[0].info.start_time if fresh else 0
     runs = client.search_runs(
-        [exp_id], filter_string=f"tags.`{SWEEP_TAG}` = '{name}' and attributes.status = 'FINISHED'",
+        [exp_id], filter_string=f"tags.`{SWEEP_TAG}` = '{name}' and attributes.status != '{FAILED}' "
+                                f"and attributes.start_time >= {since}",
         order_by=["attributes.start_time DESC"], max_results=10000)
-    newest: dict[str, Run] = {}
+    finished: dict[str, Run] = {}
+    cut_short: dict[str, Run] = {}
     for run in runs:
         if RUN_KEY_TAG in run.data.tags and run.data.tags.get(MLFLOW_PARENT_RUN_ID, parent_id) != parent_id:
-            newest.setdefault(run.data.tags[RUN_KEY_TAG], run)
-    return newest
+            if run.info.status == FINISHED:
+                finished.setdefault(run.data.tags[RUN_KEY_TAG], run)
+            elif checkpoint_steps(run.data.tags):
+                cut_short.setdefault(run.data.tags[RUN_KEY_TAG], run)
+    return {**cut_short, **finished}
 
 
 def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step: int) -> Task:

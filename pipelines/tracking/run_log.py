@@ -32,11 +32,10 @@ from nst.module import StyleTransfer
 from nst.stopping import NEVER
 from pipelines.tracking import store
 from pipelines.tracking.run_writer import RunWriter, drop_checkpoints, end_run, log_image
-from pipelines.tracking.tags import ERROR_TAG
+from pipelines.tracking.tags import ERROR_TAG, FAILED, FINISHED, KILLED
 
 CHUNK = 50  # steps whose losses stay on the device before they are read back in one copy
 STOP_TAG = "nst.stop_reason"
-FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 #: How MLflow names a `log_image(key="generated", step=s)` file (plus a .webp thumbnail).
 SNAPSHOT_FILE = re.compile(r"^generated\+step\+(\d+)\+.*(?<!compressed)\.png$")
 
