@@ -109,6 +109,7 @@ def test_checkpoint_smoke_writes_its_section_and_stops_at_a_run_that_did_not_fin
         assert f"| 32 px | {writer} | none |" in text and f"| 32 px | {writer} | the checkpoint's cost |" in text
         held = next(line for line in text.splitlines() if line.startswith(f"| 32 px | {writer} | at step 10 |"))
         assert held.split("|")[-2].strip().endswith("kB")  # the file was there to measure
+        assert f"| 32 px | {writer} | resumed from step 10: 1 step, against the whole run |" in text
     with pytest.raises(SystemExit, match=r"the run did not finish \(exit 2\).*size must be within"):
         fresh_run(0, 2, 1, "cpu", tmp_path / "bad")
 

@@ -14,9 +14,12 @@ from mlflow import MlflowClient
 from benchmarks.cluster import tracking_server
 from pipelines.execution.sweep_lease import PREFIX as LEASE
 from pipelines.tracking.checkpoint_store import checkpoint_steps
+from tests.lane import ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 STEPS = 20
+# A sweep long enough to be caught running by a second command (a GPU steps through 400 tiny steps in ~2 s).
+BUSY = 4000 if ON_GPU else 400
 CHILDREN = "tags.`mlflow.parentRunId` != ''"
 
 
@@ -92,7 +95,7 @@ def test_the_same_sweep_started_again_while_it_runs_is_refused_and_leaves_its_ru
 
     store = f"sqlite:///{tmp_path}/store/mlflow.db"
     path = tmp_path / "busy.yaml"
-    path.write_text(_sweep("busy").replace(f"iterations: {STEPS}", "iterations: 400"))
+    path.write_text(_sweep("busy").replace(f"iterations: {STEPS}", f"iterations: {BUSY}"))
     command = ["experiment", str(path), "--tracking-uri", store, "--quiet"]
     first = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *command], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -105,7 +108,7 @@ def test_the_same_sweep_started_again_while_it_runs_is_refused_and_leaves_its_ru
     assert err.startswith("nst: error: sweep busy is already running on this store (process ")
     assert f"process {first.pid} on " in err and len(err.splitlines()) == 1
 
-    _each_step_once(client, experiment_id, first, 400)
+    _each_step_once(client, experiment_id, first, BUSY)
     assert main(command) == 0  # the lock went with the command: the same command now skips both runs
     assert capsys.readouterr().out.count("  skip ") == 2
 
@@ -117,7 +120,7 @@ def test_the_same_sweep_from_another_machine_is_refused_while_it_runs(tmp_path) 
     test the old code crashed with a traceback on a checkpoint the first had just replaced). The
     sweep's lease in the store (pipelines.execution.sweep_lease) refuses it."""
     path = tmp_path / "shared.yaml"
-    path.write_text(_sweep("shared").replace(f"iterations: {STEPS}", "iterations: 400"))
+    path.write_text(_sweep("shared").replace(f"iterations: {STEPS}", f"iterations: {BUSY}"))
 
     def machine(name: str) -> dict[str, str]:
         (tmp_path / name).mkdir()
@@ -136,7 +139,7 @@ def test_the_same_sweep_from_another_machine_is_refused_while_it_runs(tmp_path) 
         assert len(err) == 1 and "Traceback" not in second.stderr
         assert err[0].startswith(f"nst: error: sweep shared is already running on this store (process {first.pid} on ")
 
-        _each_step_once(client, experiment_id, first, 400)
+        _each_step_once(client, experiment_id, first, BUSY)
         assert not [key for key in client.get_experiment(experiment_id).tags if key.startswith(LEASE)]
         again = subprocess.run(command, capture_output=True, text=True, env=b, timeout=120)
         assert again.returncode == 0 and again.stdout.count("  skip ") == 2  # the lease went with the first command

@@ -17,7 +17,6 @@ import torch
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
-from nst.checkpoints import Checkpoint
 from nst.graphs import why_not_captured
 from nst.precision import resolve_precision
 from pipelines.config.runs import flatten, run_key, to_dict, to_yaml
@@ -55,17 +54,17 @@ def end_live(client: MlflowClient, samples: list[Sample], status: str, error: st
 
 
 def open_runs(client: MlflowClient, specs: list[RunSpec], inputs: Inputs, exp_id: str, device: str, folder: Path,
-              executors: list[Executor], threads: int | None = None) -> tuple[list[Sample], list[Checkpoint | None]]:
-    """Every spec's run, created or resumed, in the specs' order, with its checkpoint when it resumes
+              executors: list[Executor], threads: int | None = None) -> tuple[list[Sample], list[Path | None]]:
+    """Every spec's run, created or resumed, in the specs' order, with its checkpoint's file when it resumes
     from one (a request or more each: a new run's params, input images and config.yaml are handed to its
     writer, whose files in `inputs.folder` must outlive the writes); `threads` at a time (None:
     store.requests_at_once). If one cannot be opened, the ones that were are ended
     FAILED before its error is raised: no run is left RUNNING."""
-    def open_one(b: int) -> tuple[Sample, Checkpoint | None]:
+    def open_one(b: int) -> tuple[Sample, Path | None]:
         return _open_run(client, specs[b], inputs, exp_id, device, len(specs), folder / str(b),
                          executors[b % len(executors)])  # each run keeps one writer
 
-    opened: list[tuple[Sample, Checkpoint | None]] = []
+    opened: list[tuple[Sample, Path | None]] = []
     error: BaseException | None = None
     if threads is None:
         threads = store.requests_at_once(client.tracking_uri)
@@ -92,13 +91,13 @@ def open_runs(client: MlflowClient, specs: list[RunSpec], inputs: Inputs, exp_id
 
 
 def _open_run(client: MlflowClient, spec: RunSpec, inputs: Inputs, exp_id: str, device: str, batch: int,
-              folder: Path, writer: Executor) -> tuple[Sample, Checkpoint | None]:
-    """The spec's run, created or resumed, and its checkpoint (loaded) when it resumes from one."""
+              folder: Path, writer: Executor) -> tuple[Sample, Path | None]:
+    """The spec's run, created or resumed, and its checkpoint's file (downloaded) when it resumes from one."""
     checkpoint, skip_through, done, measured = None, -1, set(), set()
     if spec.resume_run_id:
         run_id = spec.resume_run_id
         folder.mkdir(parents=True)
-        checkpoint = checkpoint_store.load_checkpoint(client, run_id, folder, spec.resume_step)
+        checkpoint = checkpoint_store.download_checkpoint(client, run_id, folder, spec.resume_step)
         skip_through = max(run_log.logged_steps(client, run_id), default=-1)
         done = run_log.logged_snapshot_steps(client, run_id)
         measured = run_log.logged_steps(client, run_id, SSIM_KEY)

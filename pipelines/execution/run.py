@@ -25,7 +25,6 @@ import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
 
-from nst.checkpoints import Checkpoint
 from nst.determinism import deterministic
 from nst.module import StyleTransfer
 from nst.targets import build_backbone
@@ -153,7 +152,8 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
     start = time.perf_counter()
     try:
         with deterministic(config.deterministic):
-            seconds = _fit(client, specs, samples, checkpoints, inputs, inits, backbone, device, progress, folder)
+            resume_from = checkpoint_store.stacked_checkpoint(checkpoints, folder)
+            seconds = _fit(client, specs, samples, resume_from, inputs, inits, backbone, device, progress, folder)
     except KeyboardInterrupt:
         end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
         raise
@@ -173,10 +173,11 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
                       writer_seconds=s.writer.writer_seconds) for s in samples]
 
 
-def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], checkpoints: list[Checkpoint | None],
+def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], resume_from: Path | None,
          inputs: Inputs, inits: list[torch.Tensor | None], backbone: VGGFeatures, device: str, progress: bool,
          folder: Path) -> float:
-    """Optimize the batch under Lightning; returns the seconds it took. Every run ends in here."""
+    """Optimize the batch under Lightning (from the batch checkpoint `resume_from`, when it resumes);
+    returns the seconds it took. Every run ends in here."""
     config = specs[0].config
     torch.manual_seed(config.seed)
     # Built where it runs: the targets are computed on the GPU, not on the CPU and then moved.
@@ -204,12 +205,9 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], chec
         enable_progress_bar=progress,
         num_sanity_val_steps=0,
     )
-    resume = [c for c in checkpoints if c is not None]
-    if resume and len(resume) != len(checkpoints):
-        raise ValueError("a batch resumes from checkpoints of all its runs or of none")  # batches group them so
     start = time.perf_counter()
     try:
-        trainer.fit(module, ckpt_path=checkpoint_store.stacked_checkpoint(resume, folder) if resume else None)
+        trainer.fit(module, ckpt_path=resume_from)
     except SystemExit:
         # Lightning turns Ctrl-C into on_exception + sys.exit(1); BatchLog marked the runs KILLED.
         if log.interrupted:
