@@ -348,3 +348,38 @@ def test_killed_then_edited_the_new_version_resumes_the_killed_runs_from_their_c
         assert np.array_equal(_final(client, run.info.run_id, tmp_path / "a" / name),
                               _final(ref_client, ref.info.run_id, tmp_path / "b" / name)), name
         assert client.get_run(killed[name].info.run_id).info.status == "RUNNING"  # the earlier sweep's, as it was
+
+
+@pytest.mark.heavy
+def test_checkpoints_deleted_by_hand_or_cut_short_the_run_resumes_from_what_is_left(tmp_path, store,
+                                                                                   uninterrupted) -> None:
+    """An interrupted run's checkpoints are large (510-600 MB at 512 px under the default recipe): a user freeing
+    disk may delete them. The same command crashed with a traceback at every try, the sweep stuck; a file cut
+    short failed its whole batch. Now a run resumes from the checkpoint left, or from its start in place (the
+    steps in the store not written again)."""
+    from pipelines.tracking.store import local_folder
+
+    path = _sweep_that_dies(tmp_path, DIES_AFTER_A_CHECKPOINT, store)
+    client = MlflowClient(store)
+    killed = _children(client)
+    folders = {name: local_folder(run.info.artifact_uri) for name, run in killed.items()}
+    for slot in "ab":  # slot a holds step 40, b step 60
+        (folders["lr=1 seed=0"] / CHECKPOINT_SLOTS[slot]).unlink()
+    cut_short = folders["lr=0.5 seed=0"] / CHECKPOINT_SLOTS["b"]  # as a copy of the store cut short leaves it
+    cut_short.write_bytes(cut_short.read_bytes()[: cut_short.stat().st_size // 2])
+
+    done = _sweep(path, store, "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.decode()
+    assert (f"lr=1 seed=0: the checkpoints of steps 40, 60 of run {killed['lr=1 seed=0'].info.run_id} are missing "
+            "or damaged in the store; it resumes from its start") in out, out
+    assert "lr=0.5 seed=0: the checkpoint of step 60 of run" in out and "it resumes from step 40" in out, out
+    assert f"resume run {killed['lr=0.5 seed=0'].info.run_id} from its checkpoint of step 40" in out, out
+    ref_client = MlflowClient(uninterrupted("2"))
+    for name, ref in _children(ref_client).items():
+        run = client.get_run(killed[name].info.run_id)  # resumed in place
+        assert run.info.status == "FINISHED", name
+        history = _history(client, run.info.run_id)
+        assert [s for s, _ in history] == list(range(STEPS)), f"{name}: gaps or duplicates"
+        # Alone from where it resumed (its batch of 2 before): the same up to float sums in another order.
+        assert history[-1][1] == pytest.approx(_history(ref_client, ref.info.run_id)[-1][1], rel=1e-3), name

@@ -1,5 +1,6 @@
 """The progress bar of a batch's fit: iteration, it/s, ETA and the runs' last losses, drawn at a pace a
-GPU's 2-6 ms step does not feel, and rarely into a log (output that is not a terminal)."""
+GPU's 2-6 ms step does not feel, and rarely into a log (output that is not a terminal); and the
+sweep's clock, on each of its lines."""
 
 from __future__ import annotations
 
@@ -61,3 +62,21 @@ class LossBar(TQDMProgressBar):
         if len(self.batch_log.samples) > 1:
             items["runs"] = f"{len(self.batch_log.live)}/{len(self.batch_log.samples)} live"
         return items
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Clock:
+    """Elapsed time and the ETA of the runs still to go, from the mean time of those done."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.ran, self.start = total, 0, time.perf_counter()
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        eta = _clock(elapsed / self.ran * (self.total - self.ran)) if self.ran else "?"
+        return f"elapsed {_clock(elapsed)} · ETA {eta}"

@@ -8,7 +8,6 @@ is marked FAILED with its reason and the sweep goes on; Ctrl-C marks the parent 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -23,10 +22,10 @@ from pipelines.config.runs import RunConfig, flatten, to_dict
 from pipelines.execution.batches import AUTO, here, plan, resume_steps
 from pipelines.execution.executors import Executor, Job, Task, run_local
 from pipelines.execution.inputs import check_inputs
+from pipelines.execution.progress import Clock
 from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec
 from pipelines.execution.sweep_lock import sweep_lock
-from pipelines.tracking import space, store
-from pipelines.tracking.checkpoint_store import checkpoint_steps
+from pipelines.tracking import checkpoint_store, space, store
 from pipelines.tracking.copy_run import copy_run
 from pipelines.tracking.run_writer import drop_checkpoints
 from pipelines.tracking.tags import (
@@ -51,12 +50,6 @@ class SweepResult:
     @property
     def failed(self) -> list[tuple[Point, RunResult]]:
         return [(p, r) for p, r in self.results if r.status not in (FINISHED, SKIPPED)]
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def find_parent(client: MlflowClient, exp_id: str, experiment: Experiment) -> str | None:
@@ -100,18 +93,6 @@ def _create_parent(client: MlflowClient, exp_id: str, experiment: Experiment, fr
     return run_id
 
 
-class Clock:
-    """Elapsed time and the ETA of the runs still to go, from the mean time of those done."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.ran, self.start = total, 0, time.perf_counter()
-
-    def line(self) -> str:
-        elapsed = time.perf_counter() - self.start
-        eta = _clock(elapsed / self.ran * (self.total - self.ran)) if self.ran else "?"
-        return f"elapsed {_clock(elapsed)} · ETA {eta}"
-
-
 def run_experiment(
     experiment: Experiment,
     *,
@@ -141,7 +122,7 @@ def run_experiment(
         todo = (list(experiment.points) if fresh
                 else _keep_finished(client, experiment, exp_id, parent_id, done, interrupted, sweep, say, tracking_uri))
         runs = [interrupted.get(point.key) for point in todo]
-        held = [set(checkpoint_steps(run.data.tags)) if run else set() for run in runs]
+        held = [_held(client, point, run, say) if run else set() for point, run in zip(todo, runs, strict=True)]
         steps = resume_steps([point.config for point in todo], held)
         tasks = [_task(point, experiment.name, parent_id, run, step) for point, run, step in zip(todo, runs, steps,
                                                                                                  strict=True)]
@@ -254,9 +235,24 @@ def _ran_elsewhere(client: MlflowClient, exp_id: str, name: str, parent_id: str)
         if RUN_KEY_TAG in run.data.tags and run.data.tags.get(MLFLOW_PARENT_RUN_ID, parent_id) != parent_id:
             if run.info.status == FINISHED:
                 finished.setdefault(run.data.tags[RUN_KEY_TAG], run)
-            elif checkpoint_steps(run.data.tags):
+            elif checkpoint_store.checkpoint_steps(run.data.tags):
                 cut_short.setdefault(run.data.tags[RUN_KEY_TAG], run)
     return {**cut_short, **finished}
+
+
+def _held(client: MlflowClient, point: Point, run: Run, say: Callable[[str], None]) -> set[int]:
+    """The steps of the interrupted run's checkpoints that it can resume from: those its tags name whose
+    file is in the store, whole. One deleted by hand (to free disk: they are large) made every command
+    crash on it, and a damaged one failed its whole batch; the run now resumes from what is left, or
+    from its start, and says so."""
+    there, gone = checkpoint_store.present_checkpoints(client, run)
+    if gone:
+        steps = ", ".join(map(str, sorted(gone)))
+        plural = len(gone) > 1
+        since = f"step {max(there)}" if there else "its start"
+        say(f"  {point.name}: the checkpoint{'s' if plural else ''} of step{'s' if plural else ''} {steps} of run "
+            f"{run.info.run_id} {'are' if plural else 'is'} missing or damaged in the store; it resumes from {since}")
+    return there
 
 
 def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step: int) -> Task:

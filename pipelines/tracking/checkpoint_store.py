@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
@@ -20,9 +21,11 @@ import pytorch_lightning as pl
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from torch import Tensor
 
 from nst import checkpoints
+from pipelines.tracking import store
 from pipelines.tracking.run_log import BatchLog
 from pipelines.tracking.run_writer import SavedFile, upload_file
 from pipelines.tracking.tags import CHECKPOINT_FOLDER, CHECKPOINT_STEP_TAG
@@ -144,6 +147,22 @@ def checkpoint_steps(tags: dict[str, str]) -> dict[int, str]:
     if not slots:  # none, or logged by an earlier nst: one file, named by the latest step
         return {int(tags[CHECKPOINT_STEP_TAG]): LEGACY_CHECKPOINT} if CHECKPOINT_STEP_TAG in tags else {}
     return {int(step): CHECKPOINT_SLOTS[slot] for slot, step in slots.items() if step}
+
+
+def present_checkpoints(client: MlflowClient, run: Run) -> tuple[set[int], set[int]]:
+    """The steps of the run's whole checkpoints (as its tags name them), as two sets: those whose file
+    is in the store, and those whose file is gone (deleted by hand, say), empty, or, in a store on this
+    disk, cut short (not a whole zip archive, which torch.save writes: its directory is at the end)."""
+    steps = checkpoint_steps(run.data.tags)
+    if not steps:
+        return set(), set()
+    local = store.local_folder(run.info.artifact_uri)
+    if local is not None:
+        there = {step for step, path in steps.items() if (local / path).is_file() and zipfile.is_zipfile(local / path)}
+    else:
+        sizes = {item.path: item.file_size for item in client.list_artifacts(run.info.run_id, CHECKPOINT_FOLDER)}
+        there = {step for step, path in steps.items() if sizes.get(path)}
+    return there, set(steps) - there
 
 
 def download_checkpoint(client: MlflowClient, run_id: str, folder: Path, step: int | None = None) -> Path | None:
