@@ -113,3 +113,16 @@ def test_the_holder_beats_and_says_so_when_another_took_the_lease_over(server, m
         time.sleep(0.5)
     assert "took it over; both now run its runs" in capsys.readouterr().err
     assert _lease(client, exp)["token"] == "theirs"  # not the holder's to delete any more
+
+
+@lease_only
+def test_ctrl_c_while_the_lease_settles_lets_it_go(server, monkeypatch) -> None:
+    client, exp = _experiment(server, "interrupted")
+
+    def ctrl_c(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_lease.time, "sleep", ctrl_c)
+    with pytest.raises(KeyboardInterrupt), sweep_lease.sweep_lease(server, exp, "interrupted", KEY):
+        pytest.fail("the sweep ran after Ctrl-C")
+    assert _lease(client, exp) is None  # another machine need not wait for it to go stale

@@ -114,15 +114,16 @@ def sweep_lease(uri: str, experiment_id: str, name: str, sweep_key: str) -> Iter
     client, key, me = MlflowClient(uri), PREFIX + sweep_key, Holder.me()
     _refuse_if_held(client, experiment_id, key, name, me)
     client.set_experiment_tag(experiment_id, key, _value(me, me.beat))
-    time.sleep(SETTLE)  # another command's write in the meantime wins; this one then reads it back
-    _refuse_if_held(client, experiment_id, key, name, me)
     heartbeat = _Heartbeat(uri, experiment_id, key, me)
-    heartbeat.start()
-    try:
+    try:  # from here on the lease is let go however the command ends (Ctrl-C in the wait, say)
+        time.sleep(SETTLE)  # another command's write in the meantime wins; this one then reads it back
+        _refuse_if_held(client, experiment_id, key, name, me)
+        heartbeat.start()
         yield
     finally:
         heartbeat.done.set()
-        heartbeat.join()
+        if heartbeat.is_alive():
+            heartbeat.join()
         with suppress(Exception):  # unreachable now: the lease goes stale by itself
             holder = _holder(client, experiment_id, key)
             if holder is not None and holder.token == me.token:
