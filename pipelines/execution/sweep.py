@@ -1,8 +1,9 @@
 """Run a whole sweep: one parent MLflow run, a child run per grid point, resume and isolation.
 
 Running the same experiment again reuses the parent run whose set of runs matches, skips
-children already FINISHED with the same `nst.run_key` and runs the rest. A failing point
-is marked FAILED with its reason and the sweep goes on; Ctrl-C marks the parent KILLED.
+children already FINISHED with the same `nst.run_key`, resumes the interrupted ones and runs the
+rest (what an earlier command left, and what is reused of it: pipelines.execution.reuse). A failing
+point is marked FAILED with its reason and the sweep goes on; Ctrl-C marks the parent KILLED.
 """
 
 from __future__ import annotations
@@ -19,27 +20,22 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from pipelines.config.grid import Experiment, Point
 from pipelines.config.runs import RunConfig, flatten, to_dict
+from pipelines.execution import reuse
 from pipelines.execution.batches import AUTO, here, plan, resume_steps
 from pipelines.execution.executors import Executor, Job, Task, run_local
 from pipelines.execution.inputs import check_inputs
 from pipelines.execution.progress import Clock
+from pipelines.execution.reuse import SKIPPED
 from pipelines.execution.run import FAILED, FINISHED, KILLED, RunResult, RunSpec
 from pipelines.execution.sweep_lock import sweep_lock
-from pipelines.tracking import checkpoint_store, space, store
-from pipelines.tracking.copy_run import copy_run
-from pipelines.tracking.run_writer import drop_checkpoints
+from pipelines.tracking import space, store
 from pipelines.tracking.tags import (
     FRESH_TAG,
-    POINT_TAG,
     RUN_KEY_TAG,
     SWEEP_KEY_TAG,
     SWEEP_TAG,
-    VARIANT_TAG,
     VARIED_TAG,
-    checkpoint_tags,
 )
-
-SKIPPED = "SKIPPED"  # finished in an earlier invocation of the same sweep
 
 
 @dataclass
@@ -120,9 +116,10 @@ def run_experiment(
         exp_id, parent_id, done, interrupted = _open_parent(client, experiment, tracking_uri, say, fresh)
         sweep = SweepResult(parent_id)
         todo = (list(experiment.points) if fresh
-                else _keep_finished(client, experiment, exp_id, parent_id, done, interrupted, sweep, say, tracking_uri))
+                else reuse.keep_finished(client, experiment, exp_id, parent_id, done, interrupted, sweep.results, say,
+                                         tracking_uri))
         runs = [interrupted.get(point.key) for point in todo]
-        held = [_held(client, point, run, say) if run else set() for point, run in zip(todo, runs, strict=True)]
+        held = [reuse.held(client, point, run, say) if run else set() for point, run in zip(todo, runs, strict=True)]
         steps = resume_steps([point.config for point in todo], held)
         tasks = [_task(point, experiment.name, parent_id, run, step) for point, run, step in zip(todo, runs, steps,
                                                                                                  strict=True)]
@@ -175,86 +172,6 @@ def _open_parent(client: MlflowClient, experiment: Experiment, tracking_uri: str
     return exp_id, parent_id, done, interrupted
 
 
-def _keep_finished(client: MlflowClient, experiment: Experiment, exp_id: str, parent_id: str, done: dict[str, Run],
-                   interrupted: dict[str, Run], sweep: SweepResult, say: Callable[[str], None],
-                   tracking_uri: str) -> list[Point]:
-    """The points still to run. One FINISHED under this parent is skipped (its checkpoints deleted if an
-    earlier nst left them: run_writer.drop_checkpoints). One that an earlier version of the file ran
-    (another parent of the same sweep: a value since added to the grid, say) is copied here
-    (pipelines.tracking.copy_run): if it FINISHED there, instead of optimized again; if it was
-    interrupted there, with its checkpoints, and added to `interrupted` to resume from them."""
-    missing = [p for p in experiment.points if p.key not in done and p.key not in interrupted]
-    earlier = _ran_elsewhere(client, exp_id, experiment.name, parent_id) if missing else {}
-    todo, freed, dropped = [], 0, 0
-    for point in experiment.points:
-        if point.key in done:
-            run = done[point.key]
-            say(f"  skip {point.name}: already FINISHED as run {run.info.run_id}")
-            # Kept by an earlier nst (or keep_checkpoints since unset, or a kill before they went).
-            if not point.config.keep_checkpoints and checkpoint_tags(run.data.tags):
-                freed, dropped = freed + drop_checkpoints(tracking_uri, run.info.run_id), dropped + 1
-        elif point.key in earlier and point.key not in interrupted:
-            source = earlier[point.key]
-            run = copy_run(client, source, point.name, {**_point_tags(point, experiment.name),
-                                                        MLFLOW_PARENT_RUN_ID: parent_id,
-                                                        MLFLOW_RUN_NOTE: _description(point, experiment.name)})
-            if run.info.status != FINISHED:
-                say(f"  copy {point.name}: interrupted as run {source.info.run_id} in an earlier version of this "
-                    f"sweep; copied as run {run.info.run_id}, to resume from its checkpoint")
-                interrupted[point.key] = run
-                todo.append(point)
-                continue
-            say(f"  copy {point.name}: FINISHED as run {source.info.run_id} in an earlier version of this sweep; "
-                f"copied as run {run.info.run_id}")
-        else:
-            todo.append(point)
-            continue
-        folder = store.local_folder(run.info.artifact_uri)  # the run in hand: no request to ask for it again
-        sweep.results.append((point, _skipped(run, str(folder / "final.png") if folder else None)))
-    if dropped:
-        size = f" ({space.size_text(freed)})" if freed else ""
-        say(f"  deleted the checkpoints{size} of {dropped} FINISHED run{'s' if dropped > 1 else ''}: a FINISHED "
-            "run never resumes")
-    return todo
-
-
-def _ran_elsewhere(client: MlflowClient, exp_id: str, name: str, parent_id: str) -> dict[str, Run]:
-    """run key -> the newest FINISHED child of this sweep's other parents, else its newest interrupted
-    one (RUNNING after a kill -9, or KILLED) that holds a checkpoint; none older than the newest
-    --fresh parent, whose sweep was to replace them (a copy keeps its source's start time)."""
-    fresh = client.search_runs([exp_id], f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{FRESH_TAG}` = 'true'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
-    since = fresh[0].info.start_time if fresh else 0
-    runs = client.search_runs(
-        [exp_id], filter_string=f"tags.`{SWEEP_TAG}` = '{name}' and attributes.status != '{FAILED}' "
-                                f"and attributes.start_time >= {since}",
-        order_by=["attributes.start_time DESC"], max_results=10000)
-    finished: dict[str, Run] = {}
-    cut_short: dict[str, Run] = {}
-    for run in runs:
-        if RUN_KEY_TAG in run.data.tags and run.data.tags.get(MLFLOW_PARENT_RUN_ID, parent_id) != parent_id:
-            if run.info.status == FINISHED:
-                finished.setdefault(run.data.tags[RUN_KEY_TAG], run)
-            elif checkpoint_store.checkpoint_steps(run.data.tags):
-                cut_short.setdefault(run.data.tags[RUN_KEY_TAG], run)
-    return {**cut_short, **finished}
-
-
-def _held(client: MlflowClient, point: Point, run: Run, say: Callable[[str], None]) -> set[int]:
-    """The steps of the interrupted run's checkpoints that it can resume from: those its tags name whose
-    file is in the store, whole. One deleted by hand (to free disk: they are large) made every command
-    crash on it, and a damaged one failed its whole batch; the run now resumes from what is left, or
-    from its start, and says so."""
-    there, gone = checkpoint_store.present_checkpoints(client, run)
-    if gone:
-        steps = ", ".join(map(str, sorted(gone)))
-        plural = len(gone) > 1
-        since = f"step {max(there)}" if there else "its start"
-        say(f"  {point.name}: the checkpoint{'s' if plural else ''} of step{'s' if plural else ''} {steps} of run "
-            f"{run.info.run_id} {'are' if plural else 'is'} missing or damaged in the store; it resumes from {since}")
-    return there
-
-
 def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step: int) -> Task:
     """A point to run as a child of the sweep's parent run (resuming its interrupted run, if any,
     from its checkpoint of `step`; 0: from the start, writing no step twice)."""
@@ -262,29 +179,12 @@ def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step
         config=point.config,
         run_name=point.name,
         parent_run_id=parent_id,
-        tags=_point_tags(point, name),
-        description=_description(point, name),
+        tags=reuse.point_tags(point, name),
+        description=reuse.description(point, name),
         resume_run_id=interrupted.info.run_id if interrupted else None,
         resume_step=step,
     )
     return Task(point, spec)
-
-
-def _point_tags(point: Point, name: str) -> dict[str, str]:
-    """A child run's place in its sweep: the sweep, the keys it varies, its place in the expansion."""
-    return {SWEEP_TAG: name, VARIED_TAG: json.dumps(list(point.varied)), POINT_TAG: str(point.index),
-            **({VARIANT_TAG: point.varied["variant"]} if "variant" in point.varied else {})}
-
-
-def _description(point: Point, name: str) -> str:
-    return f"{name}: varies {point.name}"
-
-
-def _skipped(run: Run, final_image: str | None) -> RunResult:
-    """A point FINISHED by an earlier invocation, with its final losses and time as that run logged them."""
-    seconds = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
-    losses = {k: v for k, v in run.data.metrics.items() if k.startswith("loss/")}
-    return RunResult(run.info.run_id, SKIPPED, seconds, losses, final_image=final_image)
 
 
 def summary(sweep: SweepResult) -> str:
