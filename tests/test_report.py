@@ -60,6 +60,14 @@ def test_report_builds_from_a_real_sweep(tmp_path, store, capsys) -> None:
     assert capsys.readouterr().err.strip() == (
         f"nst: error: experiment 'nst' in {store} holds single runs (nst run); nst report and nst sheet read "
         "sweeps (sweeps there: tiny_lr); open single runs in the MLflow UI")
+    # A sweep none of whose runs FINISHED (its command still running, or killed): their statuses, and what to do.
+    pid = parent.info.run_id
+    for child in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{pid}'"):
+        client.update_run(child.info.run_id, status="RUNNING")
+    assert main(["report", "tiny_lr", "--tracking-uri", store]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"nst: error: sweep tiny_lr (parent run {pid}): no FINISHED runs yet (3 RUNNING); reports read FINISHED "
+        "runs: wait for its command to end, or run it again if it was stopped (its runs resume)")
 
 
 @pytest.mark.parametrize("command", ["report", "sheet"])

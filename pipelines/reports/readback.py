@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,7 @@ def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = No
     )
     finished = [c for c in children if c.info.status == "FINISHED"]
     if not finished:
-        raise UserError(f"sweep {pid}: no FINISHED runs yet; run (or resume) the experiment first")
+        raise UserError(_nothing_finished(parent, children))
     varied_keys = json.loads(parent.data.tags.get(VARIED_TAG, "[]"))
     spec = _spec(client, pid)
     # A run is ten requests or so (its losses, its images); a tracking server answers several at once.
@@ -140,6 +141,16 @@ def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = No
     views.sort(key=lambda v: (int(v.run.data.tags.get(POINT_TAG, 10**9)),
                               [_sort_key(v.varied[k]) for k in varied_keys]))
     return SweepView(parent.data.tags.get(SWEEP_TAG, experiment), parent, spec, views)
+
+
+def _nothing_finished(parent: Run, children: list[Run]) -> str:
+    """What to tell of a sweep none of whose runs FINISHED: its runs' statuses, and what to do."""
+    counts = Counter(child.info.status for child in children)
+    held = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
+    what = ("wait for its command to end, or run it again if it was stopped (its runs resume)"
+            if counts["RUNNING"] or counts["KILLED"] else "run the experiment (again) first")
+    return (f"sweep {parent.data.tags.get(SWEEP_TAG, '')} (parent run {parent.info.run_id}): no FINISHED runs yet "
+            f"({held}); reports read FINISHED runs: {what}")
 
 
 def _view(client: MlflowClient, child: Run, varied_keys: list[str], folder: Path) -> RunView:
