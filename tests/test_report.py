@@ -60,10 +60,22 @@ def test_report_builds_from_a_real_sweep(tmp_path, store, capsys) -> None:
     assert capsys.readouterr().err.strip() == (
         f"nst: error: experiment 'nst' in {store} holds single runs (nst run); nst report and nst sheet read "
         "sweeps (sweeps there: tiny_lr); open single runs in the MLflow UI")
-    # A sweep none of whose runs FINISHED (its command still running, or killed): their statuses, and what to do.
+    # A point whose run did not FINISH is not in the report, which says so: its run, its status and why.
     pid = parent.info.run_id
-    for child in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{pid}'"):
+    children = {c.info.run_name: c for c in client.search_runs([parent.info.experiment_id],
+                                                                 f"tags.`mlflow.parentRunId` = '{pid}'")}
+    client.set_tag(children["lr=10 seed=0"].info.run_id, "nst.error", "diverged at step 3")
+    client.set_terminated(children["lr=10 seed=0"].info.run_id, "FAILED")
+    assert main(["report", "tiny_lr", "--out", str(out), "--tracking-uri", store]) == 0
+    text = (out / "report.md").read_text()
+    assert ", 2 finished runs; " in text
+    assert " Not in it, none of their runs FINISHED: `lr=10 seed=0` (FAILED: diverged at step 3).\n" in text
+    # Its claim cannot be judged, and the summary says what it needs (it read "needs needs").
+    assert "loses_content (optimizer.lr=10.0): measured no such run, the criterion needs a FINISHED run with" in text
+    # A sweep none of whose runs FINISHED (its command still running, or killed): their statuses, and what to do.
+    for child in children.values():
         client.update_run(child.info.run_id, status="RUNNING")
+    capsys.readouterr()
     assert main(["report", "tiny_lr", "--tracking-uri", store]) == 2
     assert capsys.readouterr().err.strip() == (
         f"nst: error: sweep tiny_lr (parent run {pid}): no FINISHED runs yet (3 RUNNING); reports read FINISHED "

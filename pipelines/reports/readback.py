@@ -26,7 +26,7 @@ from nst.scales import resize
 from pipelines.errors import UserError
 from pipelines.tracking import store
 from pipelines.tracking.run_log import SNAPSHOT_FILE
-from pipelines.tracking.tags import POINT_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
+from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
 
 LOSSES = ("loss/total", "loss/content", "loss/style")
 STYLE_FILE = re.compile(r"^style(_\d+)?\.png$")  # a run's painting, and a blend's others
@@ -68,6 +68,7 @@ class SweepView:
     parent: Run
     spec: dict
     runs: list[RunView]
+    not_finished: list[Run] = field(default_factory=list)  # the newest run of each point with none FINISHED
 
 
 def _download_image(client: MlflowClient, run_id: str, path: str, folder: Path) -> object:
@@ -140,7 +141,18 @@ def load_sweep(client: MlflowClient, experiment: str, parent_id: str | None = No
     # In the experiment file's order when the runs know it (nst.point), else by what they vary.
     views.sort(key=lambda v: (int(v.run.data.tags.get(POINT_TAG, 10**9)),
                               [_sort_key(v.varied[k]) for k in varied_keys]))
-    return SweepView(parent.data.tags.get(SWEEP_TAG, experiment), parent, spec, views)
+    return SweepView(parent.data.tags.get(SWEEP_TAG, experiment), parent, spec, views, _not_finished(children))
+
+
+def _not_finished(children: list[Run]) -> list[Run]:
+    """The newest run of each point none of whose runs FINISHED (FAILED, KILLED, still RUNNING), by start."""
+    finished = {c.data.tags.get(RUN_KEY_TAG) for c in children if c.info.status == "FINISHED"}
+    newest: dict[str | None, Run] = {}
+    for child in sorted(children, key=lambda c: c.info.start_time, reverse=True):
+        key = child.data.tags.get(RUN_KEY_TAG)
+        if key not in finished:
+            newest.setdefault(key, child)
+    return sorted(newest.values(), key=lambda c: int(c.data.tags.get(POINT_TAG, 10**9)))
 
 
 def _nothing_finished(parent: Run, children: list[Run]) -> str:
