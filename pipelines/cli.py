@@ -167,7 +167,8 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
     sweep = load_sweep(MlflowClient(resolve_tracking_uri(args.tracking_uri, reading=True)), args.experiment,
                        args.parent)
     found = cells(sweep, args.rows.split(",") if args.rows else None, args.cols.split(",") if args.cols else None)
-    path = write_sheet(found, args.out or Path("reports") / args.experiment, sweep.experiment, args.images, args.dpi)
+    path = write_sheet(found, args.out or Path("reports") / args.experiment, sweep.experiment, args.images, args.dpi,
+                       sweep.left_out())
     print(f"sheet: {path}")
     return EXIT_OK
 

@@ -70,6 +70,9 @@ def test_report_builds_from_a_real_sweep(tmp_path, store, capsys) -> None:
     text = (out / "report.md").read_text()
     assert ", 2 finished runs; " in text
     assert " Not in it, none of their runs FINISHED: `lr=10 seed=0` (FAILED: diverged at step 3).\n" in text
+    assert main(["sheet", "tiny_lr", "--out", str(tmp_path / "sheet"), "--tracking-uri", store]) == 0
+    assert "\nNot in it, none of their runs FINISHED: `lr=10 seed=0` (FAILED: diverged at step 3).\n" in (
+        tmp_path / "sheet" / "sheet.md").read_text()
     # Its claim cannot be judged, and the summary says what it needs (it read "needs needs").
     assert "loses_content (optimizer.lr=10.0): measured no such run, the criterion needs a FINISHED run with" in text
     # A sweep none of whose runs FINISHED (its command still running, or killed): their statuses, and what to do.

@@ -26,7 +26,7 @@ from nst.scales import resize
 from pipelines.errors import UserError
 from pipelines.tracking import store
 from pipelines.tracking.run_log import SNAPSHOT_FILE
-from pipelines.tracking.tags import POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
+from pipelines.tracking.tags import ERROR_TAG, POINT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG, SWEEP_TAG, VARIED_TAG
 
 LOSSES = ("loss/total", "loss/content", "loss/style")
 STYLE_FILE = re.compile(r"^style(_\d+)?\.png$")  # a run's painting, and a blend's others
@@ -69,6 +69,16 @@ class SweepView:
     spec: dict
     runs: list[RunView]
     not_finished: list[Run] = field(default_factory=list)  # the newest run of each point with none FINISHED
+
+    def left_out(self) -> str:
+        """A sentence naming the points left out, none of whose runs FINISHED: each newest run's status and
+        error ("" when every point has a FINISHED run)."""
+        if not self.not_finished:
+            return ""
+        told = [f"`{run.info.run_name}` ({run.info.status}"
+                + (f": {run.data.tags[ERROR_TAG]}" if ERROR_TAG in run.data.tags else "") + ")"
+                for run in self.not_finished]
+        return f" Not in it, none of their runs FINISHED: {', '.join(told)}."
 
 
 def _download_image(client: MlflowClient, run_id: str, path: str, folder: Path) -> object:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Run
 
 from nst.quality import edge_correlation, mean_abs_change, ssim
 from nst.scales import resize
@@ -21,7 +20,6 @@ from pipelines.config import claims as verdicts
 from pipelines.errors import UserError
 from pipelines.reports.figures import finals_figure, loss_figure, slide_figure
 from pipelines.reports.readback import RunView, SweepView, load_sweep
-from pipelines.tracking.tags import ERROR_TAG
 
 EDGE_SCALE = 4  # coarse edges: the layout a viewer recognizes, not the brush strokes
 
@@ -124,15 +122,6 @@ def _contrast(client: MlflowClient, name: str, sweep: SweepView) -> list[str]:
 
 
 
-def _left_out(runs: list[Run]) -> str:
-    """The points the report leaves out, none of their runs FINISHED: each one's newest run, its status and why."""
-    if not runs:
-        return ""
-    told = [f"`{run.info.run_name}` ({run.info.status}" + (f": {run.data.tags[ERROR_TAG]}" if ERROR_TAG in run.data.tags
-                                                           else "") + ")" for run in runs]
-    return f" Not in it, none of their runs FINISHED: {', '.join(told)}."
-
-
 def _what_varies(runs: Sequence[RunView]) -> str:
     """The varied keys that take more than one value among the runs (a sweep's one seed is no axis)."""
     keys = [k for k in runs[0].varied if len({run.varied[k] for run in runs}) > 1]
@@ -166,7 +155,7 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
         f"Sweep (parent run) `{pid}`, {len(sweep.runs)} finished runs; built "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC from the MLflow store"
         + (f" `{tracking_uri}`" if tracking_uri else "") + " (metrics and image artifacts; nothing re-optimized)."
-        + _left_out(sweep.not_finished),
+        + sweep.left_out(),
         "",
         "## The final images",
         "",

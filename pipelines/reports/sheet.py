@@ -125,8 +125,10 @@ def _aspect(cell: Cell) -> float:
     return height / width
 
 
-def write_sheet(found: list[Cell], out: Path, title: str, images: bool = False, dpi: int = 80) -> Path:
-    """sheet.jpg and sheet.md in `out` (and the images, with `images`); returns sheet.md's path."""
+def write_sheet(found: list[Cell], out: Path, title: str, images: bool = False, dpi: int = 80, left_out: str = ""
+                ) -> Path:
+    """sheet.jpg and sheet.md in `out` (and the images, with `images`); returns sheet.md's path. `left_out`:
+    the sentence naming the points with no FINISHED run (SweepView.left_out), said under the table."""
     out.mkdir(parents=True, exist_ok=True)
     row_labels, col_labels = _order([c.row for c in found]), _order([c.col for c in found])
     grid = {(c.row, c.col): c for c in found}
@@ -162,6 +164,8 @@ def write_sheet(found: list[Cell], out: Path, title: str, images: bool = False, 
     for row in row_labels:
         lines.append(f"| {row} | " + " | ".join(grid[(row, col)].caption() if (row, col) in grid else "—"
                                                  for col in col_labels) + " |")
+    if left_out:
+        lines += ["", left_out.strip()]
     if images:
         for cell in found:
             name = f"{cell.row}__{cell.col}".replace(" × ", "_").replace(" ", "_")
