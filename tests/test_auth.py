@@ -237,6 +237,11 @@ def test_nst_answers_missing_wrong_and_read_only_credentials_in_one_line(server,
         err = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(err) == 1 and needle in err[0], done.stderr[-1500:]
         assert err[0].startswith("nst: error: ") and time.monotonic() - start < 60
+    # A sweep the store holds, run again by the read-only user: the same line, before any work.
+    done = _nst("experiment", str(sweep[2]), "--tracking-uri", server.url, "--quiet", user=reader[0],
+                password=reader[1])
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and "read-only user" in err[0], done.stderr[-1500:]
     # Nothing was written: the read-only user's attempt left no run behind.
     admin = requests.get(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=50",
                          auth=("admin", server.admin_password), timeout=10).json()

@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 
 from pipelines.errors import UserError
 from pipelines.execution import pids
+from pipelines.tracking import store
 
 PREFIX = "nst.lease."
 BEAT = 10.0
@@ -113,7 +114,10 @@ def sweep_lease(uri: str, experiment_id: str, name: str, sweep_key: str) -> Iter
     """Held while the sweep runs; a second command of it, on any machine, is refused with one line naming the first."""
     client, key, me = MlflowClient(uri), PREFIX + sweep_key, Holder.me()
     _refuse_if_held(client, experiment_id, key, name, me)
-    client.set_experiment_tag(experiment_id, key, _value(me, me.beat))
+    try:
+        client.set_experiment_tag(experiment_id, key, _value(me, me.beat))
+    except MlflowException as exc:  # a read-only user of a signed-in server: one line, before any work
+        raise (store.denied(uri, exc) or exc) from None
     heartbeat = _Heartbeat(uri, experiment_id, key, me)
     try:  # from here on the lease is let go however the command ends (Ctrl-C in the wait, say)
         time.sleep(SETTLE)  # another command's write in the meantime wins; this one then reads it back
