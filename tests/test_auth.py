@@ -242,6 +242,11 @@ def test_nst_answers_missing_wrong_and_read_only_credentials_in_one_line(server,
                 password=reader[1])
     err = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(err) == 1 and "read-only user" in err[0], done.stderr[-1500:]
+    # Its report is built all the same (it ended in a traceback, logging the files on the parent run).
+    done = _nst("report", "shared", "--out", str(tmp_path / "report"), "--tracking-uri", server.url,
+                user=reader[0], password=reader[1])
+    assert done.returncode == 0 and (tmp_path / "report" / "report.md").is_file(), done.stderr[-1500:]
+    assert "report: not logged on the sweep's parent run, tracking server" in done.stdout
     # Nothing was written: the read-only user's attempt left no run behind.
     admin = requests.get(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=50",
                          auth=("admin", server.admin_password), timeout=10).json()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from nst.quality import edge_correlation, mean_abs_change, ssim
 from nst.scales import resize
@@ -20,6 +21,7 @@ from pipelines.config import claims as verdicts
 from pipelines.errors import UserError
 from pipelines.reports.figures import finals_figure, loss_figure, slide_figure
 from pipelines.reports.readback import RunView, SweepView, load_sweep
+from pipelines.tracking import store
 
 EDGE_SCALE = 4  # coarse edges: the layout a viewer recognizes, not the brush strokes
 
@@ -127,9 +129,13 @@ def _what_varies(runs: Sequence[RunView]) -> str:
     keys = [k for k in runs[0].varied if len({run.varied[k] for run in runs}) > 1]
     return ", ".join(keys or list(runs[0].varied))
 
+
 def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
-                 parent_id: str | None = None, tracking_uri: str = "", dpi: int = 110) -> Path:
-    """Build the report of the latest (or the given) sweep of `experiment`; returns report.md."""
+                 parent_id: str | None = None, tracking_uri: str = "", dpi: int = 110,
+                 say: Callable[[str], None] = print) -> Path:
+    """Build the report of the latest (or the given) sweep of `experiment`; returns report.md. A
+    reader who may not write to the store (a signed-in server's read-only user) gets the files here
+    and `say`s why the parent run keeps no copy."""
     sweep = load_sweep(client, experiment, parent_id)
     folder = out or Path("reports") / sweep.experiment
     folder.mkdir(parents=True, exist_ok=True)
@@ -193,6 +199,12 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
     if notes:
         lines += ["", "## Notes", "", notes]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
-    for name in ("report.md", "slide.png", "losses.png", "finals.png", "measurements.csv"):
-        client.log_artifact(pid, str(folder / name), "report")
+    try:
+        for name in ("report.md", "slide.png", "losses.png", "finals.png", "measurements.csv"):
+            client.log_artifact(pid, str(folder / name), "report")
+    except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
+        refused = store.denied(tracking_uri or client.tracking_uri, exc)
+        if refused is None:
+            raise
+        say(f"report: not logged on the sweep's parent run, {refused}")
     return folder / "report.md"

@@ -175,8 +175,10 @@ def quiet_store_errors() -> None:
 
 
 def denied(uri: str, exc: Exception) -> UserError | None:
-    """The one line for a write the server refused (a read-only user), else None."""
-    status = exc.get_http_status_code() if isinstance(exc, MlflowException) else None
+    """The one line for a write the server refused (a read-only user), else None. MLflow raises a refused
+    request as an MlflowException, a refused artifact upload as requests' HTTPError."""
+    response = getattr(exc, "response", None)
+    status = exc.get_http_status_code() if isinstance(exc, MlflowException) else getattr(response, "status_code", None)
     if status != 403:
         return None
     user = os.environ.get(USERNAME)
