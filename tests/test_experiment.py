@@ -125,6 +125,25 @@ def test_the_summary_keeps_its_columns_under_long_run_names() -> None:
     assert {line.index("FINISHED") for line in rows} == {header.index("status")}
 
 
+def test_the_eta_counts_a_batchs_runs_once_the_last_of_them_ended(monkeypatch) -> None:
+    """A batch's runs end together: counted one by one, the lr sweep's batch of 3 said `ETA 6:27` after its
+    first run and `1:36` after its second, then `0:00`."""
+    from pipelines.execution import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    clock = progress.Clock([[0, 1, 2], [3]])
+    now[0] = 193.0
+    etas = []
+    for index in (0, 1, 2):
+        clock.done(index)
+        etas.append(clock.line())
+    assert etas == ["elapsed 3:13 · ETA ?", "elapsed 3:13 · ETA ?", "elapsed 3:13 · ETA 1:04"]
+    now[0] = 250.0
+    clock.done(3)
+    assert clock.line() == "elapsed 4:10 · ETA 0:00"
+
+
 def test_dry_run_prints_runs_and_touches_nothing(grid_file, unmade_store, capsys) -> None:
     store = unmade_store
     assert main(["experiment", str(grid_file), "--dry-run", "--set", "iterations=2", "--tracking-uri", store]) == 0

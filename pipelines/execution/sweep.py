@@ -125,7 +125,7 @@ def run_experiment(
                                                                                                  strict=True)]
         jobs = [Job(group, tracking_uri, experiment.name, progress, auto=batch == AUTO)
                 for group in plan(tasks, lambda t: t.spec.config, lambda t: t.spec.resume_step or 0, batch, batch_cap)]
-        clock = Clock(len(todo))
+        clock = Clock([[task.point.index for task in job.tasks] for job in jobs])
         n = len(experiment.points)
 
         def announce(point: Point, verb: str) -> None:
@@ -133,7 +133,7 @@ def run_experiment(
 
         try:
             for point, result in executor(jobs, say=announce):
-                clock.ran += 1
+                clock.done(point.index)
                 sweep.results.append((point, result))
                 outcome = result.status if result.status == FINISHED else f"{result.status} ({result.error})"
                 say(f"[{point.index + 1}/{n}] {point.name}: {outcome} in {result.seconds:.1f} s · {clock.line()}")
