@@ -68,6 +68,8 @@ def test_report_builds_from_a_real_sweep(tmp_path, store, capsys) -> None:
     client.set_terminated(children["lr=10 seed=0"].info.run_id, "FAILED")
     assert main(["report", "tiny_lr", "--out", str(out), "--tracking-uri", store]) == 0
     text = (out / "report.md").read_text()
+    assert "report: Not in it, none of their runs FINISHED: `lr=10 seed=0` (FAILED: diverged at step 3)." in (
+        capsys.readouterr().out)
     assert ", 2 finished runs; " in text
     assert " Not in it, none of their runs FINISHED: `lr=10 seed=0` (FAILED: diverged at step 3).\n" in text
     assert main(["sheet", "tiny_lr", "--out", str(tmp_path / "sheet"), "--tracking-uri", store]) == 0

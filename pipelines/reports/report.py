@@ -135,7 +135,8 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
                  say: Callable[[str], None] = print) -> Path:
     """Build the report of the latest (or the given) sweep of `experiment`; returns report.md. A
     reader who may not write to the store (a signed-in server's read-only user) gets the files here
-    and `say`s why the parent run keeps no copy."""
+    and `say`s why the parent run keeps no copy; the points left out (none of their runs FINISHED) are
+    `say`d too."""
     sweep = load_sweep(client, experiment, parent_id)
     folder = out or Path("reports") / sweep.experiment
     folder.mkdir(parents=True, exist_ok=True)
@@ -207,4 +208,6 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
         if refused is None:
             raise
         say(f"report: not logged on the sweep's parent run, {refused}")
+    if sweep.not_finished:  # said where the user looks too, not only in report.md
+        say(f"report:{sweep.left_out()}")
     return folder / "report.md"
