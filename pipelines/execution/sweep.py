@@ -9,8 +9,8 @@ point is marked FAILED with its reason and the sweep goes on; Ctrl-C marks the p
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,11 +109,10 @@ def run_experiment(
     same whichever runs them. `fresh`: a new parent run whatever the store holds, every point run anew."""
     client = MlflowClient(tracking_uri)
     check_inputs([p.config for p in experiment.points], client)  # before anything is written
-    # One command per sweep and store: a second would take the first's live runs for interrupted ones
-    # (pipelines.execution.sweep_lock). A store with no space left stops the sweep with one line
-    # (pipelines.tracking.space).
-    with sweep_lock(tracking_uri, experiment.name, experiment.sweep_key), space.stop_when_full(tracking_uri):
-        exp_id, parent_id, done, interrupted = _open_parent(client, experiment, tracking_uri, say, fresh)
+    # One command per sweep and store (_holding). A store with no space left stops the sweep with one
+    # line (pipelines.tracking.space).
+    with space.stop_when_full(tracking_uri), _holding(client, experiment, tracking_uri) as exp_id:
+        parent_id, done, interrupted = _open_parent(client, experiment, exp_id, say, fresh)
         sweep = SweepResult(parent_id)
         todo = (list(experiment.points) if fresh
                 else reuse.keep_finished(client, experiment, exp_id, parent_id, done, interrupted, sweep.results, say,
@@ -150,11 +149,19 @@ def run_experiment(
         return sweep
 
 
-def _open_parent(client: MlflowClient, experiment: Experiment, tracking_uri: str, say: Callable[[str], None],
-                 fresh: bool = False) -> tuple[str, str, dict[str, Run], dict[str, Run]]:
-    """The sweep's MLflow experiment and parent run, found (and RUNNING again) or created (always, when
-    `fresh`); its FINISHED children and the ones to resume, by run key."""
+@contextmanager
+def _holding(client: MlflowClient, experiment: Experiment, tracking_uri: str) -> Iterator[str]:
+    """The sweep's MLflow experiment (made when new), while this command holds the sweep: a second
+    would take the first's live runs for interrupted ones (pipelines.execution.sweep_lock)."""
     exp_id = store.experiment_id(client, experiment.name, tracking_uri)
+    with sweep_lock(tracking_uri, exp_id, experiment.name, experiment.sweep_key):
+        yield exp_id
+
+
+def _open_parent(client: MlflowClient, experiment: Experiment, exp_id: str, say: Callable[[str], None],
+                 fresh: bool = False) -> tuple[str, dict[str, Run], dict[str, Run]]:
+    """The sweep's parent run in MLflow experiment `exp_id`, found (and RUNNING again) or created (always, when
+    `fresh`); its FINISHED children and the ones to resume, by run key."""
     parent_id = None if fresh else find_parent(client, exp_id, experiment)
     done = children(client, exp_id, parent_id, (FINISHED,)) if parent_id else {}
     # Killed mid-run (Ctrl-C: KILLED; kill -9 or a lost machine: still RUNNING): pick up from
@@ -169,7 +176,7 @@ def _open_parent(client: MlflowClient, experiment: Experiment, tracking_uri: str
         say(f"sweep {experiment.name}: resuming parent run {parent_id}")
     # Logged on every invocation: the file may have gained claims or notes that change no run.
     client.log_text(parent_id, experiment.text, experiment.path.name)
-    return exp_id, parent_id, done, interrupted
+    return parent_id, done, interrupted
 
 
 def _task(point: Point, name: str, parent_id: str, interrupted: Run | None, step: int) -> Task:

@@ -20,14 +20,11 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-
-from mlflow import MlflowClient
 
 from pipelines.errors import UserError
 from pipelines.execution.sweep_lease import sweep_lease
-from pipelines.tracking import store
 
 
 def _local(uri: str) -> bool:
@@ -45,8 +42,9 @@ def _lock_file(uri: str, name: str, sweep_key: str) -> Path:
 
 
 @contextmanager
-def sweep_lock(uri: str, name: str, sweep_key: str) -> Iterator[None]:
-    """Held while the sweep runs here; a second holder is refused with one line naming the first."""
+def sweep_lock(uri: str, experiment_id: str, name: str, sweep_key: str) -> Iterator[None]:
+    """Held while the sweep (in MLflow experiment `experiment_id`) runs here; a second holder is refused
+    with one line naming the first."""
     path = _lock_file(uri, name, sweep_key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as lock:
@@ -61,8 +59,5 @@ def sweep_lock(uri: str, name: str, sweep_key: str) -> Iterator[None]:
         lock.truncate()
         lock.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}")
         lock.flush()
-        if _local(uri):
-            yield
-            return
-        with sweep_lease(uri, store.experiment_id(MlflowClient(uri), name, uri), name, sweep_key):
+        with nullcontext() if _local(uri) else sweep_lease(uri, experiment_id, name, sweep_key):
             yield

@@ -78,7 +78,7 @@ class SweepView:
         told = [f"`{run.info.run_name}` ({run.info.status}"
                 + (f": {run.data.tags[ERROR_TAG]}" if ERROR_TAG in run.data.tags else "") + ")"
                 for run in self.not_finished]
-        return f" Not in it, none of their runs FINISHED: {', '.join(told)}."
+        return f"Not in it, none of their runs FINISHED: {', '.join(told)}."
 
 
 def _download_image(client: MlflowClient, run_id: str, path: str, folder: Path) -> object:

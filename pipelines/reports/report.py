@@ -162,7 +162,7 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
         f"Sweep (parent run) `{pid}`, {len(sweep.runs)} finished runs; built "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC from the MLflow store"
         + (f" `{tracking_uri}`" if tracking_uri else "") + " (metrics and image artifacts; nothing re-optimized)."
-        + sweep.left_out(),
+        + (f" {sweep.left_out()}" if sweep.not_finished else ""),
         "",
         "## The final images",
         "",
@@ -209,5 +209,5 @@ def build_report(client: MlflowClient, experiment: str, out: Path | None = None,
             raise
         say(f"report: not logged on the sweep's parent run, {refused}")
     if sweep.not_finished:  # said where the user looks too, not only in report.md
-        say(f"report:{sweep.left_out()}")
+        say(f"report: {sweep.left_out()}")
     return folder / "report.md"

@@ -165,7 +165,7 @@ def write_sheet(found: list[Cell], out: Path, title: str, images: bool = False, 
         lines.append(f"| {row} | " + " | ".join(grid[(row, col)].caption() if (row, col) in grid else "—"
                                                  for col in col_labels) + " |")
     if left_out:
-        lines += ["", left_out.strip()]
+        lines += ["", left_out]
     if images:
         for cell in found:
             name = f"{cell.row}__{cell.col}".replace(" × ", "_").replace(" ", "_")
