@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, bmm_flop
 
 from benchmarks.device import sync
 from benchmarks.loops import bare_step, point_configs
@@ -48,6 +48,13 @@ class Traffic(TorchDispatchMode):
         return out
 
 
+def _bmm_flops(a_shape: Any, b_shape: Any, *_: Any, **__: Any) -> int:
+    """bmm's FLOPs whatever its overload: torch 2.11's formula takes a third positional argument for the
+    output's shape, and so fails on `bmm(a, b, out_dtype=...)` (the bf16 Gram on a GPU, nst.losses),
+    whose third is the dtype."""
+    return bmm_flop(a_shape, b_shape)
+
+
 @dataclass(frozen=True)
 class Floor:
     """One step's kernels, the bytes they read and write, and its FLOPs."""
@@ -68,7 +75,7 @@ def step_floor(b: int, size: int, device: torch.device) -> Floor:
     step = bare_step(point_configs(b), size, device)
     step()
     traffic = Traffic()
-    with FlopCounterMode(display=False) as flops, traffic:
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.bmm: _bmm_flops}) as flops, traffic:
         step()
     return Floor(sum(traffic.kernels.values()), sum(traffic.bytes.values()), flops.get_total_flops(),
                  traffic.bytes.most_common())
