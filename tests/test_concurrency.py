@@ -14,12 +14,13 @@ from mlflow import MlflowClient
 from benchmarks.cluster import tracking_server
 from pipelines.execution.sweep_lease import PREFIX as LEASE
 from pipelines.tracking.checkpoint_store import checkpoint_steps
-from tests.lane import ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 STEPS = 20
-# A sweep long enough to be caught running by a second command (a GPU steps through 400 tiny steps in ~2 s).
-BUSY = 4000 if ON_GPU else 400
+# The first command of a sweep a second one meets holds its loop at this step, after its first checkpoints,
+# until the test lets it go: caught running on any device, however fast its steps (a GPU steps through 400
+# tiny steps in ~2 s; the lane ran 4000 there, 2 min of its 4).
+HOLD_AT = 12
 CHILDREN = "tags.`mlflow.parentRunId` != ''"
 
 
@@ -65,6 +66,30 @@ def test_two_sweeps_share_one_sqlite_store(tmp_path) -> None:
             assert steps == list(range(STEPS))
 
 
+def _held(tmp_path: Path) -> tuple[list[str], Path]:
+    """(`nst` as a command line whose loop stops at step HOLD_AT until the file named exists, that file)."""
+    release = tmp_path / "release"
+    script = tmp_path / "held.py"
+    script.write_text(f"""import sys, time
+from pathlib import Path
+
+from nst.module import StyleTransfer
+from pipelines.cli import main
+
+training_step = StyleTransfer.training_step
+
+def held(self, *args, **kwargs):
+    if self.trainer.global_step == {HOLD_AT}:
+        while not Path({str(release)!r}).exists():
+            time.sleep(0.05)
+    return training_step(self, *args, **kwargs)
+
+StyleTransfer.training_step = held
+sys.exit(main(sys.argv[1:]))
+""")
+    return [sys.executable, str(script)], release
+
+
 def _caught_running(client: MlflowClient, name: str, command: subprocess.Popen) -> str:
     """The experiment id of sweep `name` once both its runs are RUNNING with a checkpoint, `command` still running."""
     deadline = time.monotonic() + 120
@@ -95,10 +120,10 @@ def test_the_same_sweep_started_again_while_it_runs_is_refused_and_leaves_its_ru
 
     store = f"sqlite:///{tmp_path}/store/mlflow.db"
     path = tmp_path / "busy.yaml"
-    path.write_text(_sweep("busy").replace(f"iterations: {STEPS}", f"iterations: {BUSY}"))
+    path.write_text(_sweep("busy"))
     command = ["experiment", str(path), "--tracking-uri", store, "--quiet"]
-    first = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *command], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    nst, release = _held(tmp_path)
+    first = subprocess.Popen([*nst, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = MlflowClient(store)
     experiment_id = _caught_running(client, "busy", first)
 
@@ -108,7 +133,8 @@ def test_the_same_sweep_started_again_while_it_runs_is_refused_and_leaves_its_ru
     assert err.startswith("nst: error: sweep busy is already running on this store (process ")
     assert f"process {first.pid} on " in err and len(err.splitlines()) == 1
 
-    _each_step_once(client, experiment_id, first, BUSY)
+    release.touch()
+    _each_step_once(client, experiment_id, first, STEPS)
     assert main(command) == 0  # the lock went with the command: the same command now skips both runs
     assert capsys.readouterr().out.count("  skip ") == 2
 
@@ -120,7 +146,8 @@ def test_the_same_sweep_from_another_machine_is_refused_while_it_runs(tmp_path) 
     test the old code crashed with a traceback on a checkpoint the first had just replaced). The
     sweep's lease in the store (pipelines.execution.sweep_lease) refuses it."""
     path = tmp_path / "shared.yaml"
-    path.write_text(_sweep("shared").replace(f"iterations: {STEPS}", f"iterations: {BUSY}"))
+    path.write_text(_sweep("shared"))
+    nst, release = _held(tmp_path)
 
     def machine(name: str) -> dict[str, str]:
         (tmp_path / name).mkdir()
@@ -128,7 +155,8 @@ def test_the_same_sweep_from_another_machine_is_refused_while_it_runs(tmp_path) 
 
     with tracking_server("sqlite") as server:
         command = [sys.executable, "-m", "pipelines.cli", "experiment", str(path), "--tracking-uri", server, "--quiet"]
-        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=machine("a"))
+        first = subprocess.Popen([*nst, *command[3:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=machine("a"))
         client = MlflowClient(server)
         experiment_id = _caught_running(client, "shared", first)
 
@@ -139,7 +167,8 @@ def test_the_same_sweep_from_another_machine_is_refused_while_it_runs(tmp_path) 
         assert len(err) == 1 and "Traceback" not in second.stderr
         assert err[0].startswith(f"nst: error: sweep shared is already running on this store (process {first.pid} on ")
 
-        _each_step_once(client, experiment_id, first, BUSY)
+        release.touch()
+        _each_step_once(client, experiment_id, first, STEPS)
         assert not [key for key in client.get_experiment(experiment_id).tags if key.startswith(LEASE)]
         again = subprocess.run(command, capture_output=True, text=True, env=b, timeout=120)
         assert again.returncode == 0 and again.stdout.count("  skip ") == 2  # the lease went with the first command

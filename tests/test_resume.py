@@ -4,7 +4,9 @@ exactly once and a final image bit-identical to an uninterrupted run. The same h
 sweep's points run as one batch: every interrupted point resumes from its own checkpoint. On a GPU (the GPU lane) the
 runs ask for deterministic kernels, as a user who needs bit-identical resumes there does."""
 
+import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,19 +70,28 @@ def _sweep(path: Path, store: str, batch: str, env: dict[str, str] | None = None
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], str]:
     """`uninterrupted(batch)`: the store of the sweep run whole with `--batch batch`, in a fresh process as
-    the killed one was (what earlier tests left in this process's torch state cannot tell them apart);
-    run once for all of this file's tests that compare with it."""
-    stores: dict[str, str] = {}
+    the killed one was (what earlier tests left in this process's torch state cannot tell them apart).
+    Run once for the whole session: pytest-xdist's workers share it through their session's folder, the
+    first one to need it running it while the others wait (each worker ran its own before: in the GPU lane,
+    up to seven sweeps of 480 steps in fresh processes where two do)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's folder, above each worker's own
 
     def store_of(batch: str) -> str:
-        if batch not in stores:
-            folder = tmp_path_factory.mktemp(f"uninterrupted-{batch}")
-            path = folder / "resumable.yaml"
-            path.write_text(SWEEP)
-            stores[batch] = f"sqlite:///{folder}/store/mlflow.db"
-            done = _sweep(path, stores[batch], batch)
-            assert done.returncode == 0, done.stderr[-2000:]
-        return stores[batch]
+        folder = shared / f"uninterrupted-{batch}"
+        store = f"sqlite:///{folder}/store/mlflow.db"
+        with open(shared / f"uninterrupted-{batch}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not (folder / "done").exists():
+                shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed at it left
+                folder.mkdir()
+                path = folder / "resumable.yaml"
+                path.write_text(SWEEP)
+                done = _sweep(path, store, batch)
+                assert done.returncode == 0, done.stderr[-2000:]
+                (folder / "done").touch()
+        return store
 
     return store_of
 
