@@ -50,7 +50,9 @@ class RunConfig(TransferConfig):
     # Deterministic GPU kernels: bit-identical runs and resumes on one GPU (nst.determinism).
     deterministic: bool = False
     # On a CUDA GPU, each step's losses and gradient replayed from one captured CUDA graph (nst.graphs).
-    cuda_graph: bool = False
+    # auto: wherever a step can be (Adam or SGD with Gram losses), op by op elsewhere; true: the same, and
+    # a run that could not be (on the CPU, say) is tagged with why; false: op by op everywhere.
+    cuda_graph: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,6 +64,8 @@ class RunConfig(TransferConfig):
             raise ValueError(f"snapshots must be >= 0, got {list(self.snapshots)}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.cuda_graph not in (True, False, "auto"):
+            raise ValueError(f"cuda_graph must be true, false or auto; got {self.cuda_graph!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
         if not self.styles:

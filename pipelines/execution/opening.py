@@ -129,7 +129,8 @@ def _start_run(client: MlflowClient, spec: RunSpec, exp_id: str, device: str, ba
         **versions(),
         **(spec.tags or {}),
     }
-    if config.cuda_graph:  # asked for: whether its steps replay a graph here, or why they run op by op
+    # Whether its steps replay a graph here, or why they run op by op: on a GPU, or wherever it was asked for.
+    if config.cuda_graph is True or (config.cuda_graph == "auto" and torch.device(device).type == "cuda"):
         why_not = why_not_captured(torch.device(device), config.optimizer.name, config.style_loss)
         run_tags[CUDA_GRAPH_TAG] = f"op by op: {why_not}" if why_not else "replayed"
     if spec.parent_run_id:

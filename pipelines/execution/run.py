@@ -184,7 +184,7 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], resu
     on = torch.device(device)
     module = StyleTransfer(inputs.content.to(on), [s.to(on) for s in inputs.styles], [s.config for s in specs],
                            backbone=backbone.to(on), init01=[None if i is None else i.to(on) for i in inits],
-                           cuda_graph=config.cuda_graph)
+                           cuda_graph=config.cuda_graph is not False)  # auto or true
     probe = quality_probe(module, inputs.content, inputs.styles, config)
     log = BatchLog(client, samples, probe, describe=lambda exc: describe_failure(exc, config, device, len(specs)),
                    keep_checkpoints=config.keep_checkpoints)
