@@ -37,7 +37,8 @@
 #          sweep's kept processes (not yet timed on a GPU; about 3 min expected).
 # Under a time limit that may cut it off, the pytest lane is stopped with SIGINT, so that it still
 # prints its failures.
-# TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase;
+# TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase, WORKERS=N that
+# many pytest workers (default: one per core);
 # LIMIT_<phase>=SECONDS changes that phase's time limit (e.g. LIMIT_tests=200 to fit a short lease).
 # Phases run in that order (name some to run only those: `gpu_check.sh tests sweep`), each under its
 # own time limit; a failing phase is reported and the next one still runs. Results go to $OUT
@@ -91,12 +92,19 @@ for p in "${phases[@]}"; do
       # Under pytest >= 9.2, pytest-xdist 3.8 keeps no xdist_group together (pytest-dev/pytest-xdist#1386,
       # tests/test_lane.py): there the files are dealt out whole, which keeps test_cluster's on one worker.
       dist=$("$PYTHON" -c 'import pytest; v = tuple(int(x) for x in pytest.__version__.split(".")[:2]); print("loadfile" if v >= (9, 2) else "loadgroup")' 2>/dev/null)
-      workers=$("$PYTHON" -c 'import xdist' 2>/dev/null && echo "-n auto --dist ${dist:-loadgroup}")
-      # A line per test as it ends (-v): a lane cut off by its time limit then says which tests never ended
+      workers=$("$PYTHON" -c 'import xdist' 2>/dev/null && echo "-n ${WORKERS:-auto} --dist ${dist:-loadgroup}")
+      # A line per test as it ends (-v), and every test over 2 s with its time: a lane cut off by its time
+      # limit then says which tests never ended, and how its workers' time was spent
       # (2026-11-28: cut at 232 s with 292 passed, and nothing said which ~70 were left).
       # shellcheck disable=SC2086  # word splitting wanted: several test paths
-      phase tests 300 env NST_TEST_DEVICE=cuda OMP_NUM_THREADS=1 "$PYTHON" -m pytest -v -rfEs --durations=40 \
+      # Every 5 s, the machine's load and the GPU's use: whether a slow lane waits for the cores or the GPU
+      # (16 workers' tests each start nst commands, and those their writer processes).
+      (while sleep 5; do echo "$(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg) gpu $(nvidia-smi \
+        --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null)"; done) >"$OUT/lane_load.log" 2>&1 &
+      sampler=$!
+      phase tests 300 env NST_TEST_DEVICE=cuda OMP_NUM_THREADS=1 "$PYTHON" -m pytest -v -rfEs --durations=0 --durations-min=2 \
         -p no:benchmark $workers ${TESTS:-tests}
+      kill "$sampler" 2>/dev/null
       grep -E '^=+ .*(passed|failed)' "$OUT/tests.log" | tail -n 1 >>"$summary" ;;
     sweep)
       store="sqlite:///$(mktemp -d)/mlflow.db"  # not under $OUT: only the report's files come back
