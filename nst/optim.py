@@ -3,11 +3,12 @@
 A batch is one image tensor (B, 3, H, W), one sample per run of a sweep, and every sample keeps
 the update it would get alone:
 
-- `SampleAdam` / `SampleSGD`: torch's own Adam / SGD update (its functional API, the same code
-  path `torch.optim.Adam` and `torch.optim.SGD` take on that device) applied to each sample's slice
-  with that sample's learning rate (and momentum). Samples that share the settings share one call
-  (one foreach launch on a GPU). Their state is kept per sample, shaped as a batch of one's, so a
-  sample's share of a checkpoint is exactly the checkpoint of that run alone.
+- `SampleAdam` / `SampleSGD`: torch's own Adam / SGD update applied to each sample's slice with that
+  sample's learning rate (and momentum), bit for bit what `torch.optim.Adam` and `torch.optim.SGD`
+  do on that device. Adam: torch's multi-tensor update over all the samples at once, each one's
+  learning rate in its step size (one launch per operation on a GPU). SGD: torch's functional API,
+  one call per distinct (learning rate, momentum). Their state is kept per sample, shaped as a batch
+  of one's, so a sample's share of a checkpoint is exactly the checkpoint of that run alone.
 - `SampleSchedules`: each sample's learning-rate schedule (constant, cosine, exponential) is one of
   torch's own schedulers, stepped on the host: the learning rates are plain numbers, known before
   a step, so nothing waits for the device to learn them.
@@ -24,7 +25,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim.adam import adam
 from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LRScheduler
 from torch.optim.sgd import sgd
 
@@ -80,18 +80,29 @@ class SampleAdam(_SampleOptimizer):
     def _update(self) -> None:
         group = self.param_groups[0]
         state = self.state[self.image]
+        params, grads = self._views(list(range(len(group["lrs"]))))
         if not state:  # as torch.optim.Adam initializes each parameter's state, once per sample
-            views, _ = self._views(list(range(len(group["lrs"]))))
-            state["step"] = [torch.tensor(0.0) for _ in views]
-            state["exp_avg"] = [torch.zeros_like(v, memory_format=torch.preserve_format) for v in views]
-            state["exp_avg_sq"] = [torch.zeros_like(v, memory_format=torch.preserve_format) for v in views]
+            state["step"] = [torch.tensor(0.0) for _ in params]
+            state["exp_avg"] = [torch.zeros_like(v, memory_format=torch.preserve_format) for v in params]
+            state["exp_avg_sq"] = [torch.zeros_like(v, memory_format=torch.preserve_format) for v in params]
         beta1, beta2 = group["betas"]
-        for lr, indices in _groups(group["lrs"]).items():
-            params, grads = self._views(indices)
-            adam(
-                params, grads, [state["exp_avg"][i] for i in indices], [state["exp_avg_sq"][i] for i in indices],
-                [], [state["step"][i] for i in indices], amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
-                weight_decay=0.0, eps=group["eps"], maximize=False)
+        steps, exp_avgs, exp_avg_sqs = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        # torch.optim.Adam's multi-tensor update (torch.optim.adam._multi_tensor_adam, not capturable, no
+        # weight decay, amsgrad or maximize) over every sample at once, each sample's learning rate in its
+        # step size: one launch per operation on a GPU whatever the learning rates (one call per distinct
+        # learning rate before: 7 launches each), and on the CPU the same per-sample operations as
+        # torch.optim.Adam's single-tensor update there (foreach's fallback), bit for bit on both.
+        torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)  # the steps live on the CPU, as torch's do
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        bias_correction1 = [1 - beta1 ** step.item() for step in steps]
+        bias_correction2 = [1 - beta2 ** step.item() for step in steps]
+        step_sizes = [(lr / bc) * -1 for lr, bc in zip(group["lrs"], bias_correction1, strict=True)]
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denominators, [bc**0.5 for bc in bias_correction2])
+        torch._foreach_add_(denominators, group["eps"])
+        torch._foreach_addcdiv_(params, exp_avgs, denominators, step_sizes)
 
 
 class SampleSGD(_SampleOptimizer):

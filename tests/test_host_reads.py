@@ -4,8 +4,9 @@ reads of tracked batches of 100 and 300 steps, differenced, are far fewer than o
 
 On the GPU lane every synchronizing CUDA call is counted (torch.cuda.set_sync_debug_mode: a copy to the
 host, `.item()`, `nonzero`...). On the CPU, where nothing waits for a device, the calls that would:
-a tensor's `item`, `tolist`, `cpu`, `numpy`, `bool`, `float`, `int`, except torch's optimizers reading
-their step counters, which torch keeps on the host so that reading them waits for nothing.
+a tensor's `item`, `tolist`, `cpu`, `numpy`, `bool`, `float`, `int`, except optimizers (torch's, and
+nst.optim's per-image Adam) reading their step counters, which they keep on the host so that reading
+them waits for nothing.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from typing import Any
 import pytest
 import torch
 
+import nst.optim
 from pipelines.config.runs import run_config
 from pipelines.execution.run import FINISHED, RunSpec, execute_batch
 from tests.lane import ON_GPU
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
-OPTIMIZERS = str(Path(torch.optim.__file__).parent)  # their step counters are host tensors
+# Their step counters are host tensors: torch's optimizers, and nst's per-image Adam that does as torch.optim.Adam.
+OPTIMIZERS = (str(Path(torch.optim.__file__).parent), str(Path(nst.optim.__file__)))
 
 
 def _batch(steps: int, store: str) -> None:
