@@ -12,6 +12,7 @@ batch goes on exactly where it was.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -66,10 +67,12 @@ class Stops(nn.Module):
 
     def diverge(self, step: int, total: Tensor) -> Tensor:
         """Mark the images whose J is not finite at this step; returns which keep their update."""
-        finite = torch.isfinite(total)
-        newly = self.moving & ~finite
-        self.diverged_at.copy_(torch.where(newly, step, self.diverged_at))
-        self.diverged_value.copy_(torch.where(newly, total, self.diverged_value))
+        # 7 kernels, each launched every step (13 before): finite as |J| < inf (NaN and inf are not; torch's
+        # isfinite takes 4), moving and not finite as one comparison of booleans, the records written in place.
+        finite = total.abs() < math.inf
+        newly = self.moving > finite
+        self.diverged_at.masked_fill_(newly, step)
+        torch.where(newly, total, self.diverged_value, out=self.diverged_value)
         keep = self.moving & finite
         self.moving.copy_(keep)
         return keep
