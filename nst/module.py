@@ -322,8 +322,9 @@ class StyleTransfer(pl.LightningModule):
         with torch.no_grad():
             total = result["loss/total"].detach()
             keep = self.stops.diverge(step, total)
-            moved = self.image if lbfgs else self.image.clamp(0, self.config.pixel_scale)
-            self.image.copy_(torch.where(keep.view(-1, 1, 1, 1), moved, before))
+            if not lbfgs:
+                self.image.clamp_(0, self.config.pixel_scale)
+            torch.where(keep.view(-1, 1, 1, 1), self.image, before, out=self.image)  # in place: a kernel less
             self._update_average(keep)
             self.last_losses = {k: v.detach() for k, v in result.items()}
             if self.scale_index == len(self.sizes) - 1:  # each scale starts with a jump in J: the last one only
