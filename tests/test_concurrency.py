@@ -100,7 +100,10 @@ def _caught_running(client: MlflowClient, name: str, command: subprocess.Popen) 
             if len(runs) == 2 and all(checkpoint_steps(r.data.tags) and r.info.status == "RUNNING" for r in runs):
                 return experiment.experiment_id
         time.sleep(0.3)
-    pytest.fail("the first command ended before it could be caught running")
+    if command.poll() is None:
+        pytest.fail("the first command was not caught running in 120 s")
+    _, err = command.communicate()
+    pytest.fail(f"the first command ended (exit {command.returncode}) before it could be caught running: {err[-2000:]}")
 
 
 def _each_step_once(client: MlflowClient, experiment_id: str, command: subprocess.Popen, steps: int) -> None:
@@ -113,12 +116,15 @@ def _each_step_once(client: MlflowClient, experiment_id: str, command: subproces
 
 
 @pytest.mark.heavy
-def test_the_same_sweep_started_again_while_it_runs_is_refused_and_leaves_its_runs_alone(tmp_path, capsys) -> None:
+def test_the_same_sweep_started_again_while_it_runs_is_refused_and_leaves_its_runs_alone(tmp_path, capsys,
+                                                                                          store) -> None:
     """A second command of a running sweep took its live RUNNING runs for interrupted ones and optimized them
-    too: every step after the checkpoint it resumed from was in the store twice, and both commands exited 0."""
+    too: every step after the checkpoint it resumed from was in the store twice, and both commands exited 0.
+    The store is made before the command starts: this test's own client, polling a store not yet made, would
+    create MLflow's schema alongside the command (outside nst's lock, pipelines.tracking.store) — CI once
+    saw the command exit 1 that way."""
     from pipelines.cli import main
 
-    store = f"sqlite:///{tmp_path}/store/mlflow.db"
     path = tmp_path / "busy.yaml"
     path.write_text(_sweep("busy"))
     command = ["experiment", str(path), "--tracking-uri", store, "--quiet"]
