@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             (f"{n**3} points at {grid_size} px, {grid_steps} steps",
              grid_file(Path(tmp), grid_size, grid_steps, n), {"device": device.type}, first)]
         for label, path, overrides, subset in cases:
-            one_wall, one_fit, one_j = sweep(path, overrides, 1, subset)
-            wall, fit, j = sweep(path, overrides, "auto")
+            one_wall, one_fit, one_j, _ = sweep(path, overrides, 1, subset)
+            wall, fit, j, _ = sweep(path, overrides, "auto")
             scale = len(j) / len(one_j)
             note = f" (first {subset} × {scale:.0f})" if subset else ""
             gap = max(abs(j[k] / v - 1) for k, v in one_j.items())

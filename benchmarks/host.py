@@ -32,7 +32,8 @@ from benchmarks.loops import batch_loop, point_configs, require_all, run_config_
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
 from nst.module import StyleTransfer
-from pipelines.execution.run import RunSpec, execute_batch, quiet_lightning
+from pipelines.execution.run import RunResult, RunSpec, execute_batch, quiet_lightning
+from pipelines.tracking.fit_times import described
 
 HEADING = "## A step's host work"
 SIZE = 32
@@ -51,21 +52,21 @@ def cheap_losses() -> Iterator[None]:
         yield
 
 
-def tracked_fit_seconds(b: int, steps: int, device: torch.device, checkpoint_every: int) -> float:
-    """The fit's seconds of one tracked batch of `b` runs into a fresh SQLite store; every run FINISHED,
-    or the bench stops with the error."""
+def tracked_fit(b: int, steps: int, device: torch.device, checkpoint_every: int) -> RunResult:
+    """One tracked batch of `b` runs into a fresh SQLite store (its first run's result: the fit's seconds
+    and their parts are the batch's); every run FINISHED, or the bench stops with the error."""
     base = replace(run_config_for(SIZE, steps, device), checkpoint_every=checkpoint_every, snapshots=[0])
     specs = [RunSpec(replace(base, alpha=c.alpha, beta=c.beta, optimizer=c.optimizer)) for c in point_configs(b)]
     with tempfile.TemporaryDirectory() as tmp:
         results = execute_batch(specs, tracking_uri=new_store(tmp), experiment="host", progress=False)
     require_all(results, f"the tracked batch of {b} at {SIZE} px")
-    return results[0].seconds
+    return results[0]
 
 
-def marginal(b: int, steps: int, device: torch.device, checkpoint_every: int) -> float:
-    """s/step of a tracked batch: runs of `steps` and 3 × `steps`, differenced."""
-    short, long = (tracked_fit_seconds(b, n, device, checkpoint_every) for n in (steps, 3 * steps))
-    return (long - short) / (2 * steps)
+def marginal(b: int, steps: int, device: torch.device, checkpoint_every: int) -> tuple[float, RunResult]:
+    """(s/step of a tracked batch: runs of `steps` and 3 × `steps`, differenced; the longer run's result)."""
+    short, long = (tracked_fit(b, n, device, checkpoint_every) for n in (steps, 3 * steps))
+    return (long.seconds - short.seconds) / (2 * steps), long
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,15 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         f"runs of {steps} and {3 * steps} steps differenced, every metric of every run logged, into fresh SQLite "
         "stores, written by this device's choice of writers.", "",
         "| batch | bare loop | tracked, no checkpoints | tracked, a checkpoint every 100 steps |", "|---|---|---|---|"])
-    host = {}
+    host, parts = {}, []
     with cheap_losses():
         for b in (3, 8) if args.smoke else (3, 64):
             bare = batch_loop(point_configs(b), SIZE, steps, device)
-            plain, saved = host[b] = marginal(b, steps, device, 0), marginal(b, steps, device, 100)
+            (plain, _), (saved, run) = marginal(b, steps, device, 0), marginal(b, steps, device, 100)
+            host[b] = plain, saved
+            parts.append(f"{b} images, {3 * steps} steps with checkpoints, {described(run.fit_times, run.seconds)}")
             section.add(f"| {b} images | {bare.median * 1000:.2f} ms | {plain * 1000:.2f} ms | {saved * 1000:.2f} ms |")
     plain, saved = host[3]
     section.add("", f"The lr sweep's 2000 steps (a batch of 3) ask {2000 * plain:.1f} s of the host apart from their "
-                f"losses; with a checkpoint every 100 steps they keep their writers' pace: {2000 * saved:.1f} s.")
+                f"losses; with a checkpoint every 100 steps they keep their writers' pace: {2000 * saved:.1f} s.",
+                "", "Where a tracked fit's time went (pipelines.tracking.fit_times: the loop's tracking work, timed in "
+                f"the loop): {'; '.join(parts)}.")
     return 0
 
 

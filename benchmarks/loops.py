@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -160,10 +160,15 @@ def require_all(results: list, what: str) -> None:
                          f"{failed[0].error}")
 
 
-def sweep(path: Path, overrides: dict[str, object], batch: int | str,
-          first: int | None = None) -> tuple[float, float, dict[str, float]]:
-    """(wall s, optimization s, final J by point) of a sweep into a fresh store; `first`: only the
-    first points of the file."""
+class Swept(NamedTuple):
+    wall: float  # seconds, the whole sweep
+    fit: float  # seconds of optimization, its batches' fits summed
+    j: dict[str, float]  # final J by point
+    fit_times: dict[str, float]  # of `fit`, the loops' tracking work by part (pipelines.tracking.fit_times)
+
+
+def sweep(path: Path, overrides: dict[str, object], batch: int | str, first: int | None = None) -> Swept:
+    """A sweep into a fresh store, timed; `first`: only the first points of the file."""
     experiment = load_experiment(path, overrides)
     if first is not None:
         experiment = replace(experiment, points=experiment.points[:first])
@@ -174,8 +179,12 @@ def sweep(path: Path, overrides: dict[str, object], batch: int | str,
                                            say=lambda _: None, batch=batch)
         wall = time.perf_counter() - start
     require_all([r for _, r in done.results], f"{path.name} (--batch {batch})")
-    fits = {round(r.seconds, 6) for _, r in done.results}  # a batch's runs share their fit's time
-    return wall, sum(fits), {p.key: r.losses["loss/total"] for p, r in done.results}
+    fits = {round(r.seconds, 6): r.fit_times for _, r in done.results}  # a batch's runs share their fit's
+    parts: dict[str, float] = {}
+    for times in fits.values():
+        for part, seconds in times.items():
+            parts[part] = parts.get(part, 0.0) + seconds
+    return Swept(wall, sum(fits), {p.key: r.losses["loss/total"] for p, r in done.results}, parts)
 
 
 def grid_file(folder: Path, size: int, steps: int, n: int = 4) -> Path:

@@ -34,6 +34,7 @@ from pipelines.execution.executors import Job, Task
 from pipelines.execution.run import FAILED, FINISHED, RunSpec, execute, execute_batch
 from pipelines.tracking import checkpoint_store, run_log, run_writer, writers
 from pipelines.tracking.checkpoint_store import CHECKPOINT_STEP_TAG, download_checkpoint
+from pipelines.tracking.fit_times import CHECKPOINTS, PARTS, READ_BACK, ROWS, SNAPSHOTS, WRITERS
 from pipelines.tracking.run_log import logged_snapshot_steps
 from pipelines.tracking.run_writer import RunWriter, upload_file, whole_steps, write_rows
 from pipelines.tracking.writers import WRITER_ENV, auto_writer, open_writer, parse_writer, writer_count
@@ -358,6 +359,12 @@ def test_runs_written_by_several_writers_stay_one_checkpoint_apart(store, monkey
         assert last_end <= first_start, f"a step-{after} checkpoint began before every step-{before} one was saved"
     client = MlflowClient(store)
     assert {client.get_run(r.run_id).data.tags[CHECKPOINT_STEP_TAG] for r in results} == {"120"}
+    # The fit says where its time went: most of it the step-40 round waiting for the slow step-20 save.
+    times = results[0].fit_times
+    assert set(times) == set(PARTS) and times == results[1].fit_times  # the batch's, in each of its runs
+    assert 2.0 < times[WRITERS] < results[0].seconds
+    assert sum(times.values()) <= results[0].seconds
+    assert times[SNAPSHOTS] > 0 and times[CHECKPOINTS] > 0 and times[READ_BACK] > 0 and times[ROWS] > 0
 
 
 def test_runs_written_by_one_writer_hand_over_rounds_without_waiting_for_the_last(store, monkeypatch) -> None:

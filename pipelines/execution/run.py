@@ -51,6 +51,8 @@ class RunResult:
     error: str | None = None
     logging_seconds: float = 0.0  # of `seconds`, spent logging per-step metrics
     writer_seconds: float = 0.0  # CPU time the writer spent writing them, beside the loop
+    #: Of `seconds`, the loop's tracking work by part (pipelines.tracking.fit_times), the batch's whole
+    fit_times: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -153,7 +155,8 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
     try:
         with deterministic(config.deterministic):
             resume_from = checkpoint_store.stacked_checkpoint(checkpoints, folder)
-            seconds = _fit(client, specs, samples, resume_from, inputs, inits, backbone, device, progress, folder)
+            seconds, fit_times = _fit(client, specs, samples, resume_from, inputs, inits, backbone, device, progress,
+                                      folder)
     except KeyboardInterrupt:
         end_live(client, samples, KILLED, "interrupted (Ctrl-C)")
         raise
@@ -162,7 +165,7 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
             space.suspend(client, samples)
             raise space.store_full(tracking_uri, exc) from None
         end_live(client, samples, FAILED, describe_failure(exc, config, device, len(specs)))
-        seconds = time.perf_counter() - start
+        seconds, fit_times = time.perf_counter() - start, {}
     finally:
         release_memory(device)
     if any(space.no_space(s.error) for s in samples):  # a write failed, and BatchLog ended its run FAILED
@@ -170,14 +173,14 @@ def _execute(specs: list[RunSpec], tracking_uri: str, experiment: str, progress:
         raise space.store_full(tracking_uri)
     return [RunResult(s.run_id, s.status or FAILED, seconds, {k: v for k, v in s.last.items() if k.startswith("loss/")},
                       s.final_image, s.error, logging_seconds=s.writer.seconds,
-                      writer_seconds=s.writer.writer_seconds) for s in samples]
+                      writer_seconds=s.writer.writer_seconds, fit_times=fit_times) for s in samples]
 
 
 def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], resume_from: Path | None,
          inputs: Inputs, inits: list[torch.Tensor | None], backbone: VGGFeatures, device: str, progress: bool,
-         folder: Path) -> float:
+         folder: Path) -> tuple[float, dict[str, float]]:
     """Optimize the batch under Lightning (from the batch checkpoint `resume_from`, when it resumes);
-    returns the seconds it took. Every run ends in here."""
+    returns the seconds it took and, of them, its tracking work's by part. Every run ends in here."""
     config = specs[0].config
     torch.manual_seed(config.seed)
     # Built where it runs: the targets are computed on the GPU, not on the CPU and then moved.
@@ -213,10 +216,10 @@ def _fit(client: MlflowClient, specs: list[RunSpec], samples: list[Sample], resu
         if log.interrupted:
             raise KeyboardInterrupt from None
         raise
-    seconds = time.perf_counter() - start
+    seconds, fit_times = time.perf_counter() - start, dict(log.times.seconds)
     log.flush(module, due_only=False, wait=False)
     images = module.result01()
     for b, sample in log.live:
         log.finish(sample, images[b : b + 1], f"ran all {module.total_steps} steps")
     log.settle()  # every run's rows and end in the store (its writer's), or the run FAILED saying why
-    return seconds
+    return seconds, fit_times

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from nst import checkpoints
 from pipelines.tracking import store
+from pipelines.tracking.fit_times import CHECKPOINTS, WRITERS
 from pipelines.tracking.run_log import BatchLog
 from pipelines.tracking.run_writer import SavedFile, upload_file
 from pipelines.tracking.tags import CHECKPOINT_FOLDER, CHECKPOINT_STEP_TAG
@@ -72,20 +73,29 @@ class Checkpoints(pl.Callback):
         if step == self.start or step % self.every:
             return
         self.batch_log.flush(module)  # type: ignore[arg-type]  # every row so far to its run, ahead of its checkpoint
-        parts = checkpoints.split(_on_host(trainer._checkpoint_connector.dump_checkpoint()))
-        slot = "ab"[(step // self.every) % 2]
-        tag = _slot_tag(slot)
+        times = self.batch_log.times
+        with times.timing(CHECKPOINTS):
+            parts = checkpoints.split(_on_host(trainer._checkpoint_connector.dump_checkpoint()))
         live = self.batch_log.live
         ahead = ROUNDS_AHEAD if len({id(sample.writer.writer) for _, sample in live}) == 1 else 1
-        while len(self._rounds) >= ahead:
-            for saved in self._rounds.popleft():
-                saved.result()  # a save that failed raises here, as a failed write does at a flush
+        with times.timing(WRITERS):
+            while len(self._rounds) >= ahead:
+                for saved in self._rounds.popleft():
+                    saved.result()  # a save that failed raises here, as a failed write does at a flush
+        with times.timing(CHECKPOINTS):
+            self._hand_over(step, parts)
+
+    def _hand_over(self, step: int, parts: list[checkpoints.Checkpoint]) -> None:
+        """Each live run's part to its writer, behind its rows, in this round's slot: its tag emptied, the
+        file, the tags set."""
+        slot = "ab"[(step // self.every) % 2]
+        tag = _slot_tag(slot)
         self._rounds.append([
             sample.writer.after_rows(upload_file, sample.run_id, _Serialized(parts[b], self.folder),
                                      CHECKPOINT_SLOTS[slot],
                                      before={tag: ""},  # being written: names nothing until whole
                                      after={tag: str(step), CHECKPOINT_STEP_TAG: str(step)})
-            for b, sample in live])
+            for b, sample in self.batch_log.live])
 
 
 #: torch's L-BFGS keeps its curvature pairs as lists to which each step appends new tensors (and drops

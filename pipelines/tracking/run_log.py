@@ -31,6 +31,7 @@ from nst.images import to_pil
 from nst.module import StyleTransfer
 from nst.stopping import NEVER
 from pipelines.tracking import store
+from pipelines.tracking.fit_times import READ_BACK, ROWS, SNAPSHOTS, FitTimes
 from pipelines.tracking.run_writer import RunWriter, drop_checkpoints, end_run, log_image
 from pipelines.tracking.tags import ERROR_TAG, FAILED, FINISHED, KILLED
 
@@ -70,6 +71,7 @@ class BatchLog(pl.Callback):
         self._meta: list[tuple[int, list[float]]] = []  # (step, learning rates) per row, on the host
         self._keys: list[str] = []
         self.interrupted = False
+        self.times = FitTimes()  # the loop's tracking work, by part (the Checkpoints callback adds its own)
 
     @property
     def live(self) -> list[tuple[int, Sample]]:
@@ -78,7 +80,8 @@ class BatchLog(pl.Callback):
     # -- every step ---------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.global_step == 0:  # not again when resuming from a checkpoint
-            self._snapshot(module, 0)  # type: ignore[arg-type]
+            with self.times.timing(SNAPSHOTS):
+                self._snapshot(module, 0)  # type: ignore[arg-type]
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
         m: StyleTransfer = module  # type: ignore[assignment]
@@ -90,7 +93,8 @@ class BatchLog(pl.Callback):
         snapshot = any(step in s.snapshots for _, s in self.live)
         if len(self._rows) >= CHUNK or snapshot or scale_end or step >= m.total_steps:
             self.flush(m)
-            self._snapshot(m, step)
+            with self.times.timing(SNAPSHOTS):
+                self._snapshot(m, step)
             self._end_early(m)
             if not self.live:
                 trainer.should_stop = True
@@ -100,22 +104,29 @@ class BatchLog(pl.Callback):
         """Bring the buffered losses to the host (one copy) and give each live run its rows; the
         runs hand them to the writer as RunWriter.flush does (`due_only`, `wait`)."""
         if self._rows:
-            values = torch.stack(self._rows).cpu().tolist()  # [row][metric][image]
-            self._rows = []
-            self._note_ends(module)
-            for row, (step, lrs) in zip(values, self._meta, strict=True):
-                scale = module.sizes[module.scale_of_step(step)] if len(module.sizes) > 1 else None
-                for b, sample in self.live:
-                    if step >= sample.end:
-                        continue
-                    metrics = {k: row[i][b] for i, k in enumerate(self._keys)} | {"lr": lrs[b]}
-                    if scale is not None:
-                        metrics["scale"] = float(scale)
-                    sample.writer.log(metrics, step)
-                    sample.last = metrics
-            self._meta = []
-        for _, sample in self.live:
-            sample.writer.flush(due_only=due_only, wait=wait)
+            with self.times.timing(READ_BACK):
+                values = torch.stack(self._rows).cpu().tolist()  # [row][metric][image]
+                self._rows = []
+                self._note_ends(module)
+            with self.times.timing(ROWS):
+                self._hand_over(module, values)
+        with self.times.timing(ROWS):
+            for _, sample in self.live:
+                sample.writer.flush(due_only=due_only, wait=wait)
+
+    def _hand_over(self, module: StyleTransfer, values: list[list[list[float]]]) -> None:
+        """Each live run's rows of the buffered steps (`values`: [row][metric][image]) to its writer."""
+        for row, (step, lrs) in zip(values, self._meta, strict=True):
+            scale = module.sizes[module.scale_of_step(step)] if len(module.sizes) > 1 else None
+            for b, sample in self.live:
+                if step >= sample.end:
+                    continue
+                metrics = {k: row[i][b] for i, k in enumerate(self._keys)} | {"lr": lrs[b]}
+                if scale is not None:
+                    metrics["scale"] = float(scale)
+                sample.writer.log(metrics, step)
+                sample.last = metrics
+        self._meta = []
 
     def _note_ends(self, module: StyleTransfer) -> None:
         """Where each image stopped (diverged at step k: steps < k are its; converged at k: <= k)."""
