@@ -35,6 +35,10 @@
 #          written by a thread against by a process, the lr sweep's 60,000 rows written by 1, 2 and 3
 #          writer processes, and 8 short runs one at a time with a thread, a process per batch, the
 #          sweep's kept processes (not yet timed on a GPU; about 3 min expected).
+#   spy    the lr sweep at its shipped settings under py-spy (bash benchmarks/gpu_spy_wheel.sh adds its
+#          wheel to .whl/, 3 MB): spy_sweep.txt, the loop thread's wall time by function inside its fit
+#          (benchmarks/spy.py), and spy.log, the fit's own breakdown (pipelines.tracking.fit_times);
+#          about a minute (not yet timed on a GPU).
 # Under a time limit that may cut it off, the pytest lane is stopped with SIGINT, so that it still
 # prints its failures.
 # TESTS="tests/test_batches.py ..." runs only those test files or ids in the tests phase, WORKERS=N that
@@ -130,6 +134,17 @@ for p in "${phases[@]}"; do
     profile)
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase profile 150 "$PYTHON" -m benchmarks.step_profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
+    spy)
+      spy=$(command -v py-spy || echo /tmp/site/bin/py-spy)
+      if [ ! -x "$spy" ]; then
+        echo "- spy: no py-spy here (bash benchmarks/gpu_spy_wheel.sh adds it to .whl/)" | tee -a "$summary"
+        continue
+      fi
+      # --idle: the loop's waits count too (its samples are its wall time); --nonblocking: not paused to sample.
+      phase spy 180 "$spy" record --idle --threads --nonblocking -r 200 -f raw -o "$OUT/spy_sweep.raw" -- \
+        "$PYTHON" -m benchmarks.spy --sweep experiments/lr_sweep.yaml
+      "$PYTHON" -m benchmarks.spy "$OUT/spy_sweep.raw" >"$OUT/spy_sweep.txt" 2>&1
+      head -n 30 "$OUT/spy_sweep.txt" ;;
     ray)
       if [ -f .ray/site.tar.xz ]; then tar -xJf .ray/site.tar.xz -C "${RAY_SITE:-/tmp/site}"; fi
       phase ray 200 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rfEs -p no:benchmark tests/test_cluster.py
@@ -138,7 +153,7 @@ for p in "${phases[@]}"; do
       # Written in $OUT as it goes (a check cut off keeps every table it finished); copy it back to commit it.
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase "$p" 240 "$PYTHON" -m "benchmarks.$p" --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
-    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch, graphs, writers, startup, host, profile, ray)" >&2; exit 2 ;;
+    *) echo "gpu_check: unknown phase $p (tests, sweep, bench, peer, levers, batch, graphs, writers, startup, host, profile, spy, ray)" >&2; exit 2 ;;
   esac
 done
 cat "$summary"
