@@ -109,7 +109,10 @@ for p in "${phases[@]}"; do
       phase tests 300 env NST_TEST_DEVICE=cuda OMP_NUM_THREADS=1 "$PYTHON" -m pytest -v -rfEs --durations=0 --durations-min=2 \
         -p no:benchmark $workers ${TESTS:-tests}
       kill "$sampler" 2>/dev/null
-      grep -E '^=+ .*(passed|failed)' "$OUT/tests.log" | tail -n 1 >>"$summary" ;;
+      grep -E '^=+ .*(passed|failed)' "$OUT/tests.log" | tail -n 1 >>"$summary"
+      # The slowest tests, and the machine's highest load meanwhile (summary.md comes back on its own).
+      { echo "slowest tests:"; grep -E '^[0-9.]+s (call|setup|teardown) ' "$OUT/tests.log" | head -n 10
+        echo "highest 1-minute load: $(awk '{print $3}' "$OUT/lane_load.log" | sort -g | tail -n 1)"; } >>"$summary" ;;
     sweep)
       store="sqlite:///$(mktemp -d)/mlflow.db"  # not under $OUT: only the report's files come back
       phase sweep 180 "$PYTHON" -m pipelines.cli experiment lr_sweep.yaml --tracking-uri "$store" --quiet
@@ -144,7 +147,7 @@ for p in "${phases[@]}"; do
       phase spy 180 "$spy" record --idle --threads --nonblocking -r 200 -f raw -o "$OUT/spy_sweep.raw" -- \
         "$PYTHON" -m benchmarks.spy --sweep experiments/lr_sweep.yaml
       "$PYTHON" -m benchmarks.spy "$OUT/spy_sweep.raw" >"$OUT/spy_sweep.txt" 2>&1
-      head -n 30 "$OUT/spy_sweep.txt" ;;
+      { grep "of the fit's" "$OUT/spy.log"; head -n 30 "$OUT/spy_sweep.txt"; } | tee -a "$summary" ;;
     ray)
       if [ -f .ray/site.tar.xz ]; then tar -xJf .ray/site.tar.xz -C "${RAY_SITE:-/tmp/site}"; fi
       phase ray 200 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rfEs -p no:benchmark tests/test_cluster.py
