@@ -75,7 +75,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     # As _cmd_run: the file, its points and their paths are checked before the heavy imports.
     from pipelines.config.grid import find_config, load_experiment
     from pipelines.config.paths import check_paths, outside
-    from pipelines.config.runs import parse_set
+    from pipelines.config.yaml_files import parse_set
 
     path = find_config(args.config)
     overrides = dict(parse_set(s) for s in args.overrides)
@@ -181,7 +181,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from pipelines.config.paths import resolve_paths
-    from pipelines.config.runs import merge, parse_set
+    from pipelines.config.yaml_files import merge, parse_set
     from pipelines.lr_find import ascii_plot, find_lr, log_range, plot, run_command
     from pipelines.tracking.store import resolve_tracking_uri
     from pipelines.tracking.ui import nst_program

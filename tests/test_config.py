@@ -4,7 +4,10 @@ import re
 
 import pytest
 
-from pipelines.config.runs import ConfigError, flatten, merge, parse_set, run_config, run_key, to_dict
+from pipelines.config.coerce import ConfigError
+from pipelines.config.run_key import run_key
+from pipelines.config.runs import flatten, run_config, to_dict
+from pipelines.config.yaml_files import merge, parse_set
 
 BASE = {"content": "a.jpg", "style": "b.jpg"}
 

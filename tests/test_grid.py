@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.config.coerce import ConfigError
 from pipelines.config.grid import find_config, load_experiment
-from pipelines.config.runs import ConfigError
 from pipelines.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +167,9 @@ def test_fast_expansion_builds_the_configs_and_keys_of_building_each_point_anew(
     scratch, for nested keys, whole sub-configs, image paths, a zip, variants and a seed axis."""
     from pipelines.config import presets
     from pipelines.config.paths import resolve_paths
-    from pipelines.config.runs import merge, run_config, run_key
+    from pipelines.config.run_key import run_key
+    from pipelines.config.runs import run_config
+    from pipelines.config.yaml_files import merge
 
     images = Path(__file__).resolve().parents[1] / "experiments" / "images"
     path = tmp_path / "mixed.yaml"

@@ -8,7 +8,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from pipelines.cli import main
-from pipelines.config.runs import parse_set
+from pipelines.config.yaml_files import parse_set
 from pipelines.lr_find import Probe, find_lr, log_range, recommend, run_command
 
 IMAGES = Path(__file__).resolve().parents[1] / "experiments" / "images"

@@ -12,8 +12,10 @@ from mlflow import MlflowClient
 
 from pipelines.cli import main
 from pipelines.config import presets
+from pipelines.config.coerce import ConfigError
 from pipelines.config.grid import load_experiment
-from pipelines.config.runs import ConfigError, RunConfig, run_config, run_key
+from pipelines.config.run_key import run_key
+from pipelines.config.runs import RunConfig, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "experiments" / "images"

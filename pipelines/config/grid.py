@@ -30,10 +30,12 @@ from typing import Any
 
 from pipelines.config import presets
 from pipelines.config.claims import Claim
-from pipelines.config.coerce import build
+from pipelines.config.coerce import ConfigError, build
 from pipelines.config.experiment_file import MAX_RUNS, ExperimentFile
 from pipelines.config.paths import resolve_paths
-from pipelines.config.runs import ConfigError, RunConfig, Variations, flatten, merge, read_yaml
+from pipelines.config.run_key import Variations
+from pipelines.config.runs import RunConfig, flatten
+from pipelines.config.yaml_files import merge, read_yaml
 from pipelines.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")

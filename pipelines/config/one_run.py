@@ -10,7 +10,8 @@ from typing import Any
 
 from pipelines.config import presets
 from pipelines.config.paths import check_paths, outside, resolve_paths
-from pipelines.config.runs import RunConfig, merge, parse_set, read_yaml, run_config
+from pipelines.config.runs import RunConfig, run_config
+from pipelines.config.yaml_files import merge, parse_set, read_yaml
 from pipelines.errors import UserError
 
 _WHAT = {"content": "PHOTO", "style": "PAINTING"}  # what each image is, for the usage line

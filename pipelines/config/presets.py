@@ -39,7 +39,7 @@ def with_preset(data: Mapping[str, Any], default: str = LIBRARY) -> dict[str, An
     """`data` over its preset's keys (data["preset"], else `default`), with the preset's name in it."""
     name = data.get("preset", default)
     if not isinstance(name, str) or name not in PRESETS:
-        from pipelines.config.runs import ConfigError
+        from pipelines.config.coerce import ConfigError
 
         raise ConfigError(f"preset: expected one of {', '.join(PRESETS)}, got {name!r}")
     out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in PRESETS[name].items()}

@@ -1,21 +1,18 @@
-"""One run's configuration: the frozen `RunConfig`, built from YAML and `--set` overrides.
+"""One run's configuration: the frozen `RunConfig`, validated from plain data, and its plain views.
 
 Defaults live on the dataclasses (nst.config for the library's settings, RunConfig for the
-run's own); this module merges what a user wrote and validates it with pydantic (pipelines.config.coerce),
-whose errors name the key, what was expected and, for unknown keys, the closest valid one (its image
-paths: pipelines.config.paths). It also keys a run (`run_key`) and expands grids fast (`Variations`).
+run's own); `run_config` validates what a user wrote (read and merged by pipelines.config.yaml_files)
+with pydantic (pipelines.config.coerce), whose errors name the key, what was expected and, for unknown
+keys, the closest valid one (its image paths: pipelines.config.paths). A run's identity and a grid's
+fast expansion: pipelines.config.run_key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -23,9 +20,7 @@ import yaml
 from nst.config import TransferConfig, blend_weights
 from nst.sizes import pyramid
 from pipelines.config import presets
-from pipelines.config.coerce import ConfigError, build, coerce, hints
-from pipelines.config.paths import input_files
-from pipelines.errors import UserError
+from pipelines.config.coerce import ConfigError, build
 
 #: Snapshot steps the seed's slides show, plus later ones; the last iteration is always added.
 DEFAULT_SNAPSHOTS = (0, 500, 1000, 2000, 3000, 5000)
@@ -95,76 +90,6 @@ class RunConfig(TransferConfig):
         return sorted({s for s in self.snapshots if s <= self.total_steps} | {self.total_steps})
 
 
-# -- files and overrides ----------------------------------------------------------------------------
-class _NoDuplicateKeys(yaml.SafeLoader):
-    """yaml.safe_load's loader, refusing a key given twice in one mapping: PyYAML keeps the last one
-    silently, so a grid with `optimizer.lr:` twice (a copy left behind) ran the second list only."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        lines: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges keys that the mapping may override
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                first = lines.setdefault(key, key_node.start_mark.line)
-            except TypeError:  # an unhashable key: the base class says so
-                continue
-            if first != key_node.start_mark.line:
-                raise yaml.constructor.ConstructorError(
-                    problem=f"key {key!r} given twice (lines {first + 1} and {key_node.start_mark.line + 1}); "
-                            "keep one", problem_mark=key_node.start_mark)
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml(path: Path) -> Any:
-    """Safe-load a YAML file (a key given twice refused); a syntax error names the file and line."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such config file; check the path")
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_NoDuplicateKeys)  # a SafeLoader: plain data only
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}:{where}: YAML syntax error: {problem}; fix the file") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file; give a YAML file") from None
-
-
-def parse_set(assignment: str) -> tuple[str, Any]:
-    """`key.sub=value` with the value parsed as YAML (`lr=0.1`, `layers.content=[relu4_2]`)."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set optimizer.lr=0.1")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """data[a][b][c] = value for key "a.b.c", creating mappings on the way."""
-    *parents, last = key.split(".")
-    node = data
-    for part in parents:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[last] = value
-
-
-def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with dotted `overrides` applied, as a new nested dict (`base` is left as it was)."""
-    out = _copy(base)
-    for key, value in overrides.items():
-        set_dotted(out, key, _copy(value))
-    return out
-
-
 def run_config(data: Mapping[str, Any], source: str = "config", preset: str = presets.LIBRARY) -> RunConfig:
     """A validated RunConfig over its preset (data["preset"], else `preset`); errors are prefixed with
     `source` (a file name or 'command line')."""
@@ -175,15 +100,6 @@ def run_config(data: Mapping[str, Any], source: str = "config", preset: str = pr
 
 
 # -- views of a RunConfig ---------------------------------------------------------------------------
-def _copy(data: Any) -> Any:
-    """A deep copy of plain data (mappings, lists, tuples as lists, scalars)."""
-    if isinstance(data, Mapping):
-        return {k: _copy(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_copy(v) for v in data]
-    return data
-
-
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -192,20 +108,20 @@ def _names(cls: Any) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
     """A config as JSON would give it back: dataclasses as dicts, tuples as lists, keys as strings."""
     kind: Any = type(value)
     if kind in _SCALARS:
         return value
     if kind is dict:
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_data(v) for k, v in value.items()}
     if kind is list or kind is tuple:
-        return [_plain(v) for v in value]
-    return {name: _plain(getattr(value, name)) for name in _names(kind)}  # a dataclass
+        return [plain_data(v) for v in value]
+    return {name: plain_data(getattr(value, name)) for name in _names(kind)}  # a dataclass
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
-    return _plain(config)
+    return plain_data(config)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -217,87 +133,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-#: Keys that change how a run is carried out, not what it computes.
-_NOT_IN_RUN_KEY = ("checkpoint_every", "keep_checkpoints", "cuda_graph", "deterministic", "preset")
-#: Keys added after runs were first keyed: at their default they leave the key as it was, so a
-#: store's finished runs stay finished for a sweep run again.
-_KEYED_WHEN_SET = ("gram_norm", "style_blend", "preserve_color", "scales", "stop", "style_loss", "average")
-
-
-@functools.cache
-def _defaults() -> dict[str, Any]:
-    return to_dict(RunConfig(content="-", style="-"))
-
-
-@functools.lru_cache(maxsize=4096)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """The bytes' hash; size and mtime in the cache key read the file again once it changes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def _digest(path: str) -> str | None:
-    try:
-        stat = os.stat(path)
-    except OSError:  # missing or unreadable: loading the image names the problem
-        return None
-    return _file_digest(path, stat.st_size, stat.st_mtime_ns)
-
-
-def run_key(config: RunConfig, plain: Mapping[str, Any] | None = None) -> str:
-    """A stable hash of the resolved config and of its image files' bytes: the same key means the same
-    result, so a sweep run again after a painting was edited in place runs its points anew instead of
-    skipping them as finished. `plain`: `to_dict(config)` when the caller has it already."""
-    defaults = _defaults()
-    data = {k: v for k, v in (plain or to_dict(config)).items()
-            if k not in _NOT_IN_RUN_KEY and not (k in _KEYED_WHEN_SET and v == defaults[k])}
-    data["input_bytes"] = [_digest(path) for _, path in input_files(config)]
-    blob = json.dumps(data, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class Variations:
-    """Many configs that differ from one template in a few keys (a grid's points), built fast: the
-    template is validated once; each point coerces only its varied top-level fields (each distinct
-    value once) and gets the dataclasses' own checks through `dataclasses.replace`. The same configs
-    and run keys as `run_config(merge(data, varied))`, at a fraction of the cost (a 100,000-point grid
-    in seconds)."""
-
-    def __init__(self, data: Mapping[str, Any], first: Mapping[str, Any], source: str,
-                 preset: str = presets.LIBRARY) -> None:
-        # The plain data the points share, over its preset: image paths resolved, no varied key applied.
-        self.data = presets.with_preset(data, preset)
-        self.template = run_config(merge(self.data, first), source)  # the first point: every key validated
-        self.plain = to_dict(self.template)
-        self._fields: dict[str, tuple[Any, Any]] = {}  # top field + its raw value -> (coerced, plain)
-
-    def config(self, varied: Mapping[str, Any], source: str) -> tuple[RunConfig, str]:
-        """The config with `varied` (dotted keys) applied, and its run key."""
-        if any(key.split(".", 1)[0] == "preset" for key in varied):  # a recipe per point: built whole
-            config = run_config(merge(self.data, varied), source)
-            return config, run_key(config)
-        groups: dict[str, dict[str, Any]] = {}
-        for key, value in varied.items():
-            groups.setdefault(key.split(".", 1)[0], {})[key] = value
-        changes, plain = {}, dict(self.plain)
-        for top, items in groups.items():
-            memo = json.dumps([top, items], sort_keys=True, default=str)
-            if memo not in self._fields:
-                raw = merge({top: self.data.get(top)} if top in self.data else {}, items)
-                if top not in hints(RunConfig):
-                    build(RunConfig, raw)  # names the unknown key, with the closest valid one
-                try:
-                    value = coerce(hints(RunConfig)[top], raw[top], top)
-                except ConfigError as exc:
-                    raise ConfigError(f"{source}: {exc}") from None
-                self._fields[memo] = (value, _plain(value))
-            changes[top], plain[top] = self._fields[memo]
-        try:
-            config = dataclasses.replace(self.template, **changes)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-        return config, run_key(config, plain)
 
 
 def to_yaml(config: RunConfig) -> str:

@@ -19,7 +19,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from nst.graphs import why_not_captured
 from nst.precision import resolve_precision
-from pipelines.config.runs import flatten, run_key, to_dict, to_yaml
+from pipelines.config.run_key import run_key
+from pipelines.config.runs import flatten, to_dict, to_yaml
 from pipelines.execution.inputs import Inputs
 from pipelines.execution.probe import SSIM_KEY
 from pipelines.tracking import checkpoint_store, run_log, store
