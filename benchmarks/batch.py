@@ -12,9 +12,9 @@
   launched op by op, the lever for launch-bound steps (fp32 and bf16, 128 to 512 px);
 - nst's own runs with `cuda_graph: true` against op by op: a tracked batch's step and the lr sweep.
 Writes "Batches" here, then "Writers" (benchmarks.writers), "CUDA graphs" (the last two above:
-benchmarks.graphs) and "A batch into a tracking server" (benchmarks.opening) in BENCHMARKS.md
+benchmarks.graphs), "A batch into a tracking server" and "A sweep signed in" (benchmarks.opening) in BENCHMARKS.md
 (BENCHMARKS-cuda.md on a GPU: `--device`); the loops they time are benchmarks.loops. `--smoke`: toy
-sizes; `--graphs`, `--writers`: only that section.
+sizes; `--batches`, `--writers`, `--graphs`, `--opening`, `--signed-in`: only those sections.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
+import torch
+
 from benchmarks.cluster import tracking_server
 from benchmarks.device import bench_parser, device_name, pick
 from benchmarks.graphs import graphs
 from benchmarks.loops import ROOT, batch_loop, grid_file, point_configs, run_config_for, sweep, tracked_batch
 from benchmarks.markdown import Section
-from benchmarks.opening import opening
+from benchmarks.opening import opening, signed_in
 from benchmarks.writers import writers
 from nst.precision import resolve_precision
 from pipelines.errors import UserError
@@ -43,33 +45,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("bench-batch", __doc__)
     parser.add_argument("--graphs", action="store_true", help="only the CUDA graphs section (about 90 s on an H100)")
     parser.add_argument("--writers", action="store_true", help="only the Writers section (thread against process)")
+    parser.add_argument("--opening", action="store_true", help="only the 'A batch into a tracking server' section")
+    parser.add_argument("--signed-in", action="store_true", help="only the 'A sweep signed in' section")
+    parser.add_argument("--batches", action="store_true", help="only the Batches section")
     args = parser.parse_args(argv)
     device = pick(parser, args)
     quiet_lightning()
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its "creating tables" notes per store
-    if args.graphs:
-        graphs(device, args.smoke, args.out)
-        return 0
-    if args.writers:
-        writers(device, args.smoke, args.out)
-        return 0
-    gpu, smoke = device.type == "cuda", args.smoke
+    sections = {"batches": batches, "writers": writers, "graphs": graphs, "opening": opening, "signed_in": signed_in}
+    for name in [name for name in sections if getattr(args, name)] or sections:
+        sections[name](device, args.smoke, args.out)
+    return 0
+
+
+def batches(device: torch.device, smoke: bool, out: Path) -> None:
+    """The Batches section: per image at each B, tracked against bare, whole sweeps one at a time and batched."""
+    gpu = device.type == "cuda"
     sizes = (32,) if smoke else (128, 256, 512) if gpu else (128, 256)
-    batches = (1, 3) if smoke else (1, 3, 8, 64)
-    section = Section(args.out, [HEADING, "",
+    counts = (1, 3) if smoke else (1, 3, 8, 64)
+    section = Section(out, [HEADING, "",
              f"`make bench-batch` on {device_name(device)}, default precision "
              f"({resolve_precision('auto', device.type)}). Per image: the bare loop's s/step at B images ÷ B.", "",
-             "| size | " + " | ".join(f"B = {b}" for b in batches) + f" | B = {batches[-1]}: speed-up per image |",
-             "|---|" + "---|" * (len(batches) + 1)])
+             "| size | " + " | ".join(f"B = {b}" for b in counts) + f" | B = {counts[-1]}: speed-up per image |",
+             "|---|" + "---|" * (len(counts) + 1)])
     for size in sizes:
         per_image: dict[int, float] = {}
-        for b in batches:
+        for b in counts:
             if gpu or smoke or size <= 128 or b <= 8:  # 64 at 256 px: seconds a step on a CPU, for nothing
                 steps = 2 if smoke else 10 if gpu or b < 8 else 3
                 per_image[b] = batch_loop(point_configs(b), size, steps, device).median / b
                 print(size, b, per_image[b], flush=True)
-        cells = [f"{per_image[b] * 1000:.2f} ms" if b in per_image else "—" for b in batches]
-        ratio = f"{per_image[1] / per_image[batches[-1]]:.1f}×" if batches[-1] in per_image else "—"
+        cells = [f"{per_image[b] * 1000:.2f} ms" if b in per_image else "—" for b in counts]
+        ratio = f"{per_image[1] / per_image[counts[-1]]:.1f}×" if counts[-1] in per_image else "—"
         section.add(f"| {size} px | " + " | ".join(cells) + f" | {ratio} |")
 
     section.lines += [
@@ -115,10 +122,6 @@ def main(argv: list[str] | None = None) -> int:
             gap = max(abs(j[k] / v - 1) for k, v in one_j.items())
             section.add(f"| {label} | {one_wall * scale:.1f} s{note} | {one_fit * scale:.1f} s | {wall:.1f} s "
                         f"| {fit:.1f} s | {one_wall * scale / wall:.1f}× | {gap:.1e} |")
-    writers(device, smoke, args.out)
-    graphs(device, smoke, args.out)
-    opening(device, smoke, args.out)
-    return 0
 
 
 if __name__ == "__main__":

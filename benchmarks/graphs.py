@@ -58,5 +58,5 @@ def graphs(device: torch.device, smoke: bool, out: Path) -> None:
     section.add(f"| lr_sweep batched, {lr_steps} steps: optimization (wall) | {fit:.1f} s ({wall:.1f} s) "
                 f"| {g_fit:.1f} s ({g_wall:.1f} s) | {fit / g_fit:.2f}× | {gap:.1e} |")
     section.add("", "Where the lr sweep's fit went (pipelines.tracking.fit_times: the loop's tracking work, timed in "
-                f"the loop), op by op {described(plain_sweep.fit_times, fit)}; with `cuda_graph: true` "
+                f"the loop), op by op, {described(plain_sweep.fit_times, fit)}; with `cuda_graph: true`, "
                 f"{described(graphed_sweep.fit_times, g_fit)}.")

@@ -1,8 +1,9 @@
 """A batch into a tracking server: its runs opened one at a time against several at once (and the same
 into a SQLite file), the whole tracked batch written by one process against nst's choice of writers,
-a sweep read back by `nst report` one run at a time against several at once, and that sweep written and
-read back signed in, each password checked every request against once a minute (`make bench-batch`'s
-"A batch into a tracking server"; alone: `python -m benchmarks.opening`).
+and a sweep read back by `nst report` one run at a time against several at once (`make bench-batch`'s
+"A batch into a tracking server"); then a sweep written and read back signed in, each password checked
+every request against once a minute ("A sweep signed in"). Both: `python -m benchmarks.opening`; each
+alone: `python -m benchmarks.batch --opening`, `--signed-in`.
 
 A run is opened with four requests or more (the run and its tags before its batch's fit starts; its
 params, its input images and config.yaml as its writer's first write); a batch of 64 makes 256 of them.
@@ -40,6 +41,7 @@ from pipelines.tracking.store import REMOTE_REQUESTS
 from pipelines.tracking.writers import auto_writer, writer_count
 
 HEADING = "## A batch into a tracking server"
+SIGNED_IN = "## A sweep signed in"
 
 
 def opening(device: torch.device, smoke: bool, out: Path) -> None:
@@ -82,19 +84,19 @@ def opening(device: torch.device, smoke: bool, out: Path) -> None:
                       f"{REMOTE_REQUESTS} at a time (what nst does with a server):", "",
                       f"| sweep | one at a time | {REMOTE_REQUESTS} at a time | faster |", "|---|---|---|---|"]
     section.add(f"| {sweep} runs | {read_one:.2f} s | {read_many:.2f} s | {read_one / read_many:.1f}× |")
-    signed_in(section, smoke)
 
 
-def signed_in(section: Section, smoke: bool) -> None:
-    """The table of a sweep written into, and read back from, a server with sign-in, each password checked
+def signed_in(device: torch.device, smoke: bool, out: Path) -> None:
+    """The section of a sweep written into, and read back from, a server with sign-in, each password checked
     at every request against once every AUTH_CACHE_SECONDS."""
     which = "A sweep of 1 run" if smoke else "A sweep of 27 short runs"
-    section.lines += ["", f"{which} written into `nst server` with sign-in (SQLite behind it, its admin signed in) "
-                      "and read back", f"{REMOTE_REQUESTS} at a time, each request's password checked against its "
-                      "hash every time (MLflow's default) and once", f"every {AUTH_CACHE_SECONDS} s per credential "
-                      "and server worker (nst's: pipelines.tracking.auth.AUTH_CACHE_SECONDS):", "",
-                      "| password checked | sweep written | read back | faster: written | faster: read back |",
-                      "|---|---|---|---|---|"]
+    section = Section(out, [
+        SIGNED_IN, "", f"{which} written into `nst server` with sign-in (SQLite behind it, its admin signed in) "
+        "and read back", f"{REMOTE_REQUESTS} at a time, each request's password checked against its "
+        "hash every time (MLflow's default) and once", f"every {AUTH_CACHE_SECONDS} s per credential "
+        "and server worker (nst's: pipelines.tracking.auth.AUTH_CACHE_SECONDS):", "",
+        "| password checked | sweep written | read back | faster: written | faster: read back |",
+        "|---|---|---|---|---|"])
     walls = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -161,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("bench-opening", __doc__, smoke="4 runs: checks the code, not the speed")
     args = parser.parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    opening(pick(parser, args), args.smoke, args.out)
+    device = pick(parser, args)
+    opening(device, args.smoke, args.out)
+    signed_in(device, args.smoke, args.out)
     return 0
 
 

@@ -54,25 +54,68 @@ def _smoke(main, tmp_path) -> str:
     assert main(["--smoke", "--out", str(out)]) == 0
     return out.read_text()
 
-@pytest.mark.heavy
-def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
+def _batch_smoke(tmp_path, section: str) -> str:
+    """What `benchmarks.batch --smoke --<section>` wrote into a fresh BENCHMARKS.md (its sections run apart:
+    the four at once took 155 s of one pytest worker here, the suite's longest test)."""
     from benchmarks.batch import main as batch
 
-    text = _smoke(batch, tmp_path)
+    out = tmp_path / "BENCHMARKS.md"
+    assert batch(["--smoke", f"--{section}", "--out", str(out)]) == 0
+    return out.read_text()
+
+
+@pytest.mark.heavy
+def test_batch_bench_smoke_writes_its_section(tmp_path) -> None:
+    text = _batch_smoke(tmp_path, "batches")
     assert "## Batches" in text and "| 32 px |" in text and "| 3 × 32 px, SQLite |" in text
     assert "| 3 × 32 px, a tracking server (SQLite behind it) |" in text
     assert "| lr_sweep, 4 steps |" in text and "| 8 points at 32 px, 3 steps |" in text
-    assert "## CUDA graphs" in text and "| tracked 3 × 32 px, per step |" in text
-    assert "| lr_sweep batched, 4 steps: optimization (wall) |" in text
-    writers = text.split("## Writers")[1]
+    assert "## Writers" not in text and "## CUDA graphs" not in text  # only the section asked for
+
+
+@pytest.mark.heavy
+def test_batch_bench_smoke_writes_the_writers_section(tmp_path) -> None:
+    writers = _batch_smoke(tmp_path, "writers").split("## Writers")[1]
     assert "| 3 × 32 px |" in writers  # thread against process
     assert "| runs | writer thread | a process per batch | the sweep's processes, kept |" in writers
     assert "\n| 2 | " in writers  # two runs one at a time, each way
     assert "| writer processes | all rows written | rows a second | the writers' CPU |" in writers
     assert "\n| 1 | " in writers and "\n| 3 | " in writers  # the lr sweep's rows by one process, by three
+
+
+def test_batch_bench_smoke_writes_the_cuda_graphs_section(tmp_path) -> None:
+    text = _batch_smoke(tmp_path, "graphs")
+    assert "## CUDA graphs" in text and "| tracked 3 × 32 px, per step |" in text
+    assert "| lr_sweep batched, 4 steps: optimization (wall) |" in text
+    # Where each of the lr sweep's fits went: its tracking work by part, its steps the rest.
+    assert text.count("its steps the other ") == 2
+
+
+@pytest.mark.heavy
+def test_batch_bench_smoke_writes_the_tracking_server_section(tmp_path) -> None:
+    text = _batch_smoke(tmp_path, "opening")
     assert "## A batch into a tracking server" in text and "| tracking server (SQLite behind it) |" in text
     assert "| 4 runs |" in text and "| 8 runs |" in text  # the whole batch; a sweep read back
-    assert "| every request |" in text and "| once every 60 s |" in text  # signed in: a password checked
+
+
+@pytest.mark.heavy
+def test_batch_bench_smoke_writes_the_signed_in_section(tmp_path) -> None:
+    text = _batch_smoke(tmp_path, "signed-in")
+    assert "## A sweep signed in" in text and "## A batch into a tracking server" not in text
+    assert "| every request |" in text and "| once every 60 s |" in text  # a password checked each way
+
+
+def test_make_bench_batch_writes_every_section_in_order(monkeypatch, tmp_path) -> None:
+    import benchmarks.batch as bench
+
+    ran: list[str] = []
+    for name in ("batches", "writers", "graphs", "opening", "signed_in"):
+        monkeypatch.setattr(bench, name, lambda device, smoke, out, name=name: ran.append(name))
+    assert bench.main(["--smoke", "--out", str(tmp_path / "B.md")]) == 0
+    assert ran == ["batches", "writers", "graphs", "opening", "signed_in"]
+    ran.clear()
+    assert bench.main(["--smoke", "--writers", "--signed-in", "--out", str(tmp_path / "B.md")]) == 0
+    assert ran == ["writers", "signed_in"]
 
 
 def test_the_bare_loop_steps_in_nsts_own_memory_layout(monkeypatch) -> None:
