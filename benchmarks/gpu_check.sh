@@ -138,16 +138,23 @@ for p in "${phases[@]}"; do
       [ -f "$OUT/BENCHMARKS-cuda.md" ] || cp BENCHMARKS-cuda.md "$OUT/" 2>/dev/null
       phase profile 150 "$PYTHON" -m benchmarks.step_profile --device cuda --out "$OUT/BENCHMARKS-cuda.md" ;;
     spy)
+      # The lr sweep's fit and its own breakdown (pipelines.tracking.fit_times) in spy.log, under py-spy when
+      # it is here and can sample (--idle: the loop's waits count too, so its samples are its wall time;
+      # --nonblocking: not paused to sample); without it, the breakdown alone.
       spy=$(command -v py-spy || echo /tmp/site/bin/py-spy)
-      if [ ! -x "$spy" ]; then
-        echo "- spy: no py-spy here (bash benchmarks/gpu_spy_wheel.sh adds it to .whl/)" | tee -a "$summary"
-        continue
+      sweep=("$PYTHON" -m benchmarks.spy --sweep experiments/lr_sweep.yaml)
+      if [ -x "$spy" ]; then
+        phase spy 180 "$spy" record --idle --threads --nonblocking -r 200 -f raw -o "$OUT/spy_sweep.raw" -- "${sweep[@]}"
+      else
+        echo "- spy: no py-spy here (bash benchmarks/gpu_spy_wheel.sh adds it to .whl/); the fit's breakdown alone" |
+          tee -a "$summary"
       fi
-      # --idle: the loop's waits count too (its samples are its wall time); --nonblocking: not paused to sample.
-      phase spy 180 "$spy" record --idle --threads --nonblocking -r 200 -f raw -o "$OUT/spy_sweep.raw" -- \
-        "$PYTHON" -m benchmarks.spy --sweep experiments/lr_sweep.yaml
-      "$PYTHON" -m benchmarks.spy "$OUT/spy_sweep.raw" >"$OUT/spy_sweep.txt" 2>&1
-      { grep "of the fit's" "$OUT/spy.log"; head -n 30 "$OUT/spy_sweep.txt"; } | tee -a "$summary" ;;
+      if [ -s "$OUT/spy_sweep.raw" ]; then
+        "$PYTHON" -m benchmarks.spy "$OUT/spy_sweep.raw" >"$OUT/spy_sweep.txt" 2>&1
+      else  # no py-spy, or it could not sample here: the sweep without it
+        phase spy 150 "${sweep[@]}"
+      fi
+      { grep "of the fit's" "$OUT/spy.log"; head -n 30 "$OUT/spy_sweep.txt" 2>/dev/null; } | tee -a "$summary" ;;
     ray)
       if [ -f .ray/site.tar.xz ]; then tar -xJf .ray/site.tar.xz -C "${RAY_SITE:-/tmp/site}"; fi
       phase ray 200 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rfEs -p no:benchmark tests/test_cluster.py

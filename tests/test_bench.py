@@ -261,9 +261,9 @@ def test_a_machine_without_a_sign_in_server_says_so_and_keeps_the_rest(tmp_path,
 
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n")
-    section = Section(out, ["## A batch into a tracking server", "", "| sweep | ... |", "| 8 runs | 1 s |"])
+    Section(out, ["## A batch into a tracking server", "", "| sweep | ... |"]).add("| 8 runs | 1 s |")
     monkeypatch.setattr(opening, "tracking_server", no_server)
-    opening.signed_in(section, smoke=True)
+    opening.signed_in(torch.device("cpu"), True, out)
     text = out.read_text()
-    assert "| 8 runs | 1 s |" in text
+    assert "| 8 runs | 1 s |" in text and "## A sweep signed in" in text
     assert "| every request | not measured: the server's extras are not installed |" in text
