@@ -150,11 +150,11 @@ for p in "${phases[@]}"; do
           tee -a "$summary"
       fi
       if [ -s "$OUT/spy_sweep.raw" ]; then
-        "$PYTHON" -m benchmarks.spy "$OUT/spy_sweep.raw" >"$OUT/spy_sweep.txt" 2>&1
+        "$PYTHON" -m benchmarks.spy "$OUT/spy_sweep.raw" --top 20 >"$OUT/spy_sweep.txt" 2>&1
       else  # no py-spy, or it could not sample here: the sweep without it
         phase spy 150 "${sweep[@]}"
       fi
-      { grep "of the fit's" "$OUT/spy.log"; head -n 30 "$OUT/spy_sweep.txt" 2>/dev/null; } | tee -a "$summary" ;;
+      { grep "of the fit's" "$OUT/spy.log"; cat "$OUT/spy_sweep.txt" 2>/dev/null; } | tee -a "$summary" ;;
     ray)
       if [ -f .ray/site.tar.xz ]; then tar -xJf .ray/site.tar.xz -C "${RAY_SITE:-/tmp/site}"; fi
       phase ray 200 env NST_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rfEs -p no:benchmark tests/test_cluster.py

@@ -54,8 +54,10 @@ def report(lines: list[str], thread: str = "MainThread", inside: str = "Trainer.
     total, inclusive, own = shares(lines, thread, inside)
     if not total:
         return f"no samples of thread {thread} inside {inside}"
-    out = [f"{total} samples of {thread} inside {inside}", "", "inclusive (it and what it called):"]
-    out += [f"{100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
+    everywhere = [f for f, n in inclusive.items() if n == total]  # the loop's own frames: no news
+    out = [f"{total} samples of {thread} inside {inside}", "",
+           f"inclusive (it and what it called), apart from the {len(everywhere)} functions on every sample:"]
+    out += [f"{100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top + len(everywhere)) if n < total]
     out += ["", "own (the innermost frame):"]
     out += [f"{100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
     return "\n".join(out)

@@ -61,3 +61,4 @@ grid: {{optimizer.lr: [0.1, 1.0]}}
     report = capsys.readouterr().out
     assert " samples of MainThread inside Trainer.fit" in report.splitlines()[0]
     assert "_SampleOptimizer.step (nst/optim.py)" in report
+    assert "100.0%" not in report.split("own (")[0]  # the frames on every sample are left out of the inclusive list
