@@ -23,18 +23,17 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from unittest import mock
 
 import torch
 from torch import Tensor
 
 from benchmarks.device import bench_parser, device_name, pick
-from benchmarks.loops import batch_loop, point_configs, require_all, run_config_for
+from benchmarks.loops import batch_loop, point_configs, require_all, run_specs
 from benchmarks.markdown import Section
 from benchmarks.stores import new_store
 from nst.module import StyleTransfer
-from pipelines.execution.run import RunResult, RunSpec, execute_batch, quiet_lightning
+from pipelines.execution.run import RunResult, execute_batch, quiet_lightning
 from pipelines.tracking.fit_times import described
 
 HEADING = "## A step's host work"
@@ -58,8 +57,7 @@ def tracked_fit(b: int, steps: int, device: torch.device, checkpoint_every: int)
     """One tracked batch of `b` runs into a fresh SQLite store: (its first run's result, whose fit's seconds
     and their parts are the batch's; the wall seconds until every row of it was in the store); every run
     FINISHED, or the bench stops with the error."""
-    base = replace(run_config_for(SIZE, steps, device), checkpoint_every=checkpoint_every, snapshots=[0])
-    specs = [RunSpec(replace(base, alpha=c.alpha, beta=c.beta, optimizer=c.optimizer)) for c in point_configs(b)]
+    specs = run_specs(point_configs(b), SIZE, steps, device, checkpoint_every=checkpoint_every, snapshots=[0])
     with tempfile.TemporaryDirectory() as tmp:
         uri = new_store(tmp)  # made before the clock starts
         start = time.perf_counter()
